@@ -1,0 +1,48 @@
+"""What each CLI command does, given its already-parsed arguments."""
+
+from __future__ import annotations
+
+from pipeline.config import Config, load_config, to_dict
+from pipeline.runner import run_until
+from pipeline.tracking import Tracker, config_params
+
+
+def stages(command: str, config_path: str, overrides: list[str], force: bool) -> int:
+    """`run` (every stage) or one stage with the stages it depends on."""
+    from pipeline.stages import PIPELINE, STAGE_NAMES
+
+    cfg = load_config(config_path, overrides)
+    target = STAGE_NAMES[-1] if command == "run" else command
+    forced = STAGE_NAMES if (force and command == "run") else ([target] if force else [])
+    tracker = Tracker(cfg)
+    with tracker.run(command, _all_params(cfg)):
+        tracker.set_tags({"drivecast.command": command, "drivecast.config": str(config_path)})
+        run_until(target, PIPELINE, cfg, tracker, force=forced)
+    return 0
+
+
+def gridworld(config_path: str | None, overrides: list[str], force: bool) -> int:
+    from pipeline.stages import GRIDWORLD
+    from pipeline.runner import run_stage
+
+    cfg = load_config(config_path, overrides)
+    tracker = Tracker(cfg)
+    with tracker.run("gridworld"):
+        run_stage(GRIDWORLD, cfg, {}, tracker, force=force)
+    return 0
+
+
+def bench(which: str, config_path: str | None, overrides: list[str]) -> int:
+    from pipeline.bench import BENCHMARKS
+
+    cfg = load_config(config_path, overrides)
+    BENCHMARKS[which](cfg)
+    return 0
+
+
+def _all_params(cfg: Config) -> dict:
+    params = {"experiment": cfg.experiment, "seed": cfg.seed, "workdir": cfg.workdir}
+    for name, section in to_dict(cfg).items():
+        if isinstance(section, dict) and name != "gridworld":
+            params.update(config_params(getattr(cfg, name), name))
+    return params

@@ -1,0 +1,280 @@
+"""The typed configuration tree: YAML file + dotted overrides -> frozen dataclasses.
+
+Every field is documented where it is declared. Loading validates everything at once:
+an unknown key, a wrong type or a missing file raises `ConfigError` with one sentence
+naming the key or path. Derived values come from `resolve()`; nothing writes into a
+loaded config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import DrivecastError
+from pipeline.gridworld import GridworldConfig
+
+
+class ConfigError(DrivecastError, ValueError):
+    """A config file, key or value that cannot be used (message names it)."""
+
+
+class Variant(str, enum.Enum):
+    """World-model variants (see models/world_model.py)."""
+
+    deterministic = "deterministic"
+    probabilistic = "probabilistic"
+    value_equivalent = "value_equivalent"
+
+
+@dataclass(frozen=True)
+class PolicyMix:
+    """One behaviour policy of the ingest mixture."""
+
+    name: str = "rule"  # idle | random | rule
+    epsilon: float = 0.0  # probability of a uniformly random meta-action instead
+    weight: float = 1.0  # share of episodes driven by this policy
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Collect a trajectory dataset from highway-env."""
+
+    source: str = "highway"  # where data comes from: highway (simulator)
+    env_id: str = "highway-fast-v0"  # any highway-env id: highway-v0, merge-v0, ...
+    env_config: dict = field(default_factory=dict)  # highway-env config overrides
+    episodes: int = 40  # episodes to record
+    policies: list[PolicyMix] = field(
+        default_factory=lambda: [PolicyMix("rule", 0.2, 0.7), PolicyMix("rule", 0.0, 0.2),
+                                 PolicyMix("random", 0.0, 0.1)]
+    )
+    workers: int = 2  # parallel worker processes (the dataset does not depend on it)
+    episodes_per_shard: int = 4  # episodes per Parquet shard (the unit of resume)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the world-model loss terms."""
+
+    forecast: float = 1.0  # Gaussian NLL of future vehicle states
+    presence: float = 0.5  # BCE of vehicle presence
+    latent: float = 1.0  # KL (probabilistic) or latent consistency (others)
+    reward: float = 1.0
+    collision: float = 2.0
+    cont: float = 0.5
+    free_bits: float = 1.0  # nats per step under which the KL is not penalised
+    kl_balance: float = 0.8  # share of the KL gradient that trains the prior
+    collision_pos_weight: float = 10.0  # BCE weight of the rare positive class
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """World-model shape. `size` expands into widths via `resolve()`."""
+
+    variant: Variant = Variant.probabilistic
+    size: str = "small"  # debug | small | base
+    history: int = 10  # H: history frames (simulation frames) fed to the encoder
+    horizon: int = 5  # F: future decision steps forecast per window
+    vehicles: int = 8  # N: vehicle slots (ego + N-1 nearest)
+    ensemble: int = 4  # E: prior heads for epistemic uncertainty
+    stride: int = 1  # decision steps between consecutive window starts
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Lightning training of the world model."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 10.0
+    val_fraction: float = 0.15  # share of episodes held out for validation
+    test_fraction: float = 0.15  # share of episodes held out for testing
+    patience: int = 5  # early-stopping patience in epochs (val loss)
+    resume: bool = False  # continue from the last checkpoint of the same stage key
+    precision: str = "32-true"  # any Lightning precision, e.g. bf16-mixed
+    accelerator: str = "cpu"  # cpu | gpu | auto ...
+    devices: int = 1
+    strategy: str = "auto"  # auto | ddp | ...
+    num_nodes: int = 1
+    num_workers: int = 0  # DataLoader workers
+    loss: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking."""
+
+    uri: str = ""  # empty: sqlite:///<workdir>/mlflow.db (embedded, no server)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole experiment."""
+
+    experiment: str = "drivecast"  # MLflow experiment and artifact folder name
+    workdir: str = "runs"  # where every stage writes (<workdir>/<experiment>/<stage>/<key>)
+    seed: int = 0  # the one seed every stage derives its randomness from
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    gridworld: GridworldConfig = field(default_factory=GridworldConfig)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{Path(self.workdir).resolve()}/mlflow.db"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (None: all defaults), apply `key.sub=value` overrides, validate."""
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return build(Config, raw, prefix="")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`ingest.episodes=4` -> ("ingest.episodes", 4); the value is read as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+    try:
+        return key, yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({err.problem})") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a plain mapping, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix or 'config'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    values = {name: _coerce(hints[name], value, f"{prefix}.{name}".lstrip("."))
+              for name, value in raw.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_optional(hint, value, key)
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _coerce_enum(hint, value, key)
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_optional(hint: Any, value: Any, key: str) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        return None
+    return _coerce(args[0], value, key)
+
+
+def _coerce_enum(hint: type[enum.Enum], value: Any, key: str) -> enum.Enum:
+    try:
+        return hint(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in hint)
+        raise ConfigError(f"config key '{key}' must be one of {choices}, got {value!r}") from None
+
+
+def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- saving
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML/JSON-ready structure of a config (enums as their values)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as their string form."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)

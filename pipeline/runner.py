@@ -1,0 +1,116 @@
+"""Run stages in dependency order, reusing complete stage directories.
+
+A stage is a plain function `produce(cfg, inputs, work_dir, ctx) -> summary`; this
+module gives it a key, a working directory, an MLflow run, and makes its result atomic.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import artifacts
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config, dump_yaml, to_dict
+from pipeline.tracking import Tracker, config_params
+
+
+@dataclass
+class StageContext:
+    """What a running stage may use besides its config and inputs."""
+
+    tracker: Tracker
+    run_id: str | None  # the stage's nested MLflow run (Lightning logs into it)
+    force: bool = False
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+
+
+Produce = Callable[[Config, Mapping[str, Artifacts], Path, StageContext], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: which config sections and upstream stages its key depends on."""
+
+    name: str
+    sections: tuple[str, ...]
+    inputs: tuple[str, ...]
+    produce: Produce
+    # keep a killed run's partial work (ingest shards, train checkpoints) when this says so
+    resumable: Callable[[Config], bool] = lambda cfg: False
+
+
+def experiment_root(cfg: Config) -> Path:
+    return Path(cfg.workdir) / cfg.experiment
+
+
+# Settings that change how a stage runs but not what it produces stay out of the key.
+KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers")}
+
+
+def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:
+    sections: dict[str, Any] = {}
+    for name in stage.sections:
+        tree = to_dict(getattr(cfg, name))
+        for field_name in KEY_EXEMPT.get(name, ()):
+            tree.pop(field_name, None)
+        sections[name] = tree
+    sections["seed"] = cfg.seed
+    return artifacts.stage_key(sections, {name: inputs[name].key for name in stage.inputs})
+
+
+def stage_config_text(stage: Stage, cfg: Config) -> str:
+    """The resolved config saved beside the artifact (whole tree: what produced this)."""
+    return f"# drivecast stage '{stage.name}' (key sections: {', '.join(stage.sections)})\n" \
+        + dump_yaml(cfg)
+
+
+def run_stage(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker: Tracker,
+              force: bool = False) -> Artifacts:
+    """Compute (or reuse) one stage; prints its directory as the last line."""
+    key = key_of(stage, cfg, inputs)
+    root = experiment_root(cfg)
+    final = artifacts.final_dir(root, stage.name, key)
+    params = {k: v for name in stage.sections for k, v in config_params(getattr(cfg, name), name).items()}
+    params["seed"] = cfg.seed
+    with tracker.run(stage.name, params, nested=True) as run_id:
+        tracker.set_tags({"drivecast.stage": stage.name, "drivecast.key": key})
+        if artifacts.is_complete(final) and not force:
+            result = artifacts.load_complete(stage.name, key, final)
+            print(f"[{stage.name}] reusing complete {final}", file=sys.stderr)
+        else:
+            result = _compute(stage, cfg, inputs, tracker, run_id, key, force)
+        tracker.set_tags({"drivecast.reused": str(result.reused).lower()})
+        tracker.log_metrics(result.summary)
+        tracker.log_dir(result.path)
+    print(result.path, flush=True)
+    return result
+
+
+def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker: Tracker,
+             run_id: str | None, key: str, force: bool) -> Artifacts:
+    root = experiment_root(cfg)
+    work = artifacts.open_partial(root, stage.name, key, keep=stage.resumable(cfg) and not force)
+    ctx = StageContext(tracker=tracker, run_id=run_id, force=force)
+    summary = dict(stage.produce(cfg, inputs, work, ctx))
+    final = artifacts.final_dir(root, stage.name, key)
+    artifacts.commit(work, final, stage_config_text(stage, cfg), summary)
+    return Artifacts(stage.name, key, final, artifacts.clean_numbers(summary))
+
+
+def run_until(target: str, stages: list[Stage], cfg: Config, tracker: Tracker,
+              force: Collection[str] = ()) -> dict[str, Artifacts]:
+    """Run every stage up to and including `target`, in order; stages named in `force`
+    are recomputed even when a complete directory exists."""
+    done: dict[str, Artifacts] = {}
+    for stage in stages:
+        needed = {name: done[name] for name in stage.inputs}
+        done[stage.name] = run_stage(stage, cfg, needed, tracker, force=stage.name in force)
+        if stage.name == target:
+            break
+    return done

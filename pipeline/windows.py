@@ -1,0 +1,148 @@
+"""Cut a dataset into ego-centric training windows (the window contract).
+
+One window per ego decision step k (every `stride` steps): the history is the H
+simulation frames up to the decision frame t0, the future the next F decision steps.
+Arrays are numpy; `WindowSet.arrays` maps the contract's names to (B, ...) arrays:
+hist (B,H,N,D), hist_mask (B,H,N), actions (B,F), future (B,F,N,4), future_mask (B,F,N),
+reward/collision/cont (B,F), step_mask/label_mask (B,F), episode (B,), step (B,).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.features import STATE_COLUMNS, TARGET_DIM, gather_slots, scene_history, to_ego_frame
+
+IDLE = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One episode held densely: states (T, V, 6), present (T, V), the ego's index."""
+
+    states: np.ndarray
+    present: np.ndarray
+    ego: int
+
+
+@dataclass(frozen=True)
+class WindowSet:
+    """Windows plus the decision period `dt` (seconds per future step)."""
+
+    arrays: dict[str, np.ndarray]
+    dt: float
+
+    def __len__(self) -> int:
+        return len(self.arrays["actions"])
+
+    def subset(self, index: np.ndarray) -> WindowSet:
+        return WindowSet({k: v[index] for k, v in self.arrays.items()}, self.dt)
+
+
+def episode_rows(episode: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(episode id, row indices) for each episode, ids ascending."""
+    order = np.argsort(episode, kind="stable")
+    ids, starts = np.unique(episode[order], return_index=True)
+    for i, ep in enumerate(ids):
+        end = starts[i + 1] if i + 1 < len(ids) else len(order)
+        yield int(ep), order[starts[i]:end]
+
+
+def build_scene(frames: dict[str, np.ndarray], rows: np.ndarray) -> Scene:
+    """Dense (T, V, 6) states of one episode from its frames-table rows."""
+    frame = frames["frame"][rows].astype(np.int64)
+    ids, vehicle = np.unique(frames["vehicle_id"][rows], return_inverse=True)
+    states = np.zeros((frame.max() + 1, len(ids), len(STATE_COLUMNS)), dtype=np.float64)
+    present = np.zeros(states.shape[:2], dtype=bool)
+    states[frame, vehicle] = np.stack([frames[c][rows] for c in STATE_COLUMNS], axis=-1)
+    present[frame, vehicle] = True
+    ego_rows = np.flatnonzero(frames["is_ego"][rows])
+    if len(ego_rows) == 0:
+        raise ValueError(f"episode {int(frames['episode'][rows[0]])} has no ego vehicle rows")
+    return Scene(states, present, int(vehicle[ego_rows[0]]))
+
+
+def episode_windows(scene: Scene, steps: dict[str, np.ndarray], frames_per_step: int,
+                    history: int, horizon: int, n_slots: int, stride: int) -> list[dict]:
+    """Windows of one episode; `steps` holds that episode's rows sorted by step."""
+    n_steps = len(steps["step"])
+    return [window_at(scene, steps, k, frames_per_step, history, horizon, n_slots)
+            for k in range(0, n_steps, stride)]
+
+
+def window_at(scene: Scene, steps: dict[str, np.ndarray], k: int, frames_per_step: int,
+              history: int, horizon: int, n_slots: int) -> dict[str, np.ndarray]:
+    t0 = int(steps["first_frame"][k])
+    hist, hist_mask, slots = scene_history(scene.states, scene.present, scene.ego, t0,
+                                           history, n_slots)
+    idx = np.arange(k, k + horizon)
+    exists = idx < len(steps["step"])
+    safe = np.minimum(idx, len(steps["step"]) - 1)
+    end_frames = np.where(exists, steps["first_frame"][safe] + frames_per_step, -1)
+    raw, future_mask = gather_slots(scene.states, scene.present, slots, end_frames)
+    pose = tuple(scene.states[t0, scene.ego, [0, 1, 4]])
+    future = np.where(future_mask[..., None], to_ego_frame(raw, pose)[..., :TARGET_DIM], 0.0)
+    return {
+        "hist": hist, "hist_mask": hist_mask,
+        "actions": np.where(exists, steps["action"][safe], IDLE).astype(np.int64),
+        "future": future.astype(np.float32), "future_mask": future_mask,
+        "reward": np.where(exists, steps["reward"][safe], 0.0).astype(np.float32),
+        "collision": np.where(exists, steps["collision"][safe], 0).astype(np.float32),
+        "cont": np.where(exists, ~steps["terminated"][safe], 0).astype(np.float32),
+        "step_mask": exists, "label_mask": exists.copy(),
+        "step": np.int64(k),
+    }
+
+
+def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
+                 frames_per_step: int, dt: float, history: int, horizon: int,
+                 n_slots: int, stride: int = 1) -> WindowSet:
+    """All windows of a dataset (frames/steps as column dicts of numpy arrays)."""
+    step_groups = dict(episode_rows(steps["episode"]))
+    windows: list[dict] = []
+    for ep, rows in episode_rows(frames["episode"]):
+        if ep not in step_groups:
+            continue
+        srows = step_groups[ep][np.argsort(steps["step"][step_groups[ep]], kind="stable")]
+        ep_steps = {k: v[srows] for k, v in steps.items()}
+        for window in episode_windows(build_scene(frames, rows), ep_steps, frames_per_step,
+                                      history, horizon, n_slots, stride):
+            window["episode"] = np.int64(ep)
+            windows.append(window)
+    if not windows:
+        raise ValueError("the dataset holds no complete episode to cut windows from")
+    return WindowSet({k: np.stack([w[k] for w in windows]) for k in windows[0]}, dt)
+
+
+def split_episodes(episodes: np.ndarray, val_fraction: float, test_fraction: float,
+                   seed: int) -> dict[str, np.ndarray]:
+    """Episode ids per split, disjoint, a deterministic function of the seed."""
+    ids = np.unique(episodes)
+    shuffled = np.random.default_rng(seed).permutation(ids)
+    n_test = max(1, round(len(ids) * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(len(ids) * val_fraction)) if val_fraction > 0 else 0
+    if n_test + n_val >= len(ids):
+        raise ValueError(f"{len(ids)} episodes are too few for a train/val/test split "
+                         f"(val {val_fraction}, test {test_fraction})")
+    return {"test": np.sort(shuffled[:n_test]),
+            "val": np.sort(shuffled[n_test:n_test + n_val]),
+            "train": np.sort(shuffled[n_test + n_val:])}
+
+
+def split_windows(windows: WindowSet, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, WindowSet]:
+    parts = split_episodes(windows.arrays["episode"], val_fraction, test_fraction, seed)
+    return {name: windows.subset(np.isin(windows.arrays["episode"], ids))
+            for name, ids in parts.items()}
+
+
+def observation_stats(hist: np.ndarray, hist_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (D,) over present entries of (B, H, N, D) histories."""
+    values = hist[hist_mask]  # (M, D)
+    if len(values) == 0:
+        raise ValueError("no present vehicle in the training windows: cannot normalise")
+    return values.mean(0).astype(np.float32), np.maximum(values.std(0), 1e-3).astype(np.float32)

@@ -1,0 +1,102 @@
+"""Artifact keys, reuse, --force, atomic completion and MLflow runs, on a tiny fake stage."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import artifacts
+from pipeline.config import load_config
+from pipeline.runner import Stage, key_of, run_stage, run_until
+from pipeline.tracking import Tracker
+
+CALLS: list[str] = []
+
+
+def produce_a(cfg, inputs, work, ctx):
+    CALLS.append("a")
+    (work / "data.txt").write_text(str(cfg.ingest.episodes))
+    ctx.log_metrics({"loss": 1.0}, step=0)
+    return {"value": float(cfg.ingest.episodes)}
+
+
+def produce_b(cfg, inputs, work, ctx):
+    CALLS.append("b")
+    return {"double": 2 * inputs["a"].summary["value"]}
+
+
+def produce_killed(cfg, inputs, work, ctx):
+    (work / "half.txt").write_text("half")
+    raise KeyboardInterrupt
+
+
+STAGE_A = Stage("a", sections=("ingest",), inputs=(), produce=produce_a)
+STAGE_B = Stage("b", sections=("train",), inputs=("a",), produce=produce_b)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    CALLS.clear()
+    return load_config(None, [f"workdir={tmp_path}", "experiment=t", "tracking.enabled=false"])
+
+
+def test_stage_writes_complete_directory_and_prints_it_last(cfg, capsys):
+    result = run_stage(STAGE_A, cfg, {}, Tracker(cfg))
+    assert artifacts.is_complete(result.path)
+    assert json.loads((result.path / "summary.json").read_text()) == {"value": 40.0}
+    assert "ingest:" in (result.path / "config.yaml").read_text()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(result.path)
+    assert result.path == Path(cfg.workdir) / "t" / "a" / result.key
+
+
+def test_complete_stage_is_reused_and_force_recomputes(cfg):
+    first = run_until("b", [STAGE_A, STAGE_B], cfg, Tracker(cfg))
+    again = run_until("b", [STAGE_A, STAGE_B], cfg, Tracker(cfg))
+    assert CALLS == ["a", "b"]
+    assert again["b"].reused and again["b"].path == first["b"].path
+    run_until("b", [STAGE_A, STAGE_B], cfg, Tracker(cfg), force=["b"])
+    assert CALLS == ["a", "b", "b"]
+
+
+def test_key_depends_on_config_and_inputs_but_not_on_worker_count(cfg):
+    from pipeline.config import load_config as load
+
+    other = load(None, [f"workdir={cfg.workdir}", "ingest.episodes=3"])
+    workers = load(None, [f"workdir={cfg.workdir}", "ingest.workers=7"])
+    assert key_of(STAGE_A, cfg, {}) != key_of(STAGE_A, other, {})
+    assert key_of(STAGE_A, cfg, {}) == key_of(STAGE_A, workers, {})
+    a1 = artifacts.Artifacts("a", "k1", Path("."), {})
+    a2 = artifacts.Artifacts("a", "k2", Path("."), {})
+    assert key_of(STAGE_B, cfg, {"a": a1}) != key_of(STAGE_B, cfg, {"a": a2})
+
+
+def test_killed_stage_leaves_nothing_that_looks_complete(cfg):
+    stage = Stage("a", sections=("ingest",), inputs=(), produce=produce_killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage, cfg, {}, Tracker(cfg))
+    key = key_of(stage, cfg, {})
+    root = Path(cfg.workdir) / "t" / "a"
+    assert not (root / key).exists()
+    assert (root / f".partial-{key}" / "half.txt").exists()
+    result = run_stage(STAGE_A, cfg, {}, Tracker(cfg))  # same key: the rerun completes it
+    assert result.path == root / key and artifacts.is_complete(result.path)
+    assert not (result.path / "half.txt").exists()
+
+
+def test_mlflow_parent_run_with_nested_stage_runs(tmp_path):
+    import mlflow
+
+    cfg = load_config(None, [f"workdir={tmp_path}", "experiment=track"])
+    tracker = Tracker(cfg)
+    with tracker.run("run", {"seed": 0}) as parent_id:
+        run_until("b", [STAGE_A, STAGE_B], cfg, tracker)
+    assert (tmp_path / "mlflow.db").is_file()
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+    runs = client.search_runs([tracker.experiment_id])
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert set(children) == {"a", "b"}
+    assert children["a"].data.metrics["value"] == 40.0
+    assert children["a"].data.params["ingest.episodes"] == "40"
+    assert children["b"].data.metrics["double"] == 80.0
+    names = {a.path for a in client.list_artifacts(children["a"].info.run_id)}
+    assert {"summary.json", "config.yaml", "data.txt"} <= names
