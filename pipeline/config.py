@@ -87,6 +87,29 @@ class ModelConfig:
     stride: int = 1  # decision steps between consecutive window starts
 
 
+# Named size presets: widths of the world model (constructor arguments of WorldModel).
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "debug": {"embed_dim": 16, "deter_dim": 32, "stoch_dim": 8, "hidden_dim": 32,
+              "heads": 2, "action_dim": 8},
+    "small": {"embed_dim": 64, "deter_dim": 128, "stoch_dim": 16, "hidden_dim": 128,
+              "heads": 4, "action_dim": 16},
+    "base": {"embed_dim": 96, "deter_dim": 192, "stoch_dim": 32, "hidden_dim": 192,
+             "heads": 4, "action_dim": 16},
+}
+
+
+def model_kwargs(model: ModelConfig, dt: float) -> dict[str, Any]:
+    """WorldModel constructor arguments: the size preset expanded plus the window geometry."""
+    from pipeline.features import OBS_DIM
+
+    if model.size not in MODEL_SIZES:
+        raise ConfigError(f"config key 'model.size' must be one of {', '.join(MODEL_SIZES)}, "
+                          f"got '{model.size}'")
+    return {"obs_dim": OBS_DIM, "n_vehicles": model.vehicles, "n_actions": 5,
+            "ensemble": model.ensemble, "variant": model.variant.value, "dt": dt,
+            **MODEL_SIZES[model.size]}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Lightning training of the world model."""
@@ -168,7 +191,8 @@ def _read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+        kind = type(data).__name__
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {kind}")
     return data
 
 
@@ -192,7 +216,8 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(sorted(names))})")
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {known})")
     values = {name: _coerce(hints[name], value, f"{prefix}.{name}".lstrip("."))
               for name, value in raw.items()}
     return cls(**values)

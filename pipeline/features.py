@@ -42,7 +42,8 @@ def nearest_slots(states: np.ndarray, present: np.ndarray, ego: int, t0: int,
 
     Returns (N,) int64 with -1 for empty slots.
     """
-    distance = np.hypot(states[t0, :, 0] - states[t0, ego, 0], states[t0, :, 1] - states[t0, ego, 1])
+    offset = states[t0, :, :2] - states[t0, ego, :2]  # (V, 2)
+    distance = np.hypot(offset[:, 0], offset[:, 1])
     distance = np.where(present[t0], distance, np.inf)
     distance[ego] = np.inf
     order = np.argsort(distance, kind="stable")

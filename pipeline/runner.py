@@ -76,8 +76,9 @@ def run_stage(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracke
     key = key_of(stage, cfg, inputs)
     root = experiment_root(cfg)
     final = artifacts.final_dir(root, stage.name, key)
-    params = {k: v for name in stage.sections for k, v in config_params(getattr(cfg, name), name).items()}
-    params["seed"] = cfg.seed
+    params = {"seed": cfg.seed}
+    for name in stage.sections:
+        params.update(config_params(getattr(cfg, name), name))
     with tracker.run(stage.name, params, nested=True) as run_id:
         tracker.set_tags({"drivecast.stage": stage.name, "drivecast.key": key})
         if artifacts.is_complete(final) and not force:

@@ -93,7 +93,8 @@ def test_mlflow_parent_run_with_nested_stage_runs(tmp_path):
     assert (tmp_path / "mlflow.db").is_file()
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
     runs = client.search_runs([tracker.experiment_id])
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent_id}
     assert set(children) == {"a", "b"}
     assert children["a"].data.metrics["value"] == 40.0
     assert children["a"].data.params["ingest.episodes"] == "40"
