@@ -72,6 +72,7 @@ class LossWeights:
     free_bits: float = 1.0  # nats per step under which the KL is not penalised
     kl_balance: float = 0.8  # share of the KL gradient that trains the prior
     collision_pos_weight: float = 10.0  # BCE weight of the rare positive class
+    open_loop: float = 1.0  # weight of the heads' terms on the open-loop (prior) rollout
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TestSet:
+    """A shifted scenario: collected like `ingest` but with another env or env config."""
+
+    name: str
+    env_id: str = ""  # empty: ingest.env_id (and ingest.env_config is inherited)
+    env_config: dict = field(default_factory=dict)  # merged over the inherited env config
+
+
+def default_testsets() -> list[TestSet]:
+    return [TestSet("dense", env_config={"vehicles_density": 1.5}),
+            TestSet("lanes4", env_config={"lanes_count": 4}),
+            TestSet("highway15hz", env_id="highway-v0", env_config={"simulation_frequency": 15}),
+            TestSet("merge", env_id="merge-v0")]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Forecast, risk and uncertainty evaluation on held-out and shifted test sets."""
+
+    episodes: int = 16  # episodes collected per shifted test set
+    testsets: list[TestSet] = field(default_factory=default_testsets)
+    samples: int = 6  # k sampled futures for minADE_k / minFDE_k
+    scenes: int = 3  # forecast pictures in the report
+    lane_keeping_tau: float = 1.0  # s, time constant of the lane-keeping baseline
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking."""
 
@@ -150,6 +178,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gridworld: GridworldConfig = field(default_factory=GridworldConfig)
 

@@ -1,59 +1,48 @@
-"""Run a trained world model over windows and score it against constant velocity."""
+"""Run a trained world model over windows (torch side of evaluation)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from evaluation import baselines, metrics
+from evaluation import baselines, forecast_eval, metrics
 from pipeline.windows import WindowSet
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, windows: WindowSet,
-            batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Open-loop forecasts under the recorded actions (prior mean, no sampling).
-
-    Returns states (B, F, N, 4), states_std (B, F, N, 4), collision (B, F) per-step
-    probability, uncertainty (B, F).
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    parts: dict[str, list[np.ndarray]] = {"states": [], "states_std": [], "collision": [],
-                                          "uncertainty": []}
+def _batches(windows: WindowSet, batch_size: int, device: torch.device):
     a = windows.arrays
     for start in range(0, len(windows), batch_size):
         part = slice(start, start + batch_size)
-        out = model.imagine(torch.from_numpy(a["hist"][part]).to(device),
-                            torch.from_numpy(a["hist_mask"][part]).to(device),
-                            torch.from_numpy(a["actions"][part][:, None, :]).to(device))
-        parts["states"].append(out.states_mean[:, 0, 0].cpu().numpy())  # (b, F, N, 4)
-        parts["states_std"].append(out.states_std[:, 0, 0].cpu().numpy())
-        parts["collision"].append(out.collision[:, 0, 0].cpu().numpy())  # (b, F)
-        parts["uncertainty"].append(out.uncertainty[:, 0].cpu().numpy())  # (b, F)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        yield (torch.from_numpy(a["hist"][part]).to(device),
+               torch.from_numpy(a["hist_mask"][part]).to(device),
+               torch.from_numpy(a["actions"][part][:, None, :]).to(device))  # (b, K=1, F)
 
 
-def horizon_seconds(windows: WindowSet) -> list[int]:
-    """Whole seconds that the window's future steps reach (1 .. F*dt)."""
-    n_steps = windows.arrays["actions"].shape[1]
-    return [s for s in range(1, int(n_steps * windows.dt + 1e-9) + 1)
-            if abs(s / windows.dt - round(s / windows.dt)) < 1e-6]
+@torch.no_grad()
+def predict(model: torch.nn.Module, windows: WindowSet, samples: int = 0, seed: int = 0,
+            batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Open-loop forecasts under the recorded actions.
 
-
-def neighbour_future_mask(windows: WindowSet) -> np.ndarray:
-    """(B, F, N): neighbours within 50 m of the ego at t0, present at that future step."""
-    a = windows.arrays
-    near = metrics.neighbour_mask(a["hist"], a["hist_mask"])  # (B, N)
-    return a["future_mask"] & a["step_mask"][..., None] & near[:, None, :]
-
-
-def fde_table(pred_states: np.ndarray, windows: WindowSet) -> dict[int, float]:
-    """Mean FDE (metres) of neighbours within 50 m at each horizon second."""
-    error = metrics.displacement_error(pred_states, windows.arrays["future"])
-    seconds = horizon_seconds(windows)
-    _, fde = metrics.ade_fde_by_horizon(error, neighbour_future_mask(windows), seconds, windows.dt)
-    return dict(zip(seconds, fde.tolist(), strict=True))
+    Prior-mean rollout: states (B, F, N, 4), states_std (B, F, N, 4), collision (B, F),
+    uncertainty (B, F); with `samples` S > 0 also samples (S, B, F, N, 2), positions of S
+    rollouts with seeded latent noise.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[np.ndarray]] = {}
+    for hist, mask, actions in _batches(windows, batch_size, device):
+        mean = model.imagine(hist, mask, actions)
+        out = {"states": mean.states_mean[:, 0, 0], "states_std": mean.states_std[:, 0, 0],
+               "collision": mean.collision[:, 0, 0], "uncertainty": mean.uncertainty[:, 0]}
+        if samples:
+            noise = torch.randn((*actions.shape[:2], samples, actions.shape[2], model.stoch_dim),
+                                generator=generator).to(device)  # (b, 1, S, F, Z)
+            drawn = model.imagine(hist, mask, actions, noise).states_mean[:, 0, ..., :2]
+            out["samples"] = drawn.transpose(0, 1)  # (S, b, F, N, 2)
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.cpu().numpy())
+    return {k: np.concatenate(v, axis=1 if k == "samples" else 0) for k, v in parts.items()}
 
 
 def constant_velocity_states(windows: WindowSet) -> np.ndarray:
@@ -61,16 +50,16 @@ def constant_velocity_states(windows: WindowSet) -> np.ndarray:
     return baselines.constant_velocity(a["hist"], a["hist_mask"], windows.dt, a["actions"].shape[1])
 
 
-def risk_auroc(collision_prob: np.ndarray, windows: WindowSet) -> float:
-    a = windows.arrays
-    return metrics.auroc(collision_prob, a["collision"], a["step_mask"] & a["label_mask"])
-
-
 def forecast_summary(model: torch.nn.Module, windows: WindowSet, prefix: str) -> dict[str, float]:
     """`<prefix>fde_<s>s`, `cv_fde_<s>s` and `<prefix>risk_auroc` on the given windows."""
+    a, dt = windows.arrays, windows.dt
     pred = predict(model, windows)
-    summary = {f"{prefix}fde_{s}s": v for s, v in fde_table(pred["states"], windows).items()}
-    summary |= {f"cv_fde_{s}s": v for s, v in fde_table(constant_velocity_states(windows),
-                                                         windows).items()}
-    summary[f"{prefix}risk_auroc"] = risk_auroc(pred["collision"], windows)
+    seconds = forecast_eval.horizon_seconds(a["actions"].shape[1], dt)
+    cv = constant_velocity_states(windows)
+    summary = dict(zip([f"{prefix}fde_{s}s" for s in seconds],
+                       forecast_eval.fde_curve(pred["states"], a, dt), strict=True))
+    summary |= dict(zip([f"cv_fde_{s}s" for s in seconds],
+                        forecast_eval.fde_curve(cv, a, dt), strict=True))
+    mask = a["step_mask"] & a["label_mask"]
+    summary[f"{prefix}risk_auroc"] = metrics.auroc(pred["collision"], a["collision"], mask)
     return summary

@@ -4,7 +4,8 @@ One window per ego decision step k (every `stride` steps): the history is the H
 simulation frames up to the decision frame t0, the future the next F decision steps.
 Arrays are numpy; `WindowSet.arrays` maps the contract's names to (B, ...) arrays:
 hist (B,H,N,D), hist_mask (B,H,N), actions (B,F), future (B,F,N,4), future_mask (B,F,N),
-reward/collision/cont (B,F), step_mask/label_mask (B,F), episode (B,), step (B,).
+reward/collision/cont (B,F), step_mask/label_mask (B,F), episode (B,), step (B,), and
+ego_pose (B, 3): the ego's world x, y, heading at t0.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def window_at(scene: Scene, steps: dict[str, np.ndarray], k: int, frames_per_ste
         "collision": np.where(exists, steps["collision"][safe], 0).astype(np.float32),
         "cont": np.where(exists, ~steps["terminated"][safe], 0).astype(np.float32),
         "step_mask": exists, "label_mask": exists.copy(),
-        "step": np.int64(k),
+        "step": np.int64(k), "ego_pose": np.asarray(pose, dtype=np.float64),
     }
 
 
@@ -138,6 +139,18 @@ def split_windows(windows: WindowSet, val_fraction: float, test_fraction: float,
     parts = split_episodes(windows.arrays["episode"], val_fraction, test_fraction, seed)
     return {name: windows.subset(np.isin(windows.arrays["episode"], ids))
             for name, ids in parts.items()}
+
+
+def lane_centers_world(frames: dict[str, np.ndarray]) -> np.ndarray:
+    """World y of each lane's centre line (L,), estimated as the median y of the vehicles
+    driving in it (vehicles keep to lane centres most of the time)."""
+    lanes = np.unique(frames["lane"])
+    return np.array([np.median(frames["y"][frames["lane"] == lane]) for lane in lanes])
+
+
+def lane_centers_ego(centers: np.ndarray, ego_pose: np.ndarray) -> np.ndarray:
+    """Lateral offsets (B, L) of straight lane centre lines beside the ego at t0."""
+    return (np.cos(ego_pose[:, 2:3]) * (centers[None, :] - ego_pose[:, 1:2])).astype(np.float32)
 
 
 def observation_stats(hist: np.ndarray, hist_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

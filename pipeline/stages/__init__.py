@@ -1,7 +1,7 @@
 """The pipeline's stages, in the order `drivecast run` executes them."""
 
-from pipeline.stages import gridworld, ingest
+from pipeline.stages import evaluate, gridworld, ingest, train
 
-PIPELINE = [ingest.STAGE]
+PIPELINE = [ingest.STAGE, train.STAGE, evaluate.STAGE]
 STAGE_NAMES = [stage.name for stage in PIPELINE]
 GRIDWORLD = gridworld.STAGE

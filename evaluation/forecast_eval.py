@@ -1,0 +1,116 @@
+"""Score a model's forecasts on one test set against the baselines (numpy only).
+
+Inputs are the window arrays (the window contract, plus `lane_centers` (B, L)) and the
+model's predictions: states (B, F, N, 4) and states_std under the prior mean, collision
+(B, F), uncertainty (B, F), and `samples` (S, B, F, N, 2) sampled futures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evaluation import baselines, metrics
+
+
+@dataclass
+class TestsetResult:
+    """Headline figures (flat) plus what the report draws."""
+
+    summary: dict[str, float]
+    fde_curves: dict[str, list[float]] = field(default_factory=dict)  # name -> per second
+    seconds: list[int] = field(default_factory=list)
+    reliability: metrics.ReliabilityBins | None = None
+    risk_prob: np.ndarray | None = None  # valid per-step probabilities (M,)
+    risk_label: np.ndarray | None = None  # (M,)
+
+
+def horizon_seconds(n_steps: int, dt: float) -> list[int]:
+    """Whole seconds reached by the future steps (1 .. F*dt)."""
+    return [s for s in range(1, int(n_steps * dt + 1e-9) + 1)
+            if abs(s / dt - round(s / dt)) < 1e-6]
+
+
+def neighbour_future_mask(a: dict[str, np.ndarray]) -> np.ndarray:
+    """(B, F, N): neighbours within 50 m of the ego at t0, present at that future step."""
+    near = metrics.neighbour_mask(a["hist"], a["hist_mask"])  # (B, N)
+    return a["future_mask"] & a["step_mask"][..., None] & near[:, None, :]
+
+
+def fde_curve(pred_states: np.ndarray, a: dict[str, np.ndarray], dt: float) -> list[float]:
+    error = metrics.displacement_error(pred_states, a["future"])
+    seconds = horizon_seconds(a["actions"].shape[1], dt)
+    _, fde = metrics.ade_fde_by_horizon(error, neighbour_future_mask(a), seconds, dt)
+    return fde.tolist()
+
+
+def baseline_states(a: dict[str, np.ndarray], dt: float, tau: float) -> dict[str, np.ndarray]:
+    n_steps = a["actions"].shape[1]
+    cv = baselines.constant_velocity(a["hist"], a["hist_mask"], dt, n_steps)
+    lk = baselines.constant_velocity_lane_keeping(a["hist"], a["hist_mask"], dt, n_steps,
+                                                  a["lane_centers"], tau=tau)
+    return {"cv": cv, "cv_lane": lk}
+
+
+def forecast_figures(pred: dict, a: dict, dt: float, tau: float) -> tuple[dict, dict]:
+    """FDE per second for the model and baselines, plus ADE, minFDE_k, miss rate and NLL."""
+    seconds = horizon_seconds(a["actions"].shape[1], dt)
+    curves = {"model": fde_curve(pred["states"], a, dt)}
+    curves |= {name: fde_curve(s, a, dt) for name, s in baseline_states(a, dt, tau).items()}
+    summary = {}
+    for name, prefix in (("model", ""), ("cv", "cv_"), ("cv_lane", "cv_lane_")):
+        summary |= {f"{prefix}fde_{s}s": v for s, v in zip(seconds, curves[name], strict=True)}
+    mask = neighbour_future_mask(a)
+    last = len(seconds) and metrics.horizon_step(seconds[-1], dt, a["actions"].shape[1])
+    error = metrics.displacement_error(pred["states"], a["future"])
+    summary["ade"] = metrics.masked_mean(*metrics.average_displacement(error, mask, last))
+    final, valid = metrics.final_displacement(error, mask, step=last)
+    summary["miss_rate"] = metrics.miss_rate(final, valid)
+    k = len(pred["samples"])
+    min_fde, min_valid = metrics.min_fde_k(pred["samples"], a["future"][..., :2], mask, step=last)
+    summary[f"min_fde_{seconds[-1]}s_k{k}"] = metrics.masked_mean(min_fde, min_valid)
+    nll = metrics.gaussian_nll(pred["states"][..., :2], pred["states_std"][..., :2],
+                               a["future"][..., :2]).sum(-1)  # (B, F, N)
+    summary["nll_xy"] = metrics.masked_mean(nll, mask)
+    return summary, curves
+
+
+def risk_figures(pred: dict, a: dict, dt: float) -> tuple[dict, metrics.ReliabilityBins, tuple]:
+    """Per-step collision-risk quality, and the time-to-collision baseline per window."""
+    mask = a["step_mask"] & a["label_mask"]
+    prob, label = pred["collision"], a["collision"]
+    summary = {"risk_auroc": metrics.auroc(prob, label, mask),
+               "risk_ap": metrics.average_precision(prob, label, mask),
+               "risk_brier": metrics.masked_mean(metrics.brier(prob, label), mask),
+               "risk_ece": metrics.expected_calibration_error(prob, label, mask),
+               "collision_rate": metrics.masked_mean(label, mask)}
+    window_label = (label * mask).max(axis=1)  # (B,) any collision within the horizon
+    window_prob = 1.0 - np.prod(np.where(mask, 1.0 - prob, 1.0), axis=1)
+    ttc = baselines.ttc_risk(a["hist"], a["hist_mask"], horizon_s=a["actions"].shape[1] * dt)
+    summary["window_risk_auroc"] = metrics.auroc(window_prob, window_label)
+    summary["ttc_window_risk_auroc"] = metrics.auroc(ttc, window_label)
+    bins = metrics.reliability_bins(prob, label, mask=mask)
+    return summary, bins, (prob[mask], label[mask])
+
+
+def uncertainty_figures(pred: dict, a: dict) -> dict[str, float]:
+    """Does the model's uncertainty rank its own errors? (Spearman per window)."""
+    mask = neighbour_future_mask(a)
+    error = metrics.displacement_error(pred["states"], a["future"])  # (B, F, N)
+    per_window_error, has_error = metrics.average_displacement(error, mask)  # (B, N)
+    window_error = metrics.masked_mean(per_window_error, has_error, axis=1)  # (B,)
+    window_unc = metrics.masked_mean(pred["uncertainty"], a["step_mask"], axis=1)  # (B,)
+    valid = np.isfinite(window_error) & np.isfinite(window_unc)
+    return {"uncertainty_error_spearman": metrics.spearman(window_unc, window_error, valid),
+            "mean_uncertainty": metrics.masked_mean(window_unc, valid)}
+
+
+def evaluate_testset(pred: dict[str, np.ndarray], a: dict[str, np.ndarray], dt: float,
+                     lane_keeping_tau: float = 1.0) -> TestsetResult:
+    """Every figure of one test set."""
+    forecast, curves = forecast_figures(pred, a, dt, lane_keeping_tau)
+    risk, bins, (prob, label) = risk_figures(pred, a, dt)
+    summary = forecast | risk | uncertainty_figures(pred, a) | {"windows": len(a["actions"])}
+    return TestsetResult(summary, curves, horizon_seconds(a["actions"].shape[1], dt), bins,
+                         prob, label)

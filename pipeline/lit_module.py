@@ -1,0 +1,75 @@
+"""Lightning wraps the world model: optimiser, the combined loss and logging.
+
+The maths lives in `models/`; this module only feeds batches to
+`models.losses.world_model_loss` and logs what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from models.losses import LossWeights, world_model_loss
+from models.world_model import WorldModel
+
+TENSOR_KEYS = ("hist", "hist_mask", "actions", "future", "future_mask", "reward", "collision",
+               "cont", "step_mask", "label_mask")
+
+
+class WindowDataset(Dataset):
+    """Windows (the contract's arrays) as a map-style dataset of tensor dicts."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in TENSOR_KEYS}
+        self.size = len(arrays["actions"])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def window_loader(arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool, seed: int,
+                  num_workers: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(WindowDataset(arrays), batch_size=batch_size, shuffle=shuffle,
+                      generator=generator, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+class WorldModelModule(L.LightningModule):
+    """Trains a `WorldModel`; hyperparameters are saved so checkpoints rebuild it alone."""
+
+    def __init__(self, model_kwargs: dict[str, Any], loss_weights: dict[str, float],
+                 lr: float, weight_decay: float, obs_mean: list[float], obs_std: list[float],
+                 target_scale: list[float]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = WorldModel(**model_kwargs)
+        self.model.set_normalization(torch.tensor(obs_mean), torch.tensor(obs_std),
+                                     torch.tensor(target_scale))
+        self.weights = LossWeights(**loss_weights)
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        loss, metrics = world_model_loss(self.model, batch, self.weights)
+        size = batch["actions"].shape[0]
+        self.log(f"{split}/loss", loss, prog_bar=True, on_epoch=True, on_step=False,
+                 batch_size=size, sync_dist=split != "train")
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items() if k != "loss"}, on_epoch=True,
+                      on_step=False, batch_size=size, sync_dist=split != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr,
+                                 weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,88 @@
+"""Evaluate stage: forecasts, risk calibration and uncertainty on held-out and shifted data.
+
+The held-out set is the train stage's test split (episodes never seen in training). Each
+shifted scenario in `evaluate.testsets` is collected through the ingest stage with its own
+seed, so it lands in `<experiment>/ingest/<key>/` and is reused across runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.forecast_eval import TestsetResult, evaluate_testset
+from evaluation.report import pick_scenes, write_report
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config, TestSet
+from pipeline.runner import Stage, StageContext, run_stage
+from pipeline.stages import ingest
+from pipeline.stages.train import SPLITS, load_model, load_windows
+from pipeline.windows import WindowSet
+
+TESTSET_SEED_OFFSET = 1_000_003  # shifted sets never share episode seeds with ingest
+
+
+def testset_config(cfg: Config, index: int, testset: TestSet) -> Config:
+    """The config whose ingest stage collects this shifted test set."""
+    env_id = testset.env_id or cfg.ingest.env_id
+    inherited = dict(cfg.ingest.env_config) if env_id == cfg.ingest.env_id else {}
+    section = dataclasses.replace(cfg.ingest, env_id=env_id,
+                                  env_config=inherited | dict(testset.env_config),
+                                  episodes=cfg.evaluate.episodes)
+    return dataclasses.replace(cfg, ingest=section,
+                               seed=cfg.seed + TESTSET_SEED_OFFSET * (index + 1))
+
+
+def held_out_windows(cfg: Config, inputs: Mapping[str, Artifacts]) -> WindowSet:
+    windows = load_windows(ingest.dataset_path(inputs["ingest"]), cfg)
+    test_ids = json.loads((inputs["train"].path / SPLITS).read_text())["test"]
+    return windows.subset(np.isin(windows.arrays["episode"], test_ids))
+
+
+def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
+    sets = {}
+    for i, testset in enumerate(cfg.evaluate.testsets):
+        collected = run_stage(ingest.STAGE, testset_config(cfg, i, testset), {}, ctx.tracker)
+        sets[testset.name] = load_windows(ingest.dataset_path(collected), cfg)
+    return sets
+
+
+def score(model, windows: WindowSet, cfg: Config) -> tuple[TestsetResult, dict]:
+    from pipeline.forecast import predict
+
+    pred = predict(model, windows, samples=cfg.evaluate.samples, seed=cfg.seed)
+    return evaluate_testset(pred, windows.arrays, windows.dt, cfg.evaluate.lane_keeping_tau), pred
+
+
+def flat_summary(results: dict[str, TestsetResult]) -> dict[str, float]:
+    """The held-out set's figures unprefixed, each shifted set's under `<name>/`."""
+    summary: dict[str, float] = {}
+    for i, (name, result) in enumerate(results.items()):
+        prefix = "" if i == 0 else f"{name}/"
+        summary |= {f"{prefix}{k}": v for k, v in result.summary.items()}
+    return summary
+
+
+def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+            ctx: StageContext) -> dict[str, float]:
+    model, _ = load_model(inputs["train"])
+    sets = {"test": held_out_windows(cfg, inputs)} | shifted_windows(cfg, ctx)
+    results, scenes = {}, []
+    for name, windows in sets.items():
+        results[name], pred = score(model, windows, cfg)
+        if name == "test":
+            scenes = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
+    header = (f"Model: `{inputs['train'].path}`. Held-out test episodes of the training "
+              f"distribution (`test`) and shifted scenarios: "
+              + ", ".join(f"`{t.name}` ({t.env_id or cfg.ingest.env_id} {t.env_config})"
+                          for t in cfg.evaluate.testsets) + ".")
+    write_report(results, scenes, work, header)
+    return flat_summary(results)
+
+
+STAGE = Stage("evaluate", sections=("evaluate", "ingest"), inputs=("ingest", "train"),
+              produce=produce)

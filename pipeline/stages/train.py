@@ -1,0 +1,178 @@
+"""Train stage: fit the world model on ingest windows with a Lightning Trainer.
+
+Writes `checkpoints/{best,last}.ckpt`, `model.pt` + `model.json` (everything needed to
+rebuild the model without Lightning: constructor arguments, normalisation statistics,
+window geometry) and `splits.json` (episode ids per split).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import Artifacts, write_json_atomic, write_text_atomic
+from pipeline.config import Config, model_kwargs
+from pipeline.errors import StageError
+from pipeline.runner import Stage, StageContext
+from pipeline.windows import (
+    WindowSet,
+    lane_centers_ego,
+    lane_centers_world,
+    make_windows,
+    observation_stats,
+    split_windows,
+)
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.pt"
+MODEL_SPEC = "model.json"
+SPLITS = "splits.json"
+
+
+def load_windows(dataset_dir: Path, cfg: Config) -> WindowSet:
+    """Read and validate a dataset, then cut it into the configured windows."""
+    from pipeline.dataset import read_dataset
+
+    data = read_dataset(dataset_dir)
+    dt = 1.0 / float(data.manifest["policy_frequency"])
+    windows = make_windows(data.frames, data.steps, data.frames_per_step, dt,
+                           history=cfg.model.history, horizon=cfg.model.horizon,
+                           n_slots=cfg.model.vehicles, stride=cfg.model.stride)
+    centers = lane_centers_world(data.frames)
+    windows.arrays["lane_centers"] = lane_centers_ego(centers, windows.arrays["ego_pose"])
+    return windows
+
+
+def split(cfg: Config, windows: WindowSet) -> dict[str, WindowSet]:
+    try:
+        return split_windows(windows, cfg.train.val_fraction, cfg.train.test_fraction, cfg.seed)
+    except ValueError as err:
+        raise StageError(f"train: {err}; raise ingest.episodes") from None
+
+
+def build_trainer(cfg: Config, work: Path, ctx: StageContext):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    t = cfg.train
+    checkpoint = ModelCheckpoint(dirpath=work / CHECKPOINTS, filename="best", monitor="val/loss",
+                                 mode="min", save_top_k=1, save_last=True)
+    return L.Trainer(
+        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        num_nodes=t.num_nodes, precision=t.precision, gradient_clip_val=t.grad_clip,
+        callbacks=[checkpoint, EarlyStopping("val/loss", patience=t.patience, mode="min")],
+        logger=mlflow_logger(cfg, ctx), default_root_dir=work, deterministic=True,
+        log_every_n_steps=1, enable_model_summary=False,
+    )
+
+
+def mlflow_logger(cfg: Config, ctx: StageContext):
+    """Lightning logs its per-epoch metrics into the stage's own nested MLflow run."""
+    if ctx.run_id is None:
+        return False
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=cfg.tracking_uri, run_id=ctx.run_id)
+
+
+def make_module(cfg: Config, train: WindowSet):
+    from pipeline.lit_module import WorldModelModule
+
+    mean, std = observation_stats(train.arrays["hist"], train.arrays["hist_mask"])
+    return WorldModelModule(model_kwargs(cfg.model, train.dt), loss_weights(cfg), cfg.train.lr,
+                            cfg.train.weight_decay, mean.tolist(), std.tolist(),
+                            target_scale(train).tolist())
+
+
+def target_scale(train: WindowSet) -> np.ndarray:
+    """RMS one-step error of constant velocity per [x, y, vx, vy]: the forecast residual scale."""
+    from pipeline.forecast import constant_velocity_states
+
+    a = train.arrays
+    valid = a["future_mask"][:, 0] & a["step_mask"][:, :1]  # (B, N)
+    error = (constant_velocity_states(train)[:, 0] - a["future"][:, 0])[valid]  # (M, 4)
+    if len(error) == 0:
+        return np.ones(4, dtype=np.float32)
+    return np.maximum(np.sqrt((error ** 2).mean(0)), 0.05).astype(np.float32)
+
+
+def loss_weights(cfg: Config) -> dict[str, float]:
+    from pipeline.config import to_dict
+
+    return to_dict(cfg.train.loss)
+
+
+def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext):
+    """Train; returns the module with the best checkpoint's weights, epochs run, samples/s."""
+    import lightning as L
+
+    from pipeline.lit_module import WorldModelModule, window_loader
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = make_module(cfg, splits["train"])
+    trainer = build_trainer(cfg, work, ctx)
+    last = work / CHECKPOINTS / "last.ckpt"
+    resume_from = str(last) if cfg.train.resume and last.is_file() else None
+    loaders = [window_loader(splits[name].arrays, cfg.train.batch_size, name == "train",
+                             cfg.seed, cfg.train.num_workers) for name in ("train", "val")]
+    start = time.perf_counter()
+    trainer.fit(module, *loaders, ckpt_path=resume_from)
+    elapsed = time.perf_counter() - start
+    epochs = trainer.current_epoch
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    module = WorldModelModule.load_from_checkpoint(best, map_location="cpu")
+    return module, epochs, len(splits["train"]) * epochs / max(elapsed, 1e-9)
+
+
+def save_model(module, cfg: Config, windows: WindowSet, work: Path) -> None:
+    """model.pt (state dict) + model.json: enough to rebuild the model without Lightning."""
+    import torch
+
+    spec = {"model_kwargs": module.hparams.model_kwargs, "obs_mean": module.hparams.obs_mean,
+            "obs_std": module.hparams.obs_std, "dt": windows.dt, "history": cfg.model.history,
+            "horizon": cfg.model.horizon, "vehicles": cfg.model.vehicles}
+    tmp = work / f".{MODEL_FILE}.tmp"
+    torch.save(module.model.state_dict(), tmp)
+    tmp.replace(work / MODEL_FILE)
+    write_text_atomic(work / MODEL_SPEC, json.dumps(spec, indent=2) + "\n")
+
+
+def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+            ctx: StageContext) -> dict[str, float]:
+    from pipeline.forecast import forecast_summary
+    from pipeline.stages.ingest import dataset_path
+
+    windows = load_windows(dataset_path(inputs["ingest"]), cfg)
+    splits = split(cfg, windows)
+    write_json_atomic(work / SPLITS, {k: np.unique(v.arrays["episode"]).tolist()
+                                      for k, v in splits.items()})
+    module, epochs, samples_per_s = fit(cfg, splits, work, ctx)
+    save_model(module, cfg, windows, work)
+    summary = forecast_summary(module.model, splits["val"], prefix="val_")
+    summary |= {"params": sum(p.numel() for p in module.model.parameters()),
+                "samples_per_s": samples_per_s, "epochs": epochs,
+                "train_windows": len(splits["train"]), "val_windows": len(splits["val"])}
+    return summary
+
+
+def load_model(train: Artifacts):
+    """Rebuild the trained world model (eval mode, CPU) from a train stage directory."""
+    import torch
+
+    from models.world_model import WorldModel
+
+    spec_path, weights = train.path / MODEL_SPEC, train.path / MODEL_FILE
+    if not spec_path.is_file() or not weights.is_file():
+        raise StageError(f"{train.path} holds no trained model ({MODEL_SPEC}, {MODEL_FILE})")
+    spec = json.loads(spec_path.read_text())
+    model = WorldModel(**spec["model_kwargs"])
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval(), spec
+
+
+STAGE = Stage("train", sections=("model", "train"), inputs=("ingest",), produce=produce,
+              resumable=lambda cfg: cfg.train.resume)
