@@ -181,7 +181,8 @@ def plot_forecast_scene(
     axes.plot([], [], ":", color="k", label="history")
     axes.plot([], [], "-", color="k", linewidth=2.2, label="ground truth")
     axes.plot([], [], "-", color="k", alpha=0.25, label=f"{len(samples)} sampled futures")
-    axes.set(xlabel="x along ego heading (m)", ylabel="y to ego's left (m)", title=title)
+    axes.set(xlabel="x along ego heading (m)", title=title,
+             ylabel="y lateral, toward higher lane indices (m)")
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize="small")
     return _save(figure, path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pipeline.config import Config, load_config, to_dict
-from pipeline.runner import run_until
+from pipeline.runner import check_config, is_ddp_worker, run_until
 from pipeline.tracking import Tracker, config_params
 
 
@@ -12,8 +14,11 @@ def stages(command: str, config_path: str, overrides: list[str], force: bool) ->
     from pipeline.stages import PIPELINE, STAGE_NAMES
 
     cfg = load_config(config_path, overrides)
+    if is_ddp_worker():
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
     target = STAGE_NAMES[-1] if command == "run" else command
     forced = STAGE_NAMES if (force and command == "run") else ([target] if force else [])
+    check_config(target, PIPELINE, cfg)
     tracker = Tracker(cfg)
     with tracker.run(command, _all_params(cfg)):
         tracker.set_tags({"drivecast.command": command, "drivecast.config": str(config_path)})
@@ -22,8 +27,8 @@ def stages(command: str, config_path: str, overrides: list[str], force: bool) ->
 
 
 def gridworld(config_path: str | None, overrides: list[str], force: bool) -> int:
-    from pipeline.stages import GRIDWORLD
     from pipeline.runner import run_stage
+    from pipeline.stages import GRIDWORLD
 
     cfg = load_config(config_path, overrides)
     tracker = Tracker(cfg)

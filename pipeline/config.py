@@ -73,6 +73,7 @@ class LossWeights:
     kl_balance: float = 0.8  # share of the KL gradient that trains the prior
     collision_pos_weight: float = 10.0  # BCE weight of the rare positive class
     open_loop: float = 1.0  # weight of the heads' terms on the open-loop (prior) rollout
+    nll_beta: float = 0.5  # beta-NLL weighting of the forecast term (0: plain Gaussian NLL)
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,12 @@ class ModelConfig:
 
 # Named size presets: widths of the world model (constructor arguments of WorldModel).
 MODEL_SIZES: dict[str, dict[str, int]] = {
-    "debug": {"embed_dim": 16, "deter_dim": 32, "stoch_dim": 8, "hidden_dim": 32,
-              "heads": 2, "action_dim": 8},
-    "small": {"embed_dim": 64, "deter_dim": 128, "stoch_dim": 16, "hidden_dim": 128,
-              "heads": 4, "action_dim": 16},
-    "base": {"embed_dim": 96, "deter_dim": 192, "stoch_dim": 32, "hidden_dim": 192,
-             "heads": 4, "action_dim": 16},
+    "debug": {"embed_dim": 16, "deter_dim": 32, "stoch_dim": 8, "hidden_dim": 32, "heads": 2,
+              "action_dim": 8, "slot_dim": 16},
+    "small": {"embed_dim": 32, "deter_dim": 64, "stoch_dim": 16, "hidden_dim": 64, "heads": 4,
+              "action_dim": 16, "slot_dim": 32},
+    "base": {"embed_dim": 64, "deter_dim": 128, "stoch_dim": 32, "hidden_dim": 128, "heads": 4,
+             "action_dim": 16, "slot_dim": 32, "prior_hidden_dim": 64},
 }
 
 

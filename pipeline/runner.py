@@ -6,6 +6,7 @@ module gives it a key, a working directory, an MLflow run, and makes its result 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,14 @@ class Stage:
     produce: Produce
     # keep a killed run's partial work (ingest shards, train checkpoints) when this says so
     resumable: Callable[[Config], bool] = lambda cfg: False
+    # refuses a config this stage cannot run with, before any stage writes anything
+    check: Callable[[Config], None] = lambda cfg: None
+
+
+def is_ddp_worker() -> bool:
+    """True in the extra processes that Lightning's DDP launcher starts by re-running the
+    command (they must neither track, clear nor commit anything: rank 0 does)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
 
 
 def experiment_root(cfg: Config) -> Path:
@@ -96,7 +105,8 @@ def run_stage(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracke
 def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker: Tracker,
              run_id: str | None, key: str, force: bool) -> Artifacts:
     root = experiment_root(cfg)
-    work = artifacts.open_partial(root, stage.name, key, keep=stage.resumable(cfg) and not force)
+    keep = (stage.resumable(cfg) and not force) or is_ddp_worker()
+    work = artifacts.open_partial(root, stage.name, key, keep=keep)
     ctx = StageContext(tracker=tracker, run_id=run_id, force=force)
     summary = dict(stage.produce(cfg, inputs, work, ctx))
     final = artifacts.final_dir(root, stage.name, key)
@@ -104,14 +114,22 @@ def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker
     return Artifacts(stage.name, key, final, artifacts.clean_numbers(summary))
 
 
+def stages_up_to(target: str, stages: list[Stage]) -> list[Stage]:
+    return stages[: [s.name for s in stages].index(target) + 1]
+
+
+def check_config(target: str, stages: list[Stage], cfg: Config) -> None:
+    """Every check of the stages up to `target`, before anything is written."""
+    for stage in stages_up_to(target, stages):
+        stage.check(cfg)
+
+
 def run_until(target: str, stages: list[Stage], cfg: Config, tracker: Tracker,
               force: Collection[str] = ()) -> dict[str, Artifacts]:
     """Run every stage up to and including `target`, in order; stages named in `force`
     are recomputed even when a complete directory exists."""
     done: dict[str, Artifacts] = {}
-    for stage in stages:
+    for stage in stages_up_to(target, stages):
         needed = {name: done[name] for name in stage.inputs}
         done[stage.name] = run_stage(stage, cfg, needed, tracker, force=stage.name in force)
-        if stage.name == target:
-            break
     return done

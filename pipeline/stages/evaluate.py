@@ -84,5 +84,10 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     return flat_summary(results)
 
 
+def check(cfg: Config) -> None:
+    for i, testset in enumerate(cfg.evaluate.testsets):
+        ingest.check_ingest_config(testset_config(cfg, i, testset).ingest)
+
+
 STAGE = Stage("evaluate", sections=("evaluate", "ingest"), inputs=("ingest", "train"),
-              produce=produce)
+              produce=produce, check=check)

@@ -19,7 +19,6 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     """Collect `ingest.episodes` episodes into `work/dataset` (finished shards are kept)."""
     from pipeline.collect import collect
 
-    check_ingest_config(cfg.ingest)
     stats = collect(
         work / DATASET_DIR,
         env_id=cfg.ingest.env_id,
@@ -64,25 +63,15 @@ def check_ingest_config(ingest: IngestConfig) -> None:
 
 
 def check_env_config(env_id: str, env_config: Mapping) -> None:
-    """Every override must be a key of the environment's default config."""
-    known = default_env_config(env_id)
-    for key in env_config:
-        if key not in known:
-            raise StageError(f"ingest.env_config.{key} is not a config key of {env_id}")
-
-
-def default_env_config(env_id: str) -> dict:
-    import gymnasium as gym
-    import highway_env  # noqa: F401  (registers the highway-env ids)
+    """The env id must be a highway-env id and every override one of its config keys."""
+    from pipeline.highway_source import check_env_config as check_keys
+    from pipeline.highway_source import check_env_id
 
     try:
-        env = gym.make(env_id)
-    except gym.error.Error as err:
-        raise StageError(f"ingest.env_id '{env_id}' is not a known environment ({err})") from None
-    try:
-        return dict(env.unwrapped.config)
-    finally:
-        env.close()
+        check_env_id(env_id)
+        check_keys(env_id, dict(env_config))
+    except ValueError as err:
+        raise StageError(f"ingest: {err}") from None
 
 
 def dataset_path(ingest: Artifacts) -> Path:
@@ -90,4 +79,4 @@ def dataset_path(ingest: Artifacts) -> Path:
 
 
 STAGE = Stage("ingest", sections=("ingest",), inputs=(), produce=produce,
-              resumable=lambda cfg: True)
+              resumable=lambda cfg: True, check=lambda cfg: check_ingest_config(cfg.ingest))

@@ -106,8 +106,17 @@ def loss_weights(cfg: Config) -> dict[str, float]:
     return to_dict(cfg.train.loss)
 
 
+def completed_epochs(checkpoint: str | None) -> int:
+    """Epochs a (last) checkpoint has finished; 0 without one."""
+    if checkpoint is None:
+        return 0
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+
+
 def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext):
-    """Train; returns the module with the best checkpoint's weights, epochs run, samples/s."""
+    """Train; returns the module with the best checkpoint's weights and figures of the fit."""
     import lightning as L
 
     from pipeline.lit_module import WorldModelModule, window_loader
@@ -119,13 +128,19 @@ def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext
     resume_from = str(last) if cfg.train.resume and last.is_file() else None
     loaders = [window_loader(splits[name].arrays, cfg.train.batch_size, name == "train",
                              cfg.seed, cfg.train.num_workers) for name in ("train", "val")]
+    resumed = completed_epochs(resume_from)
     start = time.perf_counter()
     trainer.fit(module, *loaders, ckpt_path=resume_from)
+    if trainer.global_rank != 0:
+        raise SystemExit(0)  # a DDP worker: rank 0 evaluates and writes the stage
     elapsed = time.perf_counter() - start
     epochs = trainer.current_epoch
     best = trainer.checkpoint_callback.best_model_path or str(last)
     module = WorldModelModule.load_from_checkpoint(best, map_location="cpu")
-    return module, epochs, len(splits["train"]) * epochs / max(elapsed, 1e-9)
+    figures = {"epochs": epochs, "resumed_from_epoch": resumed,
+               "samples_per_s": len(splits["train"]) * (epochs - resumed) / max(elapsed, 1e-9),
+               "fit_seconds": elapsed}
+    return module, figures
 
 
 def save_model(module, cfg: Config, windows: WindowSet, work: Path) -> None:
@@ -150,11 +165,10 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     splits = split(cfg, windows)
     write_json_atomic(work / SPLITS, {k: np.unique(v.arrays["episode"]).tolist()
                                       for k, v in splits.items()})
-    module, epochs, samples_per_s = fit(cfg, splits, work, ctx)
+    module, figures = fit(cfg, splits, work, ctx)
     save_model(module, cfg, windows, work)
-    summary = forecast_summary(module.model, splits["val"], prefix="val_")
+    summary = forecast_summary(module.model, splits["val"], prefix="val_") | figures
     summary |= {"params": sum(p.numel() for p in module.model.parameters()),
-                "samples_per_s": samples_per_s, "epochs": epochs,
                 "train_windows": len(splits["train"]), "val_windows": len(splits["val"])}
     return summary
 

@@ -1,0 +1,83 @@
+"""The exportable planner: scores K candidate action sequences with imagined rollouts.
+
+`Planner.forward` is tensors in, tensors out (no dicts, no Python-side sampling), so it
+exports to ONNX with a dynamic K axis. Per candidate it returns the probability of a
+collision within the horizon, the expected discounted return, the ensemble disagreement
+and the mean forecast positions of every slot.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.candidates import enumerate_candidates, prune_candidates
+from models.world_model import WorldModel
+
+__all__ = ["Planner", "collision_within_horizon", "discounted_return", "enumerate_candidates",
+           "prune_candidates"]
+
+
+def cumulative_product(x: torch.Tensor) -> torch.Tensor:
+    """cumprod over the last axis (..., F), unrolled (ONNX has no CumProd operator)."""
+    if x.shape[-1] == 0:
+        return x
+    running, out = torch.ones_like(x[..., 0]), []
+    for t in range(x.shape[-1]):
+        running = running * x[..., t]
+        out.append(running)
+    return torch.stack(out, dim=-1)
+
+
+def survival(collision: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """P(episode still running at the start of each step) (..., F) from per-step probs.
+
+    Uses min(cont, 1 - collision) per step: a collision always ends the episode.
+    """
+    alive_after = cumulative_product(torch.minimum(cont, 1 - collision))  # (..., F)
+    return torch.cat([torch.ones_like(alive_after[..., :1]), alive_after[..., :-1]], dim=-1)
+
+
+def collision_within_horizon(collision: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """P(collision in steps 1..F) (...) = sum_t alive_t * p_t, always within [0, 1].
+
+    collision, cont: (..., F) per-step probabilities. With cont = 1 - p this is
+    1 - prod_t (1 - p_t); a predicted termination without collision stops the count.
+    """
+    return (survival(collision, cont) * collision).sum(dim=-1).clamp(0.0, 1.0)
+
+
+def discounted_return(reward: torch.Tensor, cont: torch.Tensor, gamma: float) -> torch.Tensor:
+    """sum_t gamma^t * P(alive at the start of step t) * r_t over (..., F) -> (...)."""
+    alive = torch.cat([torch.ones_like(cont[..., :1]), cumulative_product(cont[..., :-1])],
+                      dim=-1)
+    steps = torch.arange(reward.shape[-1], dtype=reward.dtype, device=reward.device)
+    return (torch.pow(gamma, steps) * alive * reward).sum(dim=-1)
+
+
+class Planner(nn.Module):
+    """Wraps a WorldModel for batched candidate scoring of one scene."""
+
+    def __init__(self, world_model: WorldModel, gamma: float):
+        super().__init__()
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        self.world_model = world_model
+        self.gamma = float(gamma)
+
+    def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
+                noise: torch.Tensor):
+        """Score K candidates with S samples each.
+
+        hist (1, H, N, D) float physical, hist_mask (1, H, N) float 1.0/0.0,
+        candidates (K, F) int64, noise (K, S, F, Z) float standard normal ->
+        collision_prob (K,), expected_return (K,), uncertainty (K,), positions (K, F, N, 2).
+        """
+        if hist.dim() != 4 or hist.shape[0] != 1:
+            raise ValueError(f"hist must have shape (1, H, N, D), got {tuple(hist.shape)}")
+        out = self.world_model.imagine(hist, hist_mask > 0.5, candidates[None], noise[None])
+        collision = collision_within_horizon(out.collision[0], out.cont[0]).mean(dim=1)
+        expected = discounted_return(out.reward[0], out.cont[0], self.gamma).mean(dim=1)
+        uncertainty = out.uncertainty[0].mean(dim=-1)  # (K,)
+        positions = out.states_mean[0, ..., :2].mean(dim=1)  # (K, F, N, 2)
+        return collision, expected, uncertainty, positions

@@ -1,0 +1,343 @@
+"""Collect a highway-env dataset with a mixture of behaviour policies, in parallel, resumably.
+
+Determinism: episode i's env seed and behaviour policy come from
+``SeedSequence(seed, spawn_key=(i,))`` only, and shard s always holds episodes
+[s * episodes_per_shard, (s + 1) * episodes_per_shard), so the files are identical whatever
+the worker count or the order in which workers finish.
+
+Resume: ``dataset.json`` is written first with ``complete: false`` and the collection
+settings; a rerun with the same settings keeps every complete shard (both files present)
+and only runs the episodes of the missing ones. The manifest gets its shard list and
+``complete: true`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from evaluation.policies import make_policy
+from pipeline.dataset import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    complete_shards,
+    remove_temp_files,
+    shard_entry,
+    shard_files,
+    write_manifest,
+    write_shard,
+)
+from pipeline.highway_source import make_env, record_episode
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One behaviour policy of the mixture: ``make_policy(name, epsilon)`` drawn with ``weight``."""
+
+    name: str
+    epsilon: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CollectJob:
+    """Where and what to collect (the parts the episode runner and shard writer need)."""
+
+    out_dir: Path
+    env_id: str
+    env_config: dict
+    episodes: int
+    episodes_per_shard: int
+    workers: int
+
+    def shard_size(self, shard: int) -> int:
+        return len(shard_episodes(shard, self.episodes, self.episodes_per_shard))
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    episode: int
+    env_seed: int
+    policy: PolicySpec
+
+
+@dataclass(frozen=True)
+class CollectStats:
+    """Figures of a collected dataset (totals over all its shards, reused ones included).
+
+    collision_rate: fraction of episodes in which the ego crashed; per policy name in
+    collision_rate_by_policy. steps_per_s: decisions collected by this call / elapsed [s].
+    """
+
+    episodes: int
+    steps: int
+    frames: int
+    collision_rate: float
+    collision_rate_by_policy: dict[str, float] = field(default_factory=dict)
+    steps_per_s: float = 0.0
+    elapsed: float = 0.0
+    episodes_collected: int = 0
+    shards_reused: int = 0
+
+    def summary(self) -> dict[str, float]:
+        """Flat ``name: number`` figures, per-policy rates as ``collision_rate/<policy>``."""
+        flat = {k: v for k, v in asdict(self).items() if k != "collision_rate_by_policy"}
+        flat.update({f"collision_rate/{k}": v for k, v in self.collision_rate_by_policy.items()})
+        return flat
+
+
+# ---------------------------------------------------------------- planning
+
+
+def check_policies(policies: Sequence) -> list[PolicySpec]:
+    """(name, epsilon, weight) tuples -> PolicySpecs; refuses bad names and weights."""
+    if not policies:
+        raise ValueError("policies is empty; give at least one (name, epsilon, weight)")
+    specs = [p if isinstance(p, PolicySpec) else PolicySpec(*p) for p in policies]
+    specs = [PolicySpec(str(p.name), float(p.epsilon), float(p.weight)) for p in specs]
+    for spec in specs:
+        make_policy(spec.name, spec.epsilon)  # raises for an unknown name or bad epsilon
+        if not spec.weight > 0:
+            raise ValueError(f"policy '{spec.name}' has weight {spec.weight}; weights must be > 0")
+    return specs
+
+
+def plan_episode(seed: int, episode: int, policies: list[PolicySpec]) -> EpisodePlan:
+    """Env seed and behaviour policy of one episode, from (seed, episode) alone."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(episode,)))
+    weights = np.array([p.weight for p in policies], dtype=np.float64)
+    choice = int(rng.choice(len(policies), p=weights / weights.sum()))
+    return EpisodePlan(episode, int(rng.integers(2**31 - 1)), policies[choice])
+
+
+def shard_episodes(shard: int, episodes: int, episodes_per_shard: int) -> range:
+    return range(shard * episodes_per_shard, min((shard + 1) * episodes_per_shard, episodes))
+
+
+def num_shards(episodes: int, episodes_per_shard: int) -> int:
+    return -(-episodes // episodes_per_shard)
+
+
+# ---------------------------------------------------------------- running episodes
+
+_WORKER_ENV = None
+
+
+def run_plan(env, plan: EpisodePlan) -> tuple[int, dict, dict]:
+    policy = make_policy(plan.policy.name, plan.policy.epsilon)
+    frames, steps = record_episode(env, policy, seed=plan.env_seed, episode=plan.episode)
+    return plan.episode, frames, steps
+
+
+def init_worker(env_id: str, env_config: dict) -> None:
+    global _WORKER_ENV
+    _WORKER_ENV = make_env(env_id, env_config)
+
+
+def run_plan_in_worker(plan: EpisodePlan) -> tuple[int, dict, dict]:
+    return run_plan(_WORKER_ENV, plan)
+
+
+def run_plans(job: CollectJob, env, plans: list[EpisodePlan]):
+    """Yield (episode, frames, steps) for each plan, in completion order."""
+    if job.workers <= 1 or len(plans) <= 1:
+        yield from (run_plan(env, plan) for plan in plans)
+        return
+    context = multiprocessing.get_context("spawn")  # the parent may hold torch threads
+    processes, initargs = min(job.workers, len(plans)), (job.env_id, job.env_config)
+    with context.Pool(processes, initializer=init_worker, initargs=initargs) as pool:
+        yield from pool.imap_unordered(run_plan_in_worker, plans, chunksize=1)
+
+
+# ---------------------------------------------------------------- shards and manifest
+
+
+def merge_episodes(results: list[tuple[int, dict, dict]]) -> tuple[dict, dict]:
+    """Concatenate per-episode columns in episode order."""
+    results = sorted(results, key=lambda r: r[0])
+    frames = {k: np.concatenate([r[1][k] for r in results]) for k in results[0][1]}
+    steps = {k: np.concatenate([r[2][k] for r in results]) for k in results[0][2]}
+    return frames, steps
+
+
+def collection_settings(env_id, env_config, env, seed, episodes, episodes_per_shard, specs):
+    """Everything that determines the dataset's content (compared on resume)."""
+    settings = {
+        "schema_version": SCHEMA_VERSION,
+        "env_id": env_id,
+        "env_config": env_config,
+        "simulation_frequency": env.simulation_frequency,
+        "policy_frequency": env.policy_frequency,
+        "seed": int(seed),
+        "episodes": int(episodes),
+        "episodes_per_shard": int(episodes_per_shard),
+        "policies": [asdict(spec) for spec in specs],
+    }
+    return json.loads(json.dumps(settings))  # normalise tuples etc. as the manifest stores them
+
+
+def prepare_out_dir(out_dir: Path, settings: dict) -> None:
+    """Check that out_dir is empty of data or holds this same collection; mark it incomplete."""
+    manifest_path = out_dir / MANIFEST_NAME
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        for key, value in settings.items():
+            if old.get(key) != value:
+                raise ValueError(
+                    f"{manifest_path}: holds a dataset collected with another {key} "
+                    f"({old.get(key)!r}, now {value!r}); use a fresh out_dir"
+                )
+    elif complete_shards(out_dir):
+        raise ValueError(
+            f"{out_dir}: holds shard files but no {MANIFEST_NAME}; use a fresh out_dir"
+        )
+    remove_temp_files(out_dir)
+    save_manifest(out_dir, settings, shards=[], complete=False)
+
+
+def save_manifest(out_dir: Path, settings: dict, shards: list[dict], complete: bool) -> None:
+    fields = ("env_id", "env_config", "simulation_frequency", "policy_frequency")
+    header = {key: settings[key] for key in fields}
+    extra = {k: v for k, v in settings.items() if k not in fields and k != "schema_version"}
+    write_manifest(out_dir, shards=shards, complete=complete, **header, **extra)
+
+
+def read_shard_summary(out_dir: Path, shard: int) -> tuple[dict, dict]:
+    """(manifest entry, steps columns episode/collision/policy) of a written shard."""
+    frames_path, steps_path = shard_files(out_dir, shard)
+    steps = pq.read_table(steps_path, columns=["episode", "collision", "policy"])
+    columns = {
+        name: steps.column(name).to_numpy(zero_copy_only=False) for name in steps.column_names
+    }
+    entry = shard_entry(shard, columns["episode"], pq.ParquetFile(frames_path).metadata.num_rows)
+    return entry, columns
+
+
+def dataset_stats(entries: list[dict], steps: list[dict], elapsed: float, new_steps: int, **kw):
+    episode = np.concatenate([s["episode"] for s in steps])
+    collision = np.concatenate([s["collision"] for s in steps])
+    policy = np.concatenate([s["policy"] for s in steps]).astype(str)
+    crashed = defaultdict(bool)
+    names = {}
+    for e, c, p in zip(episode, collision, policy, strict=True):
+        crashed[int(e)] |= bool(c)
+        names[int(e)] = p
+    by_policy = defaultdict(list)
+    for e, p in names.items():
+        by_policy[p].append(crashed[e])
+    return CollectStats(
+        episodes=len(names),
+        steps=len(episode),
+        frames=sum(entry["num_frames"] for entry in entries),
+        collision_rate=float(np.mean(list(crashed.values()))) if crashed else 0.0,
+        collision_rate_by_policy={str(p): float(np.mean(v)) for p, v in sorted(by_policy.items())},
+        steps_per_s=new_steps / elapsed if elapsed > 0 else 0.0,
+        elapsed=elapsed,
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """tqdm bar on stderr counting episodes, with steps/s as postfix (no-op when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar, self.steps, self.start = None, 0, time.perf_counter()
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="ep", desc="collect", file=sys.stderr)
+
+    def update(self, steps: int) -> None:
+        self.steps += steps
+        if self.bar is not None:
+            rate = self.steps / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{rate:.1f} steps/s", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def check_counts(episodes: int, workers: int, episodes_per_shard: int) -> None:
+    for name, value in (("episodes", episodes), ("workers", workers),
+                        ("episodes_per_shard", episodes_per_shard)):  # fmt: skip
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def collect(
+    out_dir: str | Path,
+    env_id: str,
+    env_config: dict,
+    policies: Sequence,
+    episodes: int,
+    seed: int,
+    workers: int = 1,
+    episodes_per_shard: int = 4,
+    progress: bool = True,
+) -> CollectStats:
+    """Record ``episodes`` episodes into the dataset directory ``out_dir`` (resumable).
+
+    policies: (name, epsilon, weight) tuples or PolicySpecs; each episode draws one with
+    probability proportional to weight. workers: processes ("spawn" context); the dataset is
+    identical for any worker count.
+    """
+    check_counts(episodes, workers, episodes_per_shard)
+    specs, start = check_policies(policies), time.perf_counter()
+    env_config = dict(env_config or {})
+    env = make_env(env_id, env_config)  # refuses a bad id/config before any file is written
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = collection_settings(
+        env_id, env_config, env, seed, episodes, episodes_per_shard, specs
+    )
+    prepare_out_dir(out_dir, settings)
+    shards = range(num_shards(episodes, episodes_per_shard))
+    reused = set(complete_shards(out_dir)) & set(shards)
+    plans = [
+        plan_episode(seed, episode, specs)
+        for shard in shards
+        if shard not in reused
+        for episode in shard_episodes(shard, episodes, episodes_per_shard)
+    ]
+    job = CollectJob(out_dir, env_id, env_config, episodes, episodes_per_shard, workers)
+    new_steps = write_results(job, env, plans, progress)
+    summaries = [read_shard_summary(out_dir, shard) for shard in shards]
+    entries = [entry for entry, _ in summaries]
+    save_manifest(out_dir, settings, entries, complete=True)
+    elapsed = time.perf_counter() - start
+    return dataset_stats(entries, [s for _, s in summaries], elapsed, new_steps,
+                         episodes_collected=len(plans), shards_reused=len(reused))  # fmt: skip
+
+
+def write_results(job: CollectJob, env, plans: list[EpisodePlan], progress: bool) -> int:
+    """Run the plans, write each shard as soon as all its episodes are in; return steps run."""
+    pending: dict[int, list] = defaultdict(list)
+    bar, total_steps = Progress(len(plans), progress), 0
+    try:
+        for result in run_plans(job, env, plans):
+            shard, steps = result[0] // job.episodes_per_shard, len(result[2]["step"])
+            pending[shard].append(result)
+            total_steps += steps
+            bar.update(steps)
+            if len(pending[shard]) == job.shard_size(shard):
+                write_shard(job.out_dir, shard, *merge_episodes(pending.pop(shard)))
+    finally:
+        bar.close()
+    return total_steps

@@ -1,0 +1,61 @@
+"""ONNX export of the planner: dynamic K, torch vs onnxruntime parity, atomic write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.candidates import enumerate_candidates
+from models.planner import Planner
+from pipeline.onnx_export import check_parity, export_planner, planner_session, time_planner
+from tests.models.test_world_model import make_batch, tiny_model
+
+
+def exported(tmp_path, variant="probabilistic", samples=4):
+    model = tiny_model(n=6, variant=variant, seed=5).eval()
+    model.set_normalization(torch.tensor([10.0, 0, 25, 0, 1, 0, 1]),
+                            torch.tensor([30.0, 4, 5, 1, 1, 1, 1]), [0.5, 0.5, 1.0, 1.0])
+    planner = Planner(model, gamma=0.95)
+    batch = make_batch(b=1, n=6)
+    path = tmp_path / "out" / "planner.onnx"
+    export_planner(planner, path, batch["hist"], batch["hist_mask"], n_candidates=125,
+                   samples=samples)
+    return planner, path, batch
+
+
+def test_parity_with_a_different_number_of_candidates(tmp_path):
+    planner, path, batch = exported(tmp_path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["planner.onnx"]  # no temp left
+    generator = torch.Generator().manual_seed(0)
+    every = torch.from_numpy(enumerate_candidates(3))
+    for k in (125, 7):
+        noise = torch.randn(k, 4, 3, planner.world_model.stoch_dim, generator=generator)
+        diff = check_parity(planner, path, batch["hist"], batch["hist_mask"].float(),
+                            every[:k], noise, atol=1e-4)
+        assert diff < 1e-4
+    session = planner_session(path)
+    names = [i.name for i in session.get_inputs()]
+    assert names == ["hist", "hist_mask", "candidates", "noise"]
+    assert isinstance(session.get_inputs()[2].shape[0], str)  # K is symbolic
+
+
+def test_other_scene_and_deterministic_variant(tmp_path):
+    planner, path, _ = exported(tmp_path, variant="deterministic", samples=2)
+    scene = make_batch(b=1, n=6, seed=11)
+    candidates = torch.from_numpy(enumerate_candidates(3))[40:52]
+    noise = torch.randn(12, 2, 3, planner.world_model.stoch_dim)
+    assert check_parity(planner, path, scene["hist"], scene["hist_mask"], candidates, noise,
+                        atol=1e-4) < 1e-4
+    ms = time_planner(path, scene["hist"], scene["hist_mask"], candidates, noise, repeats=3)
+    assert ms > 0
+
+
+def test_parity_check_catches_a_stale_export(tmp_path):
+    planner, path, batch = exported(tmp_path)
+    with torch.no_grad():
+        planner.world_model.scalar_heads[-1].bias.add_(1.0)  # torch moves on, ONNX does not
+    noise = np.random.default_rng(0).standard_normal((5, 4, 3, planner.world_model.stoch_dim))
+    with pytest.raises(AssertionError, match="differs from torch"):
+        check_parity(planner, path, batch["hist"], batch["hist_mask"],
+                     enumerate_candidates(3)[:5], noise, atol=1e-4)

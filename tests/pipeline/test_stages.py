@@ -1,0 +1,139 @@
+"""The debug config end to end through the CLI, and the train stage's promises:
+checkpoint round trip, resume after a kill, DDP on CPU, MLflow runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import artifacts
+from pipeline.cli import main
+from pipeline.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def stage_dirs(workdir: Path, stage: str) -> list[Path]:
+    return sorted(p for p in (workdir / "debug" / stage).iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    """`drivecast run configs/debug.yaml` once for the whole module."""
+    workdir = tmp_path_factory.mktemp("debug")
+    assert main(["run", DEBUG, f"workdir={workdir}"]) == 0
+    return workdir
+
+
+def test_debug_run_completes_every_stage(debug_run):
+    for stage in ("ingest", "train", "evaluate"):
+        (path,) = stage_dirs(debug_run, stage)[-1:]
+        assert artifacts.is_complete(path), stage
+    train = json.loads((stage_dirs(debug_run, "train")[0] / "summary.json").read_text())
+    assert {"val_fde_1s", "cv_fde_1s", "val_risk_auroc", "params", "samples_per_s",
+            "epochs"} <= set(train)
+    assert train["epochs"] == 2
+
+
+def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
+    (evaluate,) = stage_dirs(debug_run, "evaluate")
+    report = (evaluate / "report.md").read_text()
+    for name in ("fde_vs_horizon.png", "reliability.png", "risk_histogram.png", "scene_0.png"):
+        assert (evaluate / name).stat().st_size > 1000
+        assert f"]({name})" in report
+    summary = json.loads((evaluate / "summary.json").read_text())
+    for key in ("fde_3s", "cv_fde_3s", "min_fde_3s_k3", "risk_auroc", "risk_ap", "risk_brier",
+                "risk_ece", "uncertainty_error_spearman", "merge/fde_3s", "dense/risk_ece"):
+        assert key in summary, key
+    assert "| merge | model |" in report
+
+
+def test_shifted_test_sets_are_collected_once_and_reused(debug_run, capsys):
+    ingest_before = stage_dirs(debug_run, "ingest")
+    assert len(ingest_before) == 3  # training data + two shifted sets, each its own key
+    assert main(["evaluate", DEBUG, f"workdir={debug_run}"]) == 0
+    assert stage_dirs(debug_run, "ingest") == ingest_before
+    assert "reusing complete" in capsys.readouterr().err
+
+
+def test_mlflow_holds_a_parent_run_with_nested_stage_runs(debug_run):
+    import mlflow
+
+    cfg = load_config(DEBUG, [f"workdir={debug_run}"])
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+    experiment = client.get_experiment_by_name("debug")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "run"]
+    nested = {r.info.run_name: r for r in runs
+              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"ingest", "train", "evaluate"} <= set(nested)
+    assert nested["ingest"].data.metrics["episodes"] == 8
+    assert "collision_rate" in nested["ingest"].data.metrics
+    history = client.get_metric_history(nested["train"].info.run_id, "val/loss")
+    assert len(history) == 2  # one value per epoch, logged by Lightning's MLFlowLogger
+
+
+def test_saved_model_reproduces_the_best_checkpoint(debug_run):
+    from pipeline.lit_module import WorldModelModule
+    from pipeline.stages.train import load_model
+
+    (train,) = stage_dirs(debug_run, "train")
+    model, spec = load_model(artifacts.load_complete("train", train.name, train))
+    module = WorldModelModule.load_from_checkpoint(train / "checkpoints" / "best.ckpt",
+                                                   map_location="cpu")
+    n, h = spec["vehicles"], spec["history"]
+    gen = torch.Generator().manual_seed(0)
+    hist = torch.randn(3, h, n, 7, generator=gen) * 5
+    mask = torch.ones(3, h, n, dtype=torch.bool)
+    actions = torch.randint(0, 5, (3, 2, spec["horizon"]), generator=gen)
+    a = model.imagine(hist, mask, actions)
+    b = module.model.eval().imagine(hist, mask, actions)
+    assert torch.equal(a.states_mean, b.states_mean) and torch.equal(a.collision, b.collision)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(debug_run):
+    overrides = [f"workdir={debug_run}", "train.epochs=6", "train.patience=50",
+                 "tracking.enabled=false"]
+    proc = subprocess.Popen(cli("train", DEBUG, *overrides), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    root = debug_run / "debug" / "train"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(root.glob(".partial-*/checkpoints/last.ckpt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (partial,) = root.glob(".partial-*")
+    key = partial.name.removeprefix(".partial-")
+    assert not (root / key).exists()  # killed: nothing looks complete
+    killed_at = torch.load(partial / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    assert killed_at < 5
+    done = subprocess.run(cli("train", DEBUG, *overrides, "train.resume=true"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(root / key)  # same key as the killed run
+    summary = json.loads((root / key / "summary.json").read_text())
+    assert summary["epochs"] == 6 and summary["resumed_from_epoch"] == killed_at + 1
+
+
+def test_one_epoch_with_ddp_on_two_cpu_processes(debug_run):
+    done = subprocess.run(
+        cli("train", DEBUG, f"workdir={debug_run}", "train.strategy=ddp", "train.devices=2",
+            "train.epochs=1", "experiment=ddp"),
+        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "GLOBAL_RANK: 1" in done.stderr
+    path = Path(done.stdout.strip().splitlines()[-1])
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["epochs"] == 1 and np.isfinite(summary["val_fde_1s"])
