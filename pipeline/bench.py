@@ -15,4 +15,16 @@ def ingest(cfg: Config) -> dict[str, float]:
     return bench_ingest(env_id=cfg.ingest.env_id, seed=cfg.seed)
 
 
-BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest}
+def planner(cfg: Config) -> dict[str, float]:
+    """One decision over the 5^F candidates on 1 thread: onnxruntime vs torch eager, and
+    achieved FLOP/s against this machine's single-thread matmul peak."""
+    from pipeline.bench_planner import bench_planner
+    from pipeline.config import model_kwargs
+
+    return bench_planner(model_kwargs(cfg.model, dt=1.0), candidates=5 ** cfg.export.horizon,
+                         samples=cfg.export.samples, horizon=cfg.export.horizon,
+                         history=cfg.model.history, seed=cfg.seed)
+
+
+BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,
+                                                                "planner": planner}

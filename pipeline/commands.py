@@ -11,18 +11,21 @@ from pipeline.tracking import Tracker, config_params
 
 def stages(command: str, config_path: str, overrides: list[str], force: bool) -> int:
     """`run` (every stage) or one stage with the stages it depends on."""
-    from pipeline.stages import PIPELINE, STAGE_NAMES
+    from pipeline.stages import PIPELINE, STAGE_NAMES, simulate
 
     cfg = load_config(config_path, overrides)
     if is_ddp_worker():
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
     target = STAGE_NAMES[-1] if command == "run" else command
     forced = STAGE_NAMES if (force and command == "run") else ([target] if force else [])
-    check_config(target, PIPELINE, cfg)
+    stages = PIPELINE
+    if command == "simulate" and cfg.simulate.planner:  # a given planner needs no upstream
+        stages = [simulate.STANDALONE]
+    check_config(target, stages, cfg)
     tracker = Tracker(cfg)
     with tracker.run(command, _all_params(cfg)):
         tracker.set_tags({"drivecast.command": command, "drivecast.config": str(config_path)})
-        run_until(target, PIPELINE, cfg, tracker, force=forced)
+        run_until(target, stages, cfg, tracker, force=forced)
     return 0
 
 

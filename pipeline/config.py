@@ -162,6 +162,39 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """The ONNX planner: the world model scoring K candidate maneuver sequences."""
+
+    horizon: int = 3  # F: decision steps per candidate sequence (<= model.horizon)
+    samples: int = 4  # S: imagined latent samples per candidate (fixed noise input)
+    gamma: float = 0.9  # discount of the predicted return
+    opset: int = 17  # ONNX opset (pinned)
+    tolerance: float = 1e-4  # max |torch - onnxruntime| accepted by the parity check
+    parity_scenes: int = 16  # recorded test scenes the parity check runs on
+    model_name: str = "drivecast-planner"  # MLflow registered model name
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Closed-loop episodes in highway-env driven by the ONNX planner, and baselines."""
+
+    planner: str = ""  # empty: this run's export; else an .onnx path or models:/<name>/<version>
+    env_id: str = ""  # empty: ingest.env_id (with ingest.env_config)
+    env_config: dict = field(default_factory=dict)  # merged over the inherited env config
+    episodes: int = 20
+    seed: int = 1000  # episode seeds are seed .. seed+episodes-1 (never used by ingest)
+    risk_weight: float = 1.0  # lambda: utility = return - lambda*risk - beta*uncertainty
+    uncertainty_weight: float = 0.0  # beta
+    risk_budget: float = 0.2  # candidates above this collision probability are rejected
+    surprise_threshold: float = 5.0  # m: one-step forecast error that counts as surprise
+    surprise_patience: int = 2  # consecutive surprised steps before the fallback takes over
+    baselines: list[str] = field(default_factory=lambda: ["idle", "random", "rule", "oracle"])
+    oracle_horizon: int = 2  # oracle lookahead depth (5^H simulator copies per decision)
+    gif_episodes: int = 1  # episodes rendered into simulate.gif (0: none)
+    threads: int = 1  # onnxruntime intra-op threads
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking."""
 
@@ -180,6 +213,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gridworld: GridworldConfig = field(default_factory=GridworldConfig)
 

@@ -97,7 +97,8 @@ def run_stage(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracke
             result = _compute(stage, cfg, inputs, tracker, run_id, key, force)
         tracker.set_tags({"drivecast.reused": str(result.reused).lower()})
         tracker.log_metrics(result.summary)
-        tracker.log_dir(result.path)
+        if not result.reused:  # a reused stage's files were logged by the run that made them
+            tracker.log_dir(result.path)
     print(result.path, flush=True)
     return result
 

@@ -32,16 +32,19 @@ class Scene:
 
 @dataclass(frozen=True)
 class WindowSet:
-    """Windows plus the decision period `dt` (seconds per future step)."""
+    """Windows plus the decision period `dt` (seconds per future step) and the simulation
+    frames per decision step."""
 
     arrays: dict[str, np.ndarray]
     dt: float
+    frames_per_step: int = 1
 
     def __len__(self) -> int:
         return len(self.arrays["actions"])
 
     def subset(self, index: np.ndarray) -> WindowSet:
-        return WindowSet({k: v[index] for k, v in self.arrays.items()}, self.dt)
+        return WindowSet({k: v[index] for k, v in self.arrays.items()}, self.dt,
+                         self.frames_per_step)
 
 
 def episode_rows(episode: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -116,7 +119,8 @@ def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
             windows.append(window)
     if not windows:
         raise ValueError("the dataset holds no complete episode to cut windows from")
-    return WindowSet({k: np.stack([w[k] for w in windows]) for k in windows[0]}, dt)
+    return WindowSet({k: np.stack([w[k] for w in windows]) for k in windows[0]}, dt,
+                     frames_per_step)
 
 
 def split_episodes(episodes: np.ndarray, val_fraction: float, test_fraction: float,

@@ -148,7 +148,8 @@ def save_model(module, cfg: Config, windows: WindowSet, work: Path) -> None:
     import torch
 
     spec = {"model_kwargs": module.hparams.model_kwargs, "obs_mean": module.hparams.obs_mean,
-            "obs_std": module.hparams.obs_std, "dt": windows.dt, "history": cfg.model.history,
+            "obs_std": module.hparams.obs_std, "dt": windows.dt,
+            "frames_per_step": windows.frames_per_step, "history": cfg.model.history,
             "horizon": cfg.model.horizon, "vehicles": cfg.model.vehicles}
     tmp = work / f".{MODEL_FILE}.tmp"
     torch.save(module.model.state_dict(), tmp)

@@ -34,7 +34,7 @@ def debug_run(tmp_path_factory):
 
 
 def test_debug_run_completes_every_stage(debug_run):
-    for stage in ("ingest", "train", "evaluate"):
+    for stage in ("ingest", "train", "evaluate", "export", "simulate"):
         (path,) = stage_dirs(debug_run, stage)[-1:]
         assert artifacts.is_complete(path), stage
     train = json.loads((stage_dirs(debug_run, "train")[0] / "summary.json").read_text())
@@ -137,3 +137,47 @@ def test_one_epoch_with_ddp_on_two_cpu_processes(debug_run):
     path = Path(done.stdout.strip().splitlines()[-1])
     summary = json.loads((path / "summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["val_fde_1s"])
+
+
+def test_export_writes_planner_sidecar_and_registers_it(debug_run):
+    (export,) = stage_dirs(debug_run, "export")
+    assert (export / "planner.onnx").stat().st_size > 1000
+    sidecar = json.loads((export / "planner.onnx.json").read_text())
+    assert sidecar["horizon"] == 2 and sidecar["samples"] == 2 and sidecar["vehicles"] == 6
+    summary = json.loads((export / "summary.json").read_text())
+    assert summary["parity_max_abs_diff"] <= summary["tolerance"]
+    assert summary["registered_version"] == 1
+
+
+def test_simulate_reports_planner_and_every_baseline(debug_run):
+    (simulate,) = stage_dirs(debug_run, "simulate")
+    summary = json.loads((simulate / "summary.json").read_text())
+    for key in ("collision_rate", "mean_speed", "mean_return", "fallback_rate",
+                "latency_p50_ms", "latency_p99_ms"):
+        assert np.isfinite(summary[key]), key
+    for baseline in ("idle", "random", "rule", "oracle"):
+        assert 0 <= summary[f"{baseline}/collision_rate"] <= 1
+        assert summary[f"{baseline}/mean_speed"] > 0
+    assert (simulate / "simulate.gif").stat().st_size > 1000
+    assert "| oracle |" in (simulate / "closed_loop.md").read_text()
+
+
+def test_simulate_from_a_registered_model_without_importing_torch(debug_run):
+    code = (
+        "import sys; from pipeline.cli import main; "
+        f"code = main(['simulate', {DEBUG!r}, 'workdir={debug_run}', "
+        "'simulate.planner=models:/drivecast-planner/1', 'simulate.baselines=[]', "
+        "'simulate.gif_episodes=0']); "
+        "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert json.loads((path / "summary.json").read_text())["episodes"] == 2
+
+
+def test_simulate_refuses_a_missing_planner_file(debug_run, tmp_path, capsys):
+    missing = tmp_path / "none.onnx"
+    assert main(["simulate", DEBUG, f"workdir={debug_run}", f"simulate.planner={missing}"]) == 2
+    assert str(missing) in capsys.readouterr().err

@@ -1,0 +1,160 @@
+"""Closed-loop episodes in highway-env and their summary (no torch on this path).
+
+``run_episodes`` drives one fresh policy per episode (``policy_factory()``), reset with
+the same per-seed random stream as data collection, and keeps what a policy exposes of
+the optional per-episode stats: ``latencies_ms`` (per decision), ``surprises`` (per
+checked decision) and ``fallback_steps``. Optionally the first episodes are rendered
+offscreen (``render_mode="rgb_array"``, one image per decision step) into a GIF written
+atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.highway_source import check_action, make_env, policy_rng
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """One episode: `steps` decisions; `speeds` the ego speed (m/s) after each of them.
+
+    latencies_ms, surprises, fallback_steps are None when the policy does not expose them.
+    """
+
+    seed: int
+    steps: int
+    collided: bool
+    truncated: bool
+    total_return: float
+    speeds: tuple[float, ...]
+    actions: tuple[int, ...]
+    latencies_ms: tuple[float, ...] | None = None
+    surprises: tuple[float, ...] | None = None
+    fallback_steps: int | None = None
+
+
+def run_episodes(env_id: str, env_config: dict | None, policy_factory: Callable[[], object],
+                 seeds: Sequence[int], max_steps: int | None = None,
+                 gif_path: str | os.PathLike | None = None,
+                 gif_episodes: int = 1) -> list[EpisodeResult]:
+    """Run one episode per seed; with `gif_path` the first `gif_episodes` are rendered."""
+    seeds = [int(seed) for seed in seeds]
+    n_gif = min(gif_episodes, len(seeds)) if gif_path is not None else 0
+    results, images = [], []
+    if n_gif:
+        offscreen_video_driver()
+        env = make_env(env_id, env_config, render=True)
+        try:
+            for seed in seeds[:n_gif]:
+                results.append(run_episode(env, policy_factory(), seed, max_steps, images))
+        finally:
+            env.close()
+        write_gif(gif_path, images, fps=env.unwrapped.config["policy_frequency"])
+    env = make_env(env_id, env_config)
+    try:
+        results += [run_episode(env, policy_factory(), seed, max_steps)
+                    for seed in seeds[n_gif:]]
+    finally:
+        env.close()
+    return results
+
+
+def offscreen_video_driver() -> None:
+    """Let pygame draw without a display. SDL's "offscreen" driver, not "dummy":
+    highway-env's viewer skips all drawing (blank frames) when the driver is "dummy"."""
+    if os.environ.get("SDL_VIDEODRIVER") in (None, "", "dummy"):
+        os.environ["SDL_VIDEODRIVER"] = "offscreen"
+
+
+def run_episode(env, policy, seed: int, max_steps: int | None = None,
+                images: list | None = None) -> EpisodeResult:
+    """One episode of `policy` on the RecordingEnv `env`; appends frames to `images`."""
+    env.reset(seed=seed)
+    policy.reset(policy_rng(seed))
+    core = env.unwrapped
+    speeds, actions, total, terminated, truncated = [], [], 0.0, False, False
+    if images is not None:
+        images.append(env.render())
+    while not (terminated or truncated) and (max_steps is None or len(actions) < max_steps):
+        action = check_action(policy.act(env), policy)
+        _, reward, terminated, truncated, _ = env.step(action)
+        actions.append(action)
+        speeds.append(float(core.vehicle.speed))
+        total += float(reward)
+        if images is not None:
+            images.append(env.render())
+    return EpisodeResult(
+        seed=seed, steps=len(actions), collided=bool(core.vehicle.crashed),
+        truncated=bool(truncated) or not terminated, total_return=total,
+        speeds=tuple(speeds), actions=tuple(actions), **policy_stats(policy))
+
+
+def policy_stats(policy) -> dict:
+    """The optional per-episode stats a policy exposes (see the module docstring)."""
+    stats = {}
+    for name in ("latencies_ms", "surprises"):
+        if hasattr(policy, name):
+            stats[name] = tuple(float(x) for x in getattr(policy, name))
+    if hasattr(policy, "fallback_steps"):
+        stats["fallback_steps"] = int(policy.fallback_steps)
+    return stats
+
+
+def summarise(results: Sequence[EpisodeResult]) -> dict[str, float]:
+    """Flat figures over episodes: episodes, collision_rate, mean_speed (m/s, over all
+    decision steps), mean_return, mean_length (decisions); plus fallback_rate (fallback
+    steps / steps), latency_p50_ms, latency_p99_ms and surprise_mean when exposed."""
+    if not results:
+        raise ValueError("cannot summarise zero episodes")
+    speeds = np.concatenate([np.asarray(r.speeds, dtype=float) for r in results])
+    summary = {
+        "episodes": float(len(results)),
+        "collision_rate": float(np.mean([r.collided for r in results])),
+        "mean_speed": float(speeds.mean()) if len(speeds) else float("nan"),
+        "mean_return": float(np.mean([r.total_return for r in results])),
+        "mean_length": float(np.mean([r.steps for r in results])),
+    }
+    return {**summary, **policy_summary(results)}
+
+
+def policy_summary(results: Sequence[EpisodeResult]) -> dict[str, float]:
+    summary = {}
+    with_fallback = [r for r in results if r.fallback_steps is not None]
+    if with_fallback:
+        steps = sum(r.steps for r in with_fallback)
+        summary["fallback_rate"] = sum(r.fallback_steps for r in with_fallback) / max(steps, 1)
+    latencies = [x for r in results if r.latencies_ms for x in r.latencies_ms]
+    if latencies:
+        summary["latency_p50_ms"] = float(np.percentile(latencies, 50))
+        summary["latency_p99_ms"] = float(np.percentile(latencies, 99))
+    surprises = np.array([x for r in results if r.surprises for x in r.surprises])
+    if np.isfinite(surprises).any():
+        summary["surprise_mean"] = float(np.nanmean(surprises))
+    return summary
+
+
+def write_gif(path: str | os.PathLike, images: list[np.ndarray], fps: float) -> Path:
+    """Write RGB frames (H, W, 3) as a looping GIF, atomically (temp file, then rename)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    if not images:
+        raise ValueError(f"no frames to write to {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(suffix=".gif", dir=path.parent)
+    os.close(handle)
+    try:
+        imageio.mimsave(tmp, [np.asarray(image) for image in images], format="GIF",
+                        duration=1000.0 / fps, loop=0)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,48 @@
+"""The planner's decision rule over scored candidates (pure numpy).
+
+utility_k = expected_return_k - risk_weight * collision_prob_k
+            - uncertainty_weight * uncertainty_k
+The best candidate maximises utility among those with collision_prob <= risk_budget
+while any exists (else among all); ties go to the lower risk, then the lower index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def utility(scores, risk_weight: float, uncertainty_weight: float) -> np.ndarray:
+    """(K,) return - lambda * risk - beta * uncertainty of `scores` (has the three (K,)
+    arrays collision_prob, expected_return, uncertainty)."""
+    risk, ret, unc = score_arrays(scores)
+    return ret - risk_weight * risk - uncertainty_weight * unc
+
+
+def score_arrays(scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(risk, return, uncertainty) as float64 (K,) arrays, checked for shape and values."""
+    arrays = [np.asarray(getattr(scores, name), dtype=np.float64)
+              for name in ("collision_prob", "expected_return", "uncertainty")]
+    k = arrays[0].shape
+    if len(k) != 1 or k[0] == 0 or any(a.shape != k for a in arrays):
+        raise ValueError(f"scores must hold three (K,) arrays with K >= 1, got shapes "
+                         f"{[a.shape for a in arrays]}")
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ValueError("scores hold non-finite values")
+    return arrays[0], arrays[1], arrays[2]
+
+
+def choose(scores, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
+           risk_budget: float = 1.0) -> int:
+    """Index of the best candidate; see the module docstring."""
+    if risk_weight < 0 or uncertainty_weight < 0:
+        raise ValueError(f"risk_weight and uncertainty_weight must be >= 0, got "
+                         f"{risk_weight}, {uncertainty_weight}")
+    risk = score_arrays(scores)[0]
+    value = utility(scores, risk_weight, uncertainty_weight)
+    allowed = risk <= risk_budget
+    if not allowed.any():
+        allowed[:] = True
+    index = np.arange(len(risk))
+    # lexsort: last key is primary -> forbidden last, then highest utility, lowest risk, index
+    order = np.lexsort((index, risk, -value, ~allowed))
+    return int(order[0])

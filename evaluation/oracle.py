@@ -1,0 +1,104 @@
+"""Oracle lookahead: scores candidate sequences on copies of the TRUE simulator.
+
+An upper bound for the learned planner: it sees the exact future (highway-fast's other
+vehicles are deterministic given the state). Each decision, every candidate sequence
+(the same road-pruned set the planner would score) is stepped on a ``copy.deepcopy`` of
+``env.unwrapped``; sequences sharing a prefix share the copies of that prefix (a tree of
+copies), which gives the same figures as stepping each sequence from its own copy.
+
+Score: discounted highway-env reward sum_t gamma^t r_t, stopped at a crash or at the end
+of the episode. Sequences without a crash are preferred whenever one exists, then the
+highest score, then the lowest index. Only copies are stepped, never the original, and
+the copy is of the bare highway-env (no recording wrapper), so nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+
+from models.candidates import prune_candidates
+
+
+def lookahead_step(core, action: int) -> tuple[float, bool, bool]:
+    """One decision step of a highway-env copy without computing its observation.
+
+    Same as ``core.step(action)`` minus ``observation_type.observe()`` and the info dict
+    (a fifth of the step's cost, unused here). Returns (reward, episode over, crashed).
+    """
+    core.time += 1 / core.config["policy_frequency"]
+    core._simulate(action)
+    reward = float(core._reward(action))
+    over = bool(core._is_terminated()) or bool(core._is_truncated())
+    return reward, over, bool(core.vehicle.crashed)
+
+
+class OracleLookahead:
+    """Policy protocol; candidates (K, F) action ids, gamma discount.
+
+    Per-episode stats (cleared by reset): latencies_ms (wall time per decision) and
+    simulated_steps (copied env steps per decision).
+    """
+
+    name = "oracle"
+
+    def __init__(self, candidates: np.ndarray, gamma: float = 0.9):
+        candidates = np.asarray(candidates, dtype=np.int64)
+        if candidates.ndim != 2 or not candidates.size:
+            raise ValueError(f"candidates must have shape (K, F) with K, F >= 1, "
+                             f"got {candidates.shape}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        self.candidates, self.gamma = candidates, float(gamma)
+        self.reset()
+
+    def reset(self, rng=None) -> None:
+        self.latencies_ms: list[float] = []
+        self.simulated_steps: list[int] = []
+
+    def act(self, env) -> int:
+        start = time.perf_counter()
+        core = env.unwrapped
+        candidates = self.road_candidates(core)
+        returns, crashed, steps = self.evaluate(core, candidates)
+        best = best_candidate(returns, crashed)
+        self.latencies_ms.append((time.perf_counter() - start) * 1000)
+        self.simulated_steps.append(steps)
+        return int(candidates[best, 0])
+
+    def road_candidates(self, core) -> np.ndarray:
+        lanes_count = int(core.config["lanes_count"])
+        lane = min(max(int(core.vehicle.target_lane_index[2]), 0), lanes_count - 1)
+        kept = prune_candidates(self.candidates, lane, lanes_count)
+        return kept if len(kept) else self.candidates
+
+    def evaluate(self, core, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """returns (K,), crashed (K,) bool and the number of simulated steps."""
+        returns = np.zeros(len(candidates))
+        crashed = np.zeros(len(candidates), dtype=bool)
+        steps = self.expand(core, candidates, np.arange(len(candidates)), 0, returns, crashed)
+        return returns, crashed, steps
+
+    def expand(self, core, candidates, rows, depth, returns, crashed) -> int:
+        """Step a copy of `core` for each distinct action at `depth` among `rows` (the
+        sequences sharing the prefix that led to `core`), then recurse; returns steps."""
+        steps = 0
+        for action in np.unique(candidates[rows, depth]):
+            group = rows[candidates[rows, depth] == action]
+            child = copy.deepcopy(core)
+            reward, over, crash = lookahead_step(child, int(action))
+            steps += 1
+            returns[group] += self.gamma ** depth * reward
+            crashed[group] |= crash
+            if not over and depth + 1 < candidates.shape[1]:
+                steps += self.expand(child, candidates, group, depth + 1, returns, crashed)
+        return steps
+
+
+def best_candidate(returns: np.ndarray, crashed: np.ndarray) -> int:
+    """Highest return among the crash-free sequences if any, lowest index on ties."""
+    allowed = ~crashed if (~crashed).any() else np.ones_like(crashed)
+    value = np.where(allowed, returns, -np.inf)
+    return int(np.flatnonzero(value == value.max())[0])

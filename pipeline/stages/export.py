@@ -1,0 +1,101 @@
+"""Export stage: the trained world model as an ONNX planner plus its JSON sidecar.
+
+`planner.onnx` scores K candidate meta-action sequences (dynamic K); `planner.onnx.json`
+holds everything a scorer needs besides the graph (see pipeline/scorer.py). The stage
+fails when onnxruntime and torch disagree by more than `export.tolerance` on recorded
+scenes. With tracking on, the file is logged with MLflow's ONNX flavor and registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config
+from pipeline.errors import StageError
+from pipeline.runner import Stage, StageContext
+
+PLANNER_FILE = "planner.onnx"
+ACTION_NAMES = ["LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER"]
+
+
+def parity_inputs(cfg: Config, scenes: dict[str, np.ndarray], n_candidates: int, stoch: int):
+    """Recorded histories with random candidates and noise, seeded."""
+    rng = np.random.default_rng(cfg.seed)
+    candidates = rng.integers(0, len(ACTION_NAMES), (n_candidates, cfg.export.horizon))
+    noise = rng.standard_normal((n_candidates, cfg.export.samples, cfg.export.horizon, stoch))
+    for b in range(min(cfg.export.parity_scenes, len(scenes["hist"]))):
+        yield (scenes["hist"][b : b + 1], scenes["hist_mask"][b : b + 1].astype(np.float32),
+               candidates.astype(np.int64), noise.astype(np.float32))
+
+
+def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> float:
+    from pipeline.onnx_export import ParityError, check_parity
+
+    worst = 0.0
+    try:
+        for inputs in parity_inputs(cfg, scenes, 7, planner.world_model.stoch_dim):
+            worst = max(worst, check_parity(planner, path, *inputs, atol=cfg.export.tolerance))
+    except ParityError as err:
+        raise StageError(f"export: parity check failed: {err}") from None
+    return worst
+
+
+def sidecar_fields(cfg: Config, spec: dict, stoch: int) -> dict:
+    from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
+
+    return {"action_names": ACTION_NAMES, "history": spec["history"],
+            "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": 7,
+            "stoch_dim": stoch, "samples": cfg.export.samples, "dt": spec["dt"],
+            "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
+            "obs_mean": spec["obs_mean"], "obs_std": spec["obs_std"],
+            "input_names": list(INPUT_NAMES), "output_names": list(OUTPUT_NAMES),
+            "opset": cfg.export.opset, "tolerance": cfg.export.tolerance}
+
+
+def register(path: Path, fields: dict, cfg: Config) -> int:
+    """Log the planner with MLflow's ONNX flavor (sidecar in the metadata) and register it."""
+    import mlflow
+    import onnx
+
+    info = mlflow.onnx.log_model(onnx.load(str(path)), name="planner", metadata=fields,
+                                 registered_model_name=cfg.export.model_name)
+    return int(info.registered_model_version)
+
+
+def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+            ctx: StageContext) -> dict[str, float]:
+    import torch
+
+    from models.planner import Planner
+    from pipeline.onnx_export import export_planner, time_planner
+    from pipeline.scorer import write_sidecar
+    from pipeline.stages.evaluate import held_out_windows
+    from pipeline.stages.train import load_model
+
+    if cfg.export.horizon > cfg.model.horizon:
+        raise StageError(f"export.horizon ({cfg.export.horizon}) exceeds the horizon the model "
+                         f"was trained on (model.horizon = {cfg.model.horizon})")
+    model, spec = load_model(inputs["train"])
+    planner = Planner(model, cfg.export.gamma).eval()
+    scenes = held_out_windows(cfg, inputs).arrays
+    path = work / PLANNER_FILE
+    export_planner(planner, path, torch.from_numpy(scenes["hist"][:1]),
+                   torch.from_numpy(scenes["hist_mask"][:1]), n_candidates=125,
+                   samples=cfg.export.samples, opset=cfg.export.opset, horizon=cfg.export.horizon)
+    worst = check_parity_on_scenes(planner, path, cfg, scenes)
+    fields = sidecar_fields(cfg, spec, model.stoch_dim)
+    write_sidecar(path, **fields)
+    inputs_125 = next(parity_inputs(cfg, scenes, 125, model.stoch_dim))
+    summary = {"parity_max_abs_diff": worst, "tolerance": cfg.export.tolerance,
+               "onnx_median_ms_k125": time_planner(path, *inputs_125),
+               "onnx_bytes": path.stat().st_size}
+    if ctx.run_id is not None:
+        summary["registered_version"] = register(path, fields, cfg)
+    return summary
+
+
+STAGE = Stage("export", sections=("export",), inputs=("ingest", "train"), produce=produce)

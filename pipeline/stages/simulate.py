@@ -1,0 +1,150 @@
+"""Simulate stage: closed-loop highway-env episodes driven by the ONNX planner.
+
+Imports no torch: the scorer needs numpy, onnxruntime and the simulator only. The same
+seeds are driven by the baselines (`idle`, `random`, the rule-based TTC policy and the
+oracle lookahead that deep-copies the true simulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipeline.artifacts import Artifacts, write_text_atomic
+from pipeline.config import Config
+from pipeline.errors import StageError
+from pipeline.runner import Stage, StageContext
+
+BASELINES = ("idle", "random", "rule", "oracle")
+MODEL_URI_PREFIX = "models:/"
+TABLE_KEYS = ("collision_rate", "mean_speed", "mean_return", "mean_length", "fallback_rate",
+              "latency_p50_ms", "latency_p99_ms")
+
+
+def env_of(cfg: Config) -> tuple[str, dict]:
+    env_id = cfg.simulate.env_id or cfg.ingest.env_id
+    inherited = dict(cfg.ingest.env_config) if env_id == cfg.ingest.env_id else {}
+    return env_id, inherited | dict(cfg.simulate.env_config)
+
+
+def planner_path(cfg: Config, inputs: Mapping[str, Artifacts], work: Path) -> Path:
+    """The ONNX file to drive with: this run's export, a file, or a registry model URI."""
+    from pipeline.stages.export import PLANNER_FILE
+
+    source = cfg.simulate.planner
+    if not source:
+        return inputs["export"].path / PLANNER_FILE
+    if source.startswith(MODEL_URI_PREFIX):
+        return download_registered(source, cfg, work)
+    path = Path(source)
+    if not path.is_file():
+        raise StageError(f"simulate.planner: {path} does not exist")
+    return path
+
+
+def download_registered(uri: str, cfg: Config, work: Path) -> Path:
+    """Fetch `models:/<name>/<version>` and rebuild the sidecar from the model metadata."""
+    import mlflow
+    import yaml
+
+    from pipeline.scorer import write_sidecar
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                         dst_path=str(work / "planner")))
+    except mlflow.exceptions.MlflowException as err:
+        raise StageError(f"simulate.planner: cannot load {uri} ({err.message})") from None
+    meta = yaml.safe_load((local / "MLmodel").read_text()).get("metadata") or {}
+    onnx_file = next(local.glob("*.onnx"), None)
+    if onnx_file is None or not meta:
+        raise StageError(f"simulate.planner: {uri} is not a drivecast planner (no ONNX file "
+                         "or no sidecar metadata)")
+    meta.pop("format_version", None)
+    write_sidecar(onnx_file, **meta)
+    return onnx_file
+
+
+def baseline_factory(name: str, cfg: Config):
+    from evaluation.oracle import OracleLookahead
+    from evaluation.policies import make_policy
+    from models.candidates import enumerate_candidates
+
+    if name == "oracle":
+        candidates = enumerate_candidates(cfg.simulate.oracle_horizon)
+        return lambda: OracleLookahead(candidates, gamma=cfg.export.gamma)
+    if name not in BASELINES:
+        raise StageError(f"simulate.baselines: '{name}' is not one of {', '.join(BASELINES)}")
+    return lambda: make_policy(name)
+
+
+def planner_factory(cfg: Config, path: Path, lanes_count: int):
+    from evaluation.planner_policy import PlannerPolicy
+    from models.candidates import enumerate_candidates
+    from pipeline.scorer import OnnxScorer
+
+    scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
+    candidates = enumerate_candidates(scorer.horizon)
+    s = cfg.simulate
+    return lambda: PlannerPolicy(scorer, candidates, lanes_count, risk_weight=s.risk_weight,
+                                 uncertainty_weight=s.uncertainty_weight,
+                                 risk_budget=s.risk_budget,
+                                 surprise_threshold=s.surprise_threshold,
+                                 surprise_patience=s.surprise_patience)
+
+
+def lanes_of(env_id: str, env_config: dict) -> int:
+    from pipeline.highway_source import make_env
+
+    env = make_env(env_id, env_config)
+    try:
+        return int(env.unwrapped.config.get("lanes_count", 2))
+    finally:
+        env.close()
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    lines = ["| policy | " + " | ".join(TABLE_KEYS) + " |", "|---|" + "---|" * len(TABLE_KEYS)]
+    for name, figures in results.items():
+        cells = [f"{figures[k]:.3f}" if k in figures else "" for k in TABLE_KEYS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+            ctx: StageContext) -> dict[str, float]:
+    import sys
+
+    from evaluation.closed_loop import run_episodes, summarise
+
+    env_id, env_config = env_of(cfg)
+    seeds = range(cfg.simulate.seed, cfg.simulate.seed + cfg.simulate.episodes)
+    factory = planner_factory(cfg, planner_path(cfg, inputs, work), lanes_of(env_id, env_config))
+    gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
+    results = {"planner": summarise(run_episodes(env_id, env_config, factory, seeds,
+                                                 gif_path=gif,
+                                                 gif_episodes=cfg.simulate.gif_episodes))}
+    for name in cfg.simulate.baselines:
+        print(f"[simulate] baseline {name} on {len(seeds)} episodes", file=sys.stderr)
+        results[name] = summarise(run_episodes(env_id, env_config, baseline_factory(name, cfg),
+                                               seeds))
+    write_text_atomic(work / "closed_loop.md", table(results))
+    summary = dict(results["planner"])
+    for name in cfg.simulate.baselines:
+        summary |= {f"{name}/{k}": v for k, v in results[name].items()}
+    return summary
+
+
+def check(cfg: Config) -> None:
+    for name in cfg.simulate.baselines:
+        if name not in BASELINES:
+            raise StageError(f"simulate.baselines: '{name}' is not one of {', '.join(BASELINES)}")
+    if cfg.simulate.episodes < 1:
+        raise StageError(f"simulate.episodes must be at least 1, got {cfg.simulate.episodes}")
+
+
+STAGE = Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,
+              check=check)
+# With `simulate.planner` set, simulate needs no upstream stage (commands.py picks this).
+STANDALONE = Stage("simulate", sections=("simulate", "export", "ingest"), inputs=(),
+                   produce=produce, check=check)

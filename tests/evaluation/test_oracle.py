@@ -1,0 +1,81 @@
+"""OracleLookahead: exact lookahead on copies, the original untouched, beats idle."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from evaluation.closed_loop import run_episodes
+from evaluation.oracle import OracleLookahead, best_candidate, lookahead_step
+from evaluation.policies import IdlePolicy
+from models.candidates import enumerate_candidates
+from pipeline.highway_source import NEXT_ID_ATTR, make_env
+
+
+@pytest.fixture
+def env():
+    env = make_env("highway-fast-v0", {"duration": 6})
+    env.reset(seed=1000)
+    env.step(1)
+    return env
+
+
+def test_lookahead_step_equals_a_real_step(env):
+    for action in (3, 0):
+        twin = copy.deepcopy(env.unwrapped)
+        reward, over, crashed = lookahead_step(twin, action)
+        _, want_reward, terminated, truncated, _ = env.step(action)
+        core = env.unwrapped
+        assert reward == want_reward and over == (terminated or truncated)
+        assert crashed == core.vehicle.crashed
+        assert np.array_equal(twin.vehicle.position, core.vehicle.position)
+        assert [v.position.tolist() for v in twin.road.vehicles] == \
+            [v.position.tolist() for v in core.road.vehicles]
+
+
+def test_act_leaves_the_true_simulator_and_its_recording_alone(env):
+    core = env.unwrapped
+    before = (len(env.frame_log), env.frame_index, core.time, core.vehicle.position.copy(),
+              getattr(core.road, NEXT_ID_ATTR), core.steps)
+    oracle = OracleLookahead(enumerate_candidates(2))
+    oracle.act(env)
+    after = (len(env.frame_log), env.frame_index, core.time, core.vehicle.position.copy(),
+             getattr(core.road, NEXT_ID_ATTR), core.steps)
+    assert before[:3] == after[:3] and before[4:] == after[4:]
+    assert np.array_equal(before[3], after[3])
+    assert len(oracle.latencies_ms) == 1
+
+
+def test_shared_prefixes_score_like_one_copy_per_sequence(env):
+    candidates = np.array([[3, 1], [3, 4], [1, 1], [4, 3], [3, 3]])
+    oracle = OracleLookahead(candidates, gamma=0.8)
+    returns, crashed, steps = oracle.evaluate(env.unwrapped, candidates)
+    assert steps == 3 + 5  # distinct first actions, then every sequence
+    for k, sequence in enumerate(candidates):
+        twin, total = copy.deepcopy(env.unwrapped), 0.0
+        for t, action in enumerate(sequence):
+            reward, over, _ = lookahead_step(twin, int(action))
+            total += 0.8 ** t * reward
+            if over:
+                break
+        assert returns[k] == pytest.approx(total, abs=1e-12)
+        assert not crashed[k] or twin.vehicle.crashed
+
+
+def test_best_candidate_avoids_crashes_then_maximises_return():
+    assert best_candidate(np.array([3.0, 1.0, 2.0]), np.array([True, False, False])) == 2
+    assert best_candidate(np.array([3.0, 1.0]), np.array([True, True])) == 0
+    assert best_candidate(np.array([1.0, 1.0]), np.array([False, False])) == 0
+
+
+def test_oracle_beats_idle_on_short_episodes():
+    seeds = [1003, 1001]  # on 1003 idle runs into the car ahead within 7 s
+    config = {"duration": 7}
+    idle = run_episodes("highway-fast-v0", config, IdlePolicy, seeds)
+    oracle = run_episodes("highway-fast-v0", config,
+                          lambda: OracleLookahead(enumerate_candidates(1)), seeds)
+    assert idle[0].collided
+    for lazy, best in zip(idle, oracle, strict=True):
+        assert not best.collided
+        assert best.total_return > lazy.total_return
+        assert best.latencies_ms is not None and len(best.latencies_ms) == best.steps
