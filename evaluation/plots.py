@@ -186,25 +186,3 @@ def plot_forecast_scene(
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize="small")
     return _save(figure, path)
-
-
-def plot_learning_curve(
-    rounds: Sequence[float],
-    series: Mapping[str, Sequence[float]],
-    path,
-    ylabel: str = "value",
-    title: str = "Learning curve",
-) -> Path:
-    """One line per named series against the iteration round."""
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    for name, values in series.items():
-        if len(values) != len(rounds):
-            raise ValueError(
-                f"series '{name}' has {len(values)} values but there are {len(rounds)} rounds."
-            )
-        axes.plot(rounds, values, marker="o", label=name)
-    axes.set(xlabel="round", ylabel=ylabel, title=title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return _save(figure, path)

@@ -6,7 +6,7 @@ atomically (temp file in the same directory, then ``os.replace``), so a file wit
 name is always whole, and a shard is complete only when both files are there.
 
 Frames table: one row per vehicle per simulation frame (world frame, SI units).
-Steps table: one row per ego decision. See ``docs/dataset_schema.md`` for the columns.
+Steps table: one row per ego decision. The README documents every column.
 
 ``read_dataset`` returns numpy column arrays (concatenated over shards, in manifest order,
 each shard sorted by episode then frame then vehicle id), which is what windowing needs.

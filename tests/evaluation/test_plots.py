@@ -75,13 +75,3 @@ def test_plot_forecast_scene(tmp_path):
             hist, hist_mask, future, future_mask, None, tmp_path / "no_samples.png"
         )
     )
-
-
-def test_plot_learning_curve(tmp_path):
-    path = plots.plot_learning_curve(
-        [0, 1, 2],
-        {"collision rate": [0.4, 0.2, np.nan], "mean return": [10.0, 14.0, 15.5]},
-        tmp_path / "learning.png",
-        ylabel="per episode",
-    )
-    _assert_png(path)
