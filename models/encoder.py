@@ -21,6 +21,9 @@ import torch
 from torch import nn
 
 KINEMATIC_DIM = 4  # [x, y, vx, vy]: the part of a vehicle state that future frames carry
+LANE_FEATURE = 6  # index of lane_index in the window contract's history features
+CONTEXT_DIM = 8  # leader [dx, dy, dvx, dvy] + flag, velocity change [dvx, dvy] + flag
+NO_LEADER_GAP = 1e6  # normalised gap of slots without a leader (never the minimum)
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -100,10 +103,17 @@ class SetEncoder(nn.Module):
 class SceneEncoder(nn.Module):
     """Normalises physical states, encodes frames with a SetEncoder, summarises history.
 
-    Token features per slot (Din = D + 6): normalised [x, y, vx, vy], the same relative
+    Token features per slot (Din = D + 14): normalised [x, y, vx, vy], the same relative
     to the ego slot of that frame (scaled by obs_std), the normalised extra features
     (cos, sin, lane for D=7; zeros for future frames, which only carry [x, y, vx, vy]),
-    a flag "extra features known" and the presence flag. Absent slots get all zeros.
+    a flag "extra features known", the presence flag, then the interaction and motion
+    features only history frames know (zeros for future frames): [x, y, vx, vy] of the
+    slot's leader (nearest present vehicle ahead in the same lane) relative to the slot
+    plus a "has a leader" flag (5), and the velocity change since the previous frame
+    plus a "previous frame present" flag (3). The leader drives the car-following
+    acceleration of simulated (IDM) traffic, which no single-slot feature reveals.
+    Absent slots get all zeros. Everything is computed on normalised values, so units
+    do not matter.
     """
 
     def __init__(self, obs_dim: int, embed_dim: int, hidden_dim: int, heads: int = 4):
@@ -114,7 +124,8 @@ class SceneEncoder(nn.Module):
         self.obs_dim = obs_dim
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
-        self.set_encoder = SetEncoder(obs_dim + 6, embed_dim, hidden_dim, heads)
+        self.set_encoder = SetEncoder(obs_dim + 6 + CONTEXT_DIM, embed_dim, hidden_dim,
+                                      heads)
         self.history = nn.GRU(embed_dim, hidden_dim, batch_first=True)
 
     def set_normalization(self, obs_mean, obs_std) -> None:
@@ -126,23 +137,62 @@ class SceneEncoder(nn.Module):
         self.obs_std.copy_(std)
 
     def token_features(self, kin: torch.Tensor, extra: torch.Tensor, has_extra: float,
-                       mask: torch.Tensor) -> torch.Tensor:
-        """kin (M, N, 4), extra (M, N, D-4) physical, mask (M, N) -> features (M, N, D+6)."""
+                       mask: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """kin (M, N, 4), extra (M, N, D-4) physical, mask (M, N), motion (M, N, 3)
+        -> features (M, N, D+14)."""
         present = mask[..., None]
         kin = torch.where(present, kin, torch.zeros_like(kin))
         extra = torch.where(present, extra, torch.zeros_like(extra))
         k_mean, k_std = self.obs_mean[:KINEMATIC_DIM], self.obs_std[:KINEMATIC_DIM]
         e_mean, e_std = self.obs_mean[KINEMATIC_DIM:], self.obs_std[KINEMATIC_DIM:]
-        relative = (kin - kin[:, :1]) / k_std
+        kin_n = (kin - k_mean) / k_std
+        relative = kin_n - kin_n[:, :1]
         extra_n = (extra - e_mean) / e_std * has_extra
         flags = torch.ones_like(kin[..., :2])
         flags = flags * torch.tensor([has_extra, 1.0], dtype=kin.dtype, device=kin.device)
-        features = torch.cat([(kin - k_mean) / k_std, relative, extra_n, flags], dim=-1)
+        leader = self.leader_features(kin_n, extra_n, mask) * has_extra
+        features = torch.cat([kin_n, relative, extra_n, flags, leader, motion * has_extra],
+                             dim=-1)
         return torch.where(present, features, torch.zeros_like(features))
+
+    def leader_features(self, kin_n: torch.Tensor, extra_n: torch.Tensor,
+                        mask: torch.Tensor) -> torch.Tensor:
+        """Normalised kin_n (M, N, 4), extra_n (M, N, D-4), mask (M, N) -> (M, N, 5):
+        the leader's [x, y, vx, vy] minus the slot's, and a flag (zeros without leader).
+
+        Same lane = equal lane index (when the features carry one, else any lane)."""
+        ahead = kin_n[:, None, :, 0] - kin_n[:, :, None, 0]  # (M, N, N) x_j - x_i
+        candidate = mask[:, None, :] & (ahead > 0)  # strictly ahead: never the slot itself
+        lane = LANE_FEATURE - KINEMATIC_DIM
+        if extra_n.shape[-1] > lane:
+            lanes = extra_n[..., lane]
+            candidate = candidate & ((lanes[:, None, :] - lanes[:, :, None]).abs() < 1e-3)
+        gap = torch.where(candidate, ahead, torch.full_like(ahead, NO_LEADER_GAP))
+        index = gap.argmin(dim=-1)  # (M, N)
+        found = candidate.any(dim=-1, keepdim=True)  # (M, N, 1)
+        leader = torch.gather(kin_n, 1, index[..., None].expand(-1, -1, KINEMATIC_DIM))
+        relative = torch.where(found, leader - kin_n, torch.zeros_like(kin_n))
+        return torch.cat([relative, found.to(kin_n.dtype)], dim=-1)
+
+    @staticmethod
+    def motion_features(kin_n: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Normalised states (B, T, N, 4), mask (B, T, N) -> (B, T, N, 3): velocity change
+        since the previous frame (x10, as it is small against the velocity spread) and a
+        flag "present in both frames"; zeros in the first frame."""
+        both = mask[:, 1:] & mask[:, :-1]  # (B, T-1, N)
+        change = 10 * (kin_n[:, 1:, :, 2:] - kin_n[:, :-1, :, 2:])  # (B, T-1, N, 2)
+        change = torch.where(both[..., None], change, torch.zeros_like(change))
+        motion = torch.cat([change, both[..., None].to(kin_n.dtype)], dim=-1)
+        first = torch.zeros_like(kin_n[:, :1, :, :3])  # (B, 1, N, 3)
+        return torch.cat([first, motion], dim=1)  # (B, T, N, 3)
 
     def encode_frames(self, states: torch.Tensor, mask: torch.Tensor, has_extra: bool):
         """states (B, T, N, Ds) physical, mask (B, T, N) -> frames (B, T, C), tokens (B,T,N,C)."""
         b, t, n, _ = states.shape
+        kin_all = torch.where(mask[..., None], states[..., :KINEMATIC_DIM],
+                              torch.zeros_like(states[..., :KINEMATIC_DIM]))
+        k_mean, k_std = self.obs_mean[:KINEMATIC_DIM], self.obs_std[:KINEMATIC_DIM]
+        motion = self.motion_features((kin_all - k_mean) / k_std, mask).reshape(b * t, n, 3)
         flat = states.reshape(b * t, n, -1)  # (B*T, N, Ds)
         flat_mask = mask.reshape(b * t, n)  # (B*T, N)
         kin = flat[..., :KINEMATIC_DIM]
@@ -150,7 +200,7 @@ class SceneEncoder(nn.Module):
             extra = flat[..., KINEMATIC_DIM:]
         else:
             extra = torch.zeros_like(flat[..., :1]).expand(-1, -1, self.obs_dim - KINEMATIC_DIM)
-        features = self.token_features(kin, extra, float(has_extra), flat_mask)
+        features = self.token_features(kin, extra, float(has_extra), flat_mask, motion)
         frames, tokens = self.set_encoder(features, flat_mask)
         return frames.reshape(b, t, -1), tokens.reshape(b, t, n, -1)  # (B, T, C), (B, T, N, C)
 
