@@ -17,32 +17,15 @@ forecast/presence loss (they are still reported as metrics).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from models.loss_weights import LossWeights
 from models.world_model import Heads, Observation, WorldModel, batch_field
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the world-model loss terms."""
-
-    forecast: float = 1.0  # Gaussian NLL of future vehicle states
-    presence: float = 0.5  # BCE of vehicle presence
-    latent: float = 1.0  # KL (probabilistic) or latent consistency (deterministic)
-    reward: float = 1.0
-    collision: float = 2.0
-    cont: float = 0.5
-    free_bits: float = 1.0  # nats per step under which the KL is not penalised
-    kl_balance: float = 0.8  # share of the latent loss that trains the prior
-    collision_pos_weight: float = 10.0  # BCE weight of the rare positive class
-    open_loop: float = 1.0  # weight of the open-loop rollout's head terms
-    nll_beta: float = 0.5  # beta-NLL: NLL x detached std^(2 beta); 0 = plain Gaussian NLL
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from models.loss_weights import LossWeights
 from pipeline.errors import DrivecastError
 from pipeline.gridworld import GridworldConfig
 
@@ -57,23 +58,6 @@ class IngestConfig:
     )
     workers: int = 2  # parallel worker processes (the dataset does not depend on it)
     episodes_per_shard: int = 4  # episodes per Parquet shard (the unit of resume)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the world-model loss terms."""
-
-    forecast: float = 1.0  # Gaussian NLL of future vehicle states
-    presence: float = 0.5  # BCE of vehicle presence
-    latent: float = 1.0  # KL (probabilistic) or latent consistency (others)
-    reward: float = 1.0
-    collision: float = 2.0
-    cont: float = 0.5
-    free_bits: float = 1.0  # nats per step under which the KL is not penalised
-    kl_balance: float = 0.8  # share of the KL gradient that trains the prior
-    collision_pos_weight: float = 10.0  # BCE weight of the rare positive class
-    open_loop: float = 1.0  # weight of the heads' terms on the open-loop (prior) rollout
-    nll_beta: float = 0.5  # beta-NLL weighting of the forecast term (0: plain Gaussian NLL)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ def test_missing_file_is_named(tmp_path):
     (["ingest", "{cfg}", "ingest.episods=2"], "ingest.episods"),
     (["ingest", "{missing}"], "missing.yaml"),
     (["run", "{cfg}", "seed=abc"], "seed"),
+    (["ingest", "{cfg}", "ingest.policies=[{{name: foo}}]"], "foo"),
+    (["ingest", "{cfg}", "ingest.env_id=nope-v0"], "nope-v0"),
+    (["ingest", "{cfg}", "ingest.env_config={{lanes_cnt: 3}}"], "lanes_cnt"),
 ])
 def test_cli_refuses_bad_config_with_exit_2_and_writes_nothing(tmp_path, capsys, args, named):
     cfg = write(tmp_path, f"workdir: {tmp_path / 'w'}\n")
