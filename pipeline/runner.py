@@ -25,7 +25,6 @@ class StageContext:
 
     tracker: Tracker
     run_id: str | None  # the stage's nested MLflow run (Lightning logs into it)
-    force: bool = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.tracker.log_metrics(metrics, step=step)
@@ -108,7 +107,7 @@ def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker
     root = experiment_root(cfg)
     keep = (stage.resumable(cfg) and not force) or is_ddp_worker()
     work = artifacts.open_partial(root, stage.name, key, keep=keep)
-    ctx = StageContext(tracker=tracker, run_id=run_id, force=force)
+    ctx = StageContext(tracker=tracker, run_id=run_id)
     summary = dict(stage.produce(cfg, inputs, work, ctx))
     final = artifacts.final_dir(root, stage.name, key)
     artifacts.commit(work, final, stage_config_text(stage, cfg), summary)

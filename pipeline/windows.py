@@ -18,7 +18,6 @@ import numpy as np
 from pipeline.features import STATE_COLUMNS, TARGET_DIM, gather_slots, scene_history, to_ego_frame
 
 IDLE = 1
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
