@@ -44,11 +44,11 @@ def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> fl
     return worst
 
 
-def sidecar_fields(cfg: Config, spec: dict, stoch: int) -> dict:
+def sidecar_fields(cfg: Config, spec: dict, stoch: int, obs_dim: int) -> dict:
     from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 
     return {"action_names": ACTION_NAMES, "history": spec["history"],
-            "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": 7,
+            "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": obs_dim,
             "stoch_dim": stoch, "samples": cfg.export.samples, "dt": spec["dt"],
             "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
             "obs_mean": spec["obs_mean"], "obs_std": spec["obs_std"],
@@ -87,7 +87,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
                    torch.from_numpy(scenes["hist_mask"][:1]), n_candidates=125,
                    samples=cfg.export.samples, opset=cfg.export.opset, horizon=cfg.export.horizon)
     worst = check_parity_on_scenes(planner, path, cfg, scenes)
-    fields = sidecar_fields(cfg, spec, model.stoch_dim)
+    fields = sidecar_fields(cfg, spec, model.stoch_dim, model.obs_dim)
     write_sidecar(path, **fields)
     inputs_125 = next(parity_inputs(cfg, scenes, 125, model.stoch_dim))
     summary = {"parity_max_abs_diff": worst, "tolerance": cfg.export.tolerance,

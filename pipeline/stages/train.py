@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Artifacts, write_json_atomic, write_text_atomic
-from pipeline.config import Config, model_kwargs
+from pipeline.config import Config, model_kwargs, to_dict
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext
 from pipeline.windows import (
@@ -90,8 +90,8 @@ def make_module(cfg: Config, train: WindowSet):
     from pipeline.lit_module import WorldModelModule
 
     mean, std = observation_stats(train.arrays["hist"], train.arrays["hist_mask"])
-    return WorldModelModule(model_kwargs(cfg.model, train.dt), loss_weights(cfg), cfg.train.lr,
-                            cfg.train.weight_decay, mean.tolist(), std.tolist(),
+    return WorldModelModule(model_kwargs(cfg.model, train.dt), to_dict(cfg.train.loss),
+                            cfg.train.lr, cfg.train.weight_decay, mean.tolist(), std.tolist(),
                             target_scale(train).tolist())
 
 
@@ -105,12 +105,6 @@ def target_scale(train: WindowSet) -> np.ndarray:
     if len(error) == 0:
         return np.ones(4, dtype=np.float32)
     return np.maximum(np.sqrt((error ** 2).mean(0)), 0.05).astype(np.float32)
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    from pipeline.config import to_dict
-
-    return to_dict(cfg.train.loss)
 
 
 def completed_epochs(checkpoint: str | None) -> int:
