@@ -123,14 +123,27 @@ def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
 
 
 def split_episodes(episodes: np.ndarray, val_fraction: float, test_fraction: float,
-                   seed: int) -> dict[str, np.ndarray]:
-    """Episode ids per split, disjoint, a deterministic function of the seed."""
-    ids = np.unique(episodes)
+                   seed: int, groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Episode ids per split, disjoint, a deterministic function of the seed.
+
+    With `groups` (one group id per entry of `episodes`, e.g. the recorded scene, a time
+    range), whole groups are split instead: no group has episodes in two splits.
+    """
+    if groups is not None:
+        parts = split_ids(np.unique(groups), val_fraction, test_fraction, seed,
+                          "time ranges (recorded scenes)")
+        return {name: np.unique(episodes[np.isin(groups, ids)]) for name, ids in parts.items()}
+    return split_ids(np.unique(episodes), val_fraction, test_fraction, seed, "episodes")
+
+
+def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+              what: str) -> dict[str, np.ndarray]:
+    """Sorted unique `ids` shuffled with the seed, then cut into test, val, train."""
     shuffled = np.random.default_rng(seed).permutation(ids)
     n_test = max(1, round(len(ids) * test_fraction)) if test_fraction > 0 else 0
     n_val = max(1, round(len(ids) * val_fraction)) if val_fraction > 0 else 0
     if n_test + n_val >= len(ids):
-        raise ValueError(f"{len(ids)} episodes are too few for a train/val/test split "
+        raise ValueError(f"{len(ids)} {what} are too few for a train/val/test split "
                          f"(val {val_fraction}, test {test_fraction})")
     return {"test": np.sort(shuffled[:n_test]),
             "val": np.sort(shuffled[n_test:n_test + n_val]),
@@ -139,7 +152,9 @@ def split_episodes(episodes: np.ndarray, val_fraction: float, test_fraction: flo
 
 def split_windows(windows: WindowSet, val_fraction: float, test_fraction: float,
                   seed: int) -> dict[str, WindowSet]:
-    parts = split_episodes(windows.arrays["episode"], val_fraction, test_fraction, seed)
+    """Windows per split, by episode (by `group` when the windows carry one)."""
+    parts = split_episodes(windows.arrays["episode"], val_fraction, test_fraction, seed,
+                           groups=windows.arrays.get("group"))
     return {name: windows.subset(np.isin(windows.arrays["episode"], ids))
             for name, ids in parts.items()}
 

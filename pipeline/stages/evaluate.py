@@ -44,6 +44,10 @@ def held_out_windows(cfg: Config, inputs: Mapping[str, Artifacts]) -> WindowSet:
 
 
 def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
+    """Each shifted highway-env scenario's windows; none for recorded data (a simulator
+    scenario is no shift of recorded traffic: evaluate.testsets is ignored there)."""
+    if cfg.ingest.source == "recorded":
+        return {}
     sets = {}
     for i, testset in enumerate(cfg.evaluate.testsets):
         collected = run_stage(ingest.STAGE, testset_config(cfg, i, testset), {}, ctx.tracker)
@@ -76,15 +80,29 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         results[name], pred = score(model, windows, cfg)
         if name == "test":
             scenes = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
-    header = (f"Model: `{inputs['train'].path}`. Held-out test episodes of the training "
-              f"distribution (`test`) and shifted scenarios: "
-              + ", ".join(f"`{t.name}` ({t.env_id or cfg.ingest.env_id} {t.env_config})"
-                          for t in cfg.evaluate.testsets) + ".")
-    write_report(results, scenes, work, header)
+    write_report(results, scenes, work, report_header(cfg, inputs, sets["test"]))
     return flat_summary(results)
 
 
+def report_header(cfg: Config, inputs: Mapping[str, Artifacts], test: WindowSet) -> str:
+    """What the report scores: held-out episodes and shifted scenarios, or for recorded
+    data the held-out scenes (time ranges)."""
+    if cfg.ingest.source != "recorded":
+        return (f"Model: `{inputs['train'].path}`. Held-out test episodes of the training "
+                f"distribution (`test`) and shifted scenarios: "
+                + ", ".join(f"`{t.name}` ({t.env_id or cfg.ingest.env_id} {t.env_config})"
+                            for t in cfg.evaluate.testsets) + ".")
+    groups = np.unique(test.arrays["group"])
+    return (f"Model: `{inputs['train'].path}`. Recorded data: held-out time ranges (`test`: "
+            f"{len(groups)} scenes, {len(np.unique(test.arrays['episode']))} ego episodes, "
+            f"none of their time ranges seen in training). Collision labels are unknown unless "
+            f"ingest.recorded.near_miss_ttc is set (risk figures then score near misses); the "
+            f"shifted highway-env scenarios (evaluate.testsets) are skipped.")
+
+
 def check(cfg: Config) -> None:
+    if cfg.ingest.source == "recorded":
+        return  # evaluate.testsets is not collected for recorded data
     for i, testset in enumerate(cfg.evaluate.testsets):
         ingest.check_ingest_config(testset_config(cfg, i, testset).ingest)
 

@@ -1,4 +1,5 @@
-"""Ingest stage: record a trajectory dataset from highway-env with behaviour policies."""
+"""Ingest stage: record a trajectory dataset from highway-env with behaviour policies
+(`ingest.source: highway`), or read recorded trajectories (`recorded`, pipeline/recorded.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ DATASET_DIR = "dataset"
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
-    """Collect `ingest.episodes` episodes into `work/dataset` (finished shards are kept)."""
+    """Collect `ingest.episodes` episodes into `work/dataset` (finished shards are kept),
+    or convert the recorded files of `ingest.recorded` (from scratch)."""
+    if cfg.ingest.source == "recorded":
+        from pipeline.recorded import ingest_recorded
+
+        return ingest_recorded(work / DATASET_DIR, cfg.ingest.recorded, cfg.seed)
     from pipeline.collect import collect
 
     stats = collect(
@@ -32,12 +38,19 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
 
 def check_ingest_config(ingest: IngestConfig) -> None:
-    """Refuse values that would only fail deep inside a worker."""
+    """Refuse values that would only fail deep inside a worker (or, for recorded data, after
+    reading a large file): the recorded mapping is checked against every file's header."""
+    if ingest.source == "recorded":
+        from pipeline.recorded import check_recorded
+
+        check_recorded(ingest.recorded)
+        return
     from pipeline.collect import check_policies
     from pipeline.highway_source import check_env_config, check_env_id
 
     if ingest.source != "highway":
-        raise StageError(f"ingest.source '{ingest.source}' is not known (known: highway)")
+        raise StageError(f"ingest.source '{ingest.source}' is not known (known: highway, "
+                         f"recorded)")
     if ingest.episodes < 1:
         raise StageError(f"ingest.episodes must be at least 1, got {ingest.episodes}")
     try:
