@@ -131,10 +131,14 @@ class PlannerPolicy:
         hist, hist_mask, slots = self.live.window()
         candidates = self.road_candidates(env)
         scores = self.scorer.score(hist, hist_mask, candidates)
-        best = choose(scores, self.risk_weight, self.uncertainty_weight, self.risk_budget)
+        best = self.pick(scores, candidates)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
         self.remember(scores.positions[best, 0], hist_mask[-1], slots)
         return int(candidates[best, 0])
+
+    def pick(self, scores, candidates: np.ndarray) -> int:
+        """Index of the candidate to execute: the decision rule (evaluation.decision)."""
+        return choose(scores, self.risk_weight, self.uncertainty_weight, self.risk_budget)
 
     def act_fallback(self, env) -> int:
         action = int(self.fallback.act(env))

@@ -186,3 +186,38 @@ def plot_forecast_scene(
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize="small")
     return _save(figure, path)
+
+
+def plot_learning_curve(
+    rounds: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    path,
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    title: str = "Model-based loop: figures per round",
+) -> Path:
+    """One panel per named curve (a value per round; NaN leaves a gap), two panels a row;
+    ``references[curve][name]`` draws a dashed horizontal line (e.g. a baseline)."""
+    references = references or {}
+    for name, values in curves.items():
+        if len(values) != len(rounds):
+            raise ValueError(f"curve '{name}' has {len(values)} values but there are "
+                             f"{len(rounds)} rounds.")
+    rows = max(-(-len(curves) // 2), 1)
+    figure = _new_figure(10.0, 2.8 * rows)
+    figure.set_layout_engine("constrained")  # titles and axis labels of stacked panels
+    panels = figure.subplots(rows, 2, squeeze=False).ravel()
+    for axes, (name, values) in zip(panels, curves.items(), strict=False):
+        axes.plot(rounds, np.asarray(values, dtype=float), marker="o", color=EGO_COLOR,
+                  label="planner" if name in references else None)
+        for i, (ref, value) in enumerate(references.get(name, {}).items()):
+            axes.axhline(value, linestyle="--", color=OTHER_COLORS[i % len(OTHER_COLORS)],
+                         label=ref)
+        axes.set(xlabel="round", title=name)
+        axes.set_xticks(list(rounds))
+        axes.grid(alpha=0.3)
+        if name in references:
+            axes.legend(fontsize="small")
+    for axes in panels[len(curves):]:
+        axes.set_visible(False)
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -29,6 +29,19 @@ def stages(command: str, config_path: str, overrides: list[str], force: bool) ->
     return 0
 
 
+def iterate(config_path: str, overrides: list[str], force: bool) -> int:
+    """The model-based loop (pipeline/iterate.py); `force` recomputes every stage."""
+    from pipeline.iterate import check_iterate, run_iterate
+
+    cfg = load_config(config_path, overrides)
+    check_iterate(cfg)
+    tracker = Tracker(cfg)
+    with tracker.run("iterate", _all_params(cfg)):
+        tracker.set_tags({"drivecast.command": "iterate", "drivecast.config": str(config_path)})
+        run_iterate(cfg, tracker, force=force)
+    return 0
+
+
 def gridworld(config_path: str | None, overrides: list[str], force: bool) -> int:
     from pipeline.runner import run_stage
     from pipeline.stages import GRIDWORLD

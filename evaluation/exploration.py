@@ -1,0 +1,86 @@
+"""Exploration for collecting data with the planner (numpy only, no torch).
+
+A planner that only ever takes its favourite action collects data where its model already
+agrees with itself. While collecting (``drivecast iterate``) each decision first picks a
+*first action*, then executes the best candidate sequence that starts with it:
+
+- with probability ``epsilon`` the first action is uniformly random among the first
+  actions of the candidates on the road;
+- otherwise it is drawn uniformly among the ``top_k`` best first actions, ranked by the
+  planner's own decision rule (``evaluation.decision.choose``; ``ranked_first_actions``).
+  While any candidate is within the risk budget, only first actions whose best candidate
+  is within it are drawn. ``top_k = 1`` and ``epsilon = 0`` is exactly the greedy planner.
+
+Executing a whole candidate that starts with the chosen action keeps the reality check
+honest: the forecast remembered for the next surprise check is that of the action taken.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from evaluation.decision import choose
+from evaluation.planner_policy import PlannerPolicy
+from evaluation.policies import as_generator
+
+
+def candidate_subset(scores, index: np.ndarray) -> SimpleNamespace:
+    """The three score arrays of the candidates `index` (what `choose` reads)."""
+    return SimpleNamespace(**{name: np.asarray(getattr(scores, name))[index]
+                              for name in ("collision_prob", "expected_return", "uncertainty")})
+
+
+def ranked_first_actions(scores, candidates: np.ndarray, risk_weight: float,
+                         uncertainty_weight: float, risk_budget: float) -> np.ndarray:
+    """The best candidate of each distinct first action, best first: the planner's own
+    choice (`evaluation.decision.choose`), then its choice once that first action is ruled
+    out, and so on, so the ranking follows the decision rule whatever it is."""
+    remaining, ranked = np.arange(len(candidates)), []
+    while len(remaining):
+        pick = int(remaining[choose(candidate_subset(scores, remaining), risk_weight,
+                                    uncertainty_weight, risk_budget)])
+        ranked.append(pick)
+        remaining = remaining[candidates[remaining, 0] != candidates[pick, 0]]
+    return np.array(ranked, dtype=np.int64)
+
+
+def explore_choice(scores, candidates: np.ndarray, rng: np.random.Generator, epsilon: float,
+                   top_k: int, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
+                   risk_budget: float = 1.0) -> int:
+    """Index of the candidate (K, F) to execute; see the module docstring."""
+    best = ranked_first_actions(scores, np.asarray(candidates), risk_weight, uncertainty_weight,
+                                risk_budget)
+    within = np.asarray(scores.collision_prob)[best] <= risk_budget
+    eligible = int(within.sum()) or len(best)  # none within the budget: all are eligible
+    # Draw all three numbers every time: the stream does not depend on the branch taken.
+    explore, any_pick = rng.random(), int(rng.integers(len(best)))
+    top_pick = int(rng.integers(min(top_k, eligible)))
+    return int(best[any_pick] if explore < epsilon else best[top_pick])
+
+
+class ExploringPlanner(PlannerPolicy):
+    """A PlannerPolicy whose planner decisions explore (epsilon, top_k; module docstring).
+
+    The reality check, the fallback and the per-episode stats (``surprises``,
+    ``fallback_steps``, ...) are PlannerPolicy's. ``reset(rng)`` seeds the exploration.
+    """
+
+    def __init__(self, scorer, candidates: np.ndarray, lanes_count: int, epsilon: float = 0.0,
+                 top_k: int = 1, **planner_kwargs):
+        if not 0.0 <= epsilon <= 1.0 or top_k < 1:
+            raise ValueError(f"epsilon must be in [0, 1] and top_k >= 1, got {epsilon}, {top_k}")
+        self.epsilon, self.top_k = float(epsilon), int(top_k)
+        self.rng = np.random.default_rng(0)
+        super().__init__(scorer, candidates, lanes_count, **planner_kwargs)
+        self.name = f"planner+eps{self.epsilon:g}+top{self.top_k}"
+
+    def reset(self, rng=None) -> None:
+        self.rng = as_generator(rng)
+        super().reset(self.rng.spawn(1)[0])
+
+    def pick(self, scores, candidates: np.ndarray) -> int:
+        """``explore_choice`` in place of the greedy decision rule."""
+        return explore_choice(scores, candidates, self.rng, self.epsilon, self.top_k,
+                              self.risk_weight, self.uncertainty_weight, self.risk_budget)

@@ -1,0 +1,316 @@
+"""Collect stage (`drivecast iterate`, round k >= 1): episodes driven by round k-1's planner.
+
+Input: round k-1's export (`planner.onnx` + sidecar). The stage runs with its round's
+config (pipeline/iterate.py `round_config`: `iterate.rounds = k + 1`, the shortest loop that
+ends with round k), so its key covers the round, the exploration settings (`iterate`), the
+environment (`ingest`) and the planner's decision and evaluation settings (`simulate`).
+
+The planner explores (evaluation/exploration.py: `iterate.epsilon`, `iterate.top_k`) and keeps
+its reality check and rule-based fallback. Workers are spawned processes (`ingest.workers`)
+that load the ONNX planner themselves: no torch on this path.
+
+Writes, resumably like ingest (complete shards of a killed run are kept):
+- `dataset/`: the dataset schema; episode ids `k * EPISODE_OFFSET + i`, so they never clash
+  with another round's; the manifest's `env_seeds` lists each episode's env seed, none of
+  them an evaluation seed (simulate.seed .. simulate.seed + simulate.episodes - 1);
+- `episode_stats/shard-*.json`: per episode the planner's surprises (one-step forecast error
+  of the neighbours in metres, model vs reality) and its fallback and decision counts.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import Artifacts, write_json_atomic
+from pipeline.config import Config
+from pipeline.errors import StageError
+from pipeline.runner import Stage, StageContext
+
+DATASET_DIR = "dataset"  # the same folder name as ingest: ingest.dataset_path works for both
+STATS_DIR = "episode_stats"
+EPISODE_OFFSET = 1_000_000  # round k's episode ids start at k * EPISODE_OFFSET
+SEED_STREAM = 7919  # spawn-key tag of collection env seeds (ingest spawns (episode,) keys)
+
+
+@dataclass(frozen=True)
+class PlannerSpec:
+    """How a worker builds its exploring planner (picklable: a path and numbers)."""
+
+    onnx_path: str
+    seed: int  # the scorer's latent-noise seed (as in simulate)
+    threads: int
+    risk_weight: float
+    uncertainty_weight: float
+    risk_budget: float
+    surprise_threshold: float
+    surprise_patience: int
+    epsilon: float
+    top_k: int
+
+
+@dataclass(frozen=True)
+class PlannedEpisode:
+    """index: 0..M-1 within this collection (shard = index // episodes_per_shard);
+    episode: the id written to the dataset; env_seed: the env reset seed."""
+
+    index: int
+    episode: int
+    env_seed: int
+
+
+def planner_spec(cfg: Config, onnx_path: Path) -> PlannerSpec:
+    s = cfg.simulate
+    return PlannerSpec(str(onnx_path), cfg.seed, s.threads, s.risk_weight, s.uncertainty_weight,
+                       s.risk_budget, s.surprise_threshold, s.surprise_patience,
+                       cfg.iterate.epsilon, cfg.iterate.top_k)
+
+
+def build_planner(spec: PlannerSpec, lanes_count: int):
+    """The exploring planner policy over the ONNX file (numpy + onnxruntime only)."""
+    from evaluation.exploration import ExploringPlanner
+    from models.candidates import enumerate_candidates
+    from pipeline.scorer import OnnxScorer
+
+    scorer = OnnxScorer.load(spec.onnx_path, threads=spec.threads, seed=spec.seed)
+    return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon), lanes_count,
+                            epsilon=spec.epsilon, top_k=spec.top_k,
+                            risk_weight=spec.risk_weight,
+                            uncertainty_weight=spec.uncertainty_weight,
+                            risk_budget=spec.risk_budget,
+                            surprise_threshold=spec.surprise_threshold,
+                            surprise_patience=spec.surprise_patience)
+
+
+# ---------------------------------------------------------------- which episodes
+
+
+def round_of(cfg: Config) -> int:
+    """The round this stage collects for (it runs with iterate.rounds = round + 1)."""
+    return cfg.iterate.rounds - 1
+
+
+def evaluation_seeds(cfg: Config) -> range:
+    return range(cfg.simulate.seed, cfg.simulate.seed + cfg.simulate.episodes)
+
+
+def collection_seeds(seed: int, round_index: int, episodes: int,
+                     forbidden: range | set[int]) -> list[int]:
+    """`episodes` distinct env seeds of a round, from (seed, round) alone; a draw that is
+    in `forbidden` (the evaluation seeds) or already taken is skipped and drawn again."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAM,
+                                                                        round_index)))
+    seeds: list[int] = []
+    while len(seeds) < episodes:
+        drawn = int(rng.integers(2**31 - 1))
+        if drawn not in forbidden and drawn not in seeds:
+            seeds.append(drawn)
+    return seeds
+
+
+def plan_round(cfg: Config) -> list[PlannedEpisode]:
+    k = round_of(cfg)
+    seeds = collection_seeds(cfg.seed, k, cfg.iterate.episodes, evaluation_seeds(cfg))
+    return [PlannedEpisode(i, k * EPISODE_OFFSET + i, s) for i, s in enumerate(seeds)]
+
+
+# ---------------------------------------------------------------- running episodes
+
+_WORKER: tuple | None = None  # (env, policy) of a worker process
+
+
+def make_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> tuple:
+    from pipeline.highway_source import make_env
+
+    env = make_env(env_id, env_config)
+    return env, build_planner(spec, int(env.unwrapped.config.get("lanes_count", 2)))
+
+
+def init_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> None:
+    global _WORKER
+    _WORKER = make_worker(env_id, env_config, spec)
+
+
+def run_planned(env, policy, plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
+    """(index, frames, steps, stats) of one recorded episode; stats are the planner's."""
+    from pipeline.highway_source import record_episode
+
+    frames, steps = record_episode(env, policy, seed=plan.env_seed, episode=plan.episode)
+    surprises = [float(x) for x in policy.surprises if np.isfinite(x)]
+    stats = {"episode": plan.episode, "surprises": surprises,
+             "fallback_steps": int(policy.fallback_steps), "decisions": int(policy.steps)}
+    return plan.index, frames, steps, stats
+
+
+def run_in_worker(plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
+    return run_planned(*_WORKER, plan)
+
+
+def run_plans(env_id: str, env_config: dict, spec: PlannerSpec, plans: list[PlannedEpisode],
+              workers: int) -> Iterator[tuple[int, dict, dict, dict]]:
+    """Results in completion order; `workers` > 1: spawned processes (no torch in them)."""
+    if workers <= 1 or len(plans) <= 1:
+        env, policy = make_worker(env_id, env_config, spec)
+        try:
+            yield from (run_planned(env, policy, plan) for plan in plans)
+        finally:
+            env.close()
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(plans)), initializer=init_worker,
+                      initargs=(env_id, env_config, spec)) as pool:
+        yield from pool.imap_unordered(run_in_worker, plans, chunksize=1)
+
+
+# ---------------------------------------------------------------- shards
+
+
+def stats_file(work: Path, shard: int) -> Path:
+    from pipeline.dataset import shard_name
+
+    return work / STATS_DIR / f"{shard_name(shard)}.json"
+
+
+def write_round_shard(work: Path, shard: int, results: list) -> None:
+    """The shard's episode stats first, then its Parquet files (which make it complete)."""
+    from pipeline.collect import merge_episodes
+    from pipeline.dataset import write_shard
+
+    results = sorted(results, key=lambda r: r[0])
+    write_json_atomic(stats_file(work, shard), {"episodes": [r[3] for r in results]})
+    write_shard(work / DATASET_DIR, shard, *merge_episodes([r[:3] for r in results]))
+
+
+def collect_shards(work: Path, results: Iterator, total: int, todo: int,
+                   episodes_per_shard: int) -> int:
+    """Write each shard once all its episodes are in (`total` episodes in the collection,
+    `todo` of them in `results`); returns the decisions recorded."""
+    from pipeline.collect import Progress, shard_episodes
+
+    pending: dict[int, list] = defaultdict(list)
+    bar, steps = Progress(todo, enabled=True), 0
+    try:
+        for result in results:
+            shard = result[0] // episodes_per_shard
+            pending[shard].append(result)
+            steps += len(result[2]["step"])
+            bar.update(len(result[2]["step"]))
+            if len(pending[shard]) == len(shard_episodes(shard, total, episodes_per_shard)):
+                write_round_shard(work, shard, pending.pop(shard))
+    finally:
+        bar.close()
+    return steps
+
+
+# ---------------------------------------------------------------- figures
+
+
+def planner_figures(work: Path, shards: range) -> dict[str, float]:
+    """Surprise (metres, per checked decision) and fallback share over every episode."""
+    episodes = [e for s in shards
+                for e in json.loads(stats_file(work, s).read_text())["episodes"]]
+    surprises = np.array([x for e in episodes for x in e["surprises"]], dtype=float)
+    decisions = sum(e["decisions"] for e in episodes)
+    nan = float("nan")
+    return {"surprise_mean": float(surprises.mean()) if len(surprises) else nan,
+            "surprise_median": float(np.median(surprises)) if len(surprises) else nan,
+            "fallback_rate": sum(e["fallback_steps"] for e in episodes) / max(decisions, 1)}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_key: str) -> dict:
+    """Everything that determines the collected data (compared on resume, kept in the
+    manifest): the collect.py settings plus round, episode offset, env seeds, planner."""
+    from pipeline.collect import PolicySpec, collection_settings
+
+    it = cfg.iterate
+    policy = PolicySpec(f"planner+eps{it.epsilon:g}+top{it.top_k}", it.epsilon, 1.0)
+    settings = collection_settings(cfg.ingest.env_id, dict(cfg.ingest.env_config), env, cfg.seed,
+                                   it.episodes, it.episodes_per_shard, [policy])
+    return settings | {"round": round_of(cfg), "episode_offset": round_of(cfg) * EPISODE_OFFSET,
+                       "env_seeds": [p.env_seed for p in plans], "top_k": it.top_k,
+                       "planner": planner_key}
+
+
+def check_planner_timing(env, onnx_path: Path) -> None:
+    from evaluation.planner_policy import check_timing
+    from pipeline.scorer import OnnxScorer
+
+    try:
+        check_timing(env, OnnxScorer.load(onnx_path))
+    except ValueError as err:
+        raise StageError(f"collect: {err}") from None
+
+
+def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+            ctx: StageContext) -> dict[str, float]:
+    """Collect `iterate.episodes` planner-driven episodes into `work/dataset`."""
+    from pipeline.collect import (
+        dataset_stats,
+        num_shards,
+        prepare_out_dir,
+        read_shard_summary,
+        save_manifest,
+        shard_episodes,
+    )
+    from pipeline.dataset import complete_shards
+    from pipeline.highway_source import make_env
+    from pipeline.stages.export import PLANNER_FILE
+
+    start, it, onnx_path = time.perf_counter(), cfg.iterate, inputs["export"].path / PLANNER_FILE
+    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
+    check_planner_timing(env, onnx_path)
+    plans = plan_round(cfg)
+    settings = collection_manifest(cfg, env, plans, inputs["export"].key)
+    out = work / DATASET_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out, settings)
+    shards = range(num_shards(it.episodes, it.episodes_per_shard))
+    reused = set(complete_shards(out)) & set(shards)
+    todo = [plans[i] for s in shards if s not in reused
+            for i in shard_episodes(s, it.episodes, it.episodes_per_shard)]
+    results = run_plans(cfg.ingest.env_id, dict(cfg.ingest.env_config),
+                        planner_spec(cfg, onnx_path), todo, cfg.ingest.workers)
+    new_steps = collect_shards(work, results, len(plans), len(todo), it.episodes_per_shard)
+    summaries = [read_shard_summary(out, s) for s in shards]
+    save_manifest(out, settings, [e for e, _ in summaries], complete=True)
+    stats = dataset_stats([e for e, _ in summaries], [s for _, s in summaries],
+                          time.perf_counter() - start, new_steps,
+                          episodes_collected=len(todo), shards_reused=len(reused))
+    return {"round": round_of(cfg), **stats.summary(), **planner_figures(work, shards)}
+
+
+def check(cfg: Config) -> None:
+    """Refuse iterate settings that would only fail inside a round."""
+    from pipeline.windows import split_episodes
+
+    it = cfg.iterate
+    if cfg.ingest.source != "highway":
+        raise StageError(f"iterate collects in the simulator: ingest.source must be highway, "
+                         f"got '{cfg.ingest.source}'")
+    if it.rounds < 1 or it.epochs < 1 or it.episodes_per_shard < 1 or it.top_k < 1:
+        raise StageError(f"iterate.rounds, epochs, episodes_per_shard and top_k must be at "
+                         f"least 1, got {it.rounds}, {it.epochs}, {it.episodes_per_shard}, "
+                         f"{it.top_k}")
+    if not 0.0 <= it.epsilon <= 1.0 or it.lr < 0:
+        raise StageError(f"iterate.epsilon must be in [0, 1] and iterate.lr >= 0, got "
+                         f"{it.epsilon}, {it.lr}")
+    try:  # each collected dataset is split into train/val/test episodes on its own
+        split_episodes(np.arange(max(it.episodes, 1)), cfg.train.val_fraction,
+                       cfg.train.test_fraction, cfg.seed)
+    except ValueError:
+        raise StageError(f"iterate.episodes ({it.episodes}) is too few to split into train, "
+                         f"val and test episodes; raise it") from None
+
+
+STAGE = Stage("collect", sections=("iterate", "ingest", "simulate"), inputs=("export",),
+              produce=produce, resumable=lambda cfg: True, check=check)

@@ -1,0 +1,91 @@
+"""Exploration while collecting with the planner: greedy when asked, top-k and epsilon draws."""
+
+import numpy as np
+import pytest
+
+from evaluation.decision import choose
+from evaluation.exploration import ExploringPlanner, explore_choice
+from evaluation.planner_policy import PlannerPolicy
+from models.candidates import enumerate_candidates
+from pipeline.bench_planner import export_random_planner
+from pipeline.highway_source import make_env, record_episode
+from pipeline.scorer import OnnxScorer, Scores
+
+CANDIDATES = enumerate_candidates(2)  # (25, 2)
+
+
+def random_scores(rng):
+    k = len(CANDIDATES)
+    return Scores(rng.uniform(0, 0.4, k).astype(np.float32),
+                  rng.normal(0, 1, k).astype(np.float32),
+                  rng.uniform(0, 1, k).astype(np.float32), np.zeros((k, 2, 3, 2), np.float32))
+
+
+def draws(scores, n=300, **kw):
+    rng = np.random.default_rng(0)
+    return [explore_choice(scores, CANDIDATES, rng, **kw) for _ in range(n)]
+
+
+def test_no_exploration_is_the_planners_own_choice():
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        scores, budget = random_scores(rng), [1.0, 0.2, 0.05][trial % 3]
+        expected = choose(scores, 1.0, 0.5, budget)
+        got = explore_choice(scores, CANDIDATES, rng, epsilon=0.0, top_k=1, risk_weight=1.0,
+                             uncertainty_weight=0.5, risk_budget=budget)
+        assert got == expected
+
+
+def test_top_k_draws_the_best_candidate_of_each_of_the_k_best_first_actions():
+    scores = random_scores(np.random.default_rng(2))  # every risk within the budget of 1
+    utility = scores.expected_return - scores.collision_prob
+    best_of = {a: int(np.flatnonzero(CANDIDATES[:, 0] == a)[np.argmax(
+        utility[CANDIDATES[:, 0] == a])]) for a in range(5)}
+    two_best = sorted(best_of.values(), key=lambda i: -utility[i])[:2]
+    picked = draws(scores, epsilon=0.0, top_k=2)
+    assert set(picked) == set(two_best)
+
+
+def test_top_k_keeps_to_the_risk_budget_while_it_can():
+    scores = random_scores(np.random.default_rng(3))
+    risk = scores.collision_prob.copy()
+    risk[CANDIDATES[:, 0] != 1] = 0.9  # only sequences starting with IDLE are under budget
+    scores = scores._replace(collision_prob=risk)
+    picked = draws(scores, epsilon=0.0, top_k=3, risk_budget=0.5)
+    assert {int(CANDIDATES[p, 0]) for p in picked} == {1}
+
+
+def test_epsilon_one_draws_every_first_action_and_its_best_sequence():
+    scores = random_scores(np.random.default_rng(4))
+    picked = draws(scores, epsilon=1.0, top_k=1)
+    firsts = CANDIDATES[picked, 0]
+    assert set(firsts.tolist()) == set(range(5))
+    utility = scores.expected_return - scores.collision_prob
+    for p in set(picked):
+        same_start = CANDIDATES[:, 0] == CANDIDATES[p, 0]
+        assert utility[p] == utility[same_start].max()
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("planner") / "planner.onnx"
+    model = dict(embed_dim=16, deter_dim=32, stoch_dim=8, hidden_dim=32, heads=2, action_dim=8,
+                 ensemble=2, n_vehicles=6, obs_dim=7)
+    export_random_planner(path, model, history=4, horizon=2, samples=2)
+    return OnnxScorer.load(path)
+
+
+def test_greedy_exploring_planner_drives_like_the_planner_and_is_seeded(scorer):
+    env = make_env("highway-fast-v0", {"duration": 6})
+    lanes = env.unwrapped.config["lanes_count"]
+    greedy = ExploringPlanner(scorer, CANDIDATES, lanes, epsilon=0.0, top_k=1)
+    plain = PlannerPolicy(scorer, CANDIDATES, lanes)
+    a = record_episode(env, greedy, seed=5, episode=0)[1]["action"]
+    b = record_episode(env, plain, seed=5, episode=0)[1]["action"]
+    np.testing.assert_array_equal(a, b)
+    exploring = ExploringPlanner(scorer, CANDIDATES, lanes, epsilon=0.5, top_k=2)
+    c = record_episode(env, exploring, seed=5, episode=0)[1]
+    d = record_episode(env, exploring, seed=5, episode=0)[1]
+    np.testing.assert_array_equal(c["action"], d["action"])
+    assert set(c["policy"]) == {"planner+eps0.5+top2"}
+    assert len(exploring.surprises) == len(c["action"]) - 1  # checked at every later decision
