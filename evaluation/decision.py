@@ -2,8 +2,9 @@
 
 utility_k = expected_return_k - risk_weight * collision_prob_k
             - uncertainty_weight * uncertainty_k
-The best candidate maximises utility among those with collision_prob <= risk_budget
-while any exists (else among all); ties go to the lower risk, then the lower index.
+The best candidate maximises utility among those with collision_prob <= risk_budget;
+when none is within the budget, the least risky candidate is taken (utility breaks ties):
+no return is worth a probable crash. Remaining ties go to the lower index.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ def choose(scores, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
                          f"{risk_weight}, {uncertainty_weight}")
     risk = score_arrays(scores)[0]
     value = utility(scores, risk_weight, uncertainty_weight)
-    allowed = risk <= risk_budget
-    if not allowed.any():
-        allowed[:] = True
     index = np.arange(len(risk))
-    # lexsort: last key is primary -> forbidden last, then highest utility, lowest risk, index
-    order = np.lexsort((index, risk, -value, ~allowed))
-    return int(order[0])
+    allowed = risk <= risk_budget
+    if not allowed.any():  # lexsort: the last key is the primary one
+        return int(np.lexsort((index, -value, risk))[0])
+    return int(np.lexsort((index, risk, -value, ~allowed))[0])

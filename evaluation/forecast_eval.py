@@ -85,6 +85,8 @@ def risk_figures(pred: dict, a: dict, dt: float) -> tuple[dict, metrics.Reliabil
                "risk_brier": metrics.masked_mean(metrics.brier(prob, label), mask),
                "risk_ece": metrics.expected_calibration_error(prob, label, mask),
                "collision_rate": metrics.masked_mean(label, mask)}
+    for name, source in (("head", "collision_head"), ("overlap", "overlap")):
+        summary[f"risk_auroc_{name}"] = metrics.auroc(pred[source], label, mask)  # alone
     window_label = (label * mask).max(axis=1)  # (B,) any collision within the horizon
     window_prob = 1.0 - np.prod(np.where(mask, 1.0 - prob, 1.0), axis=1)
     ttc = baselines.ttc_risk(a["hist"], a["hist_mask"], horizon_s=a["actions"].shape[1] * dt)

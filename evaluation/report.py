@@ -10,7 +10,8 @@ import numpy as np
 from evaluation import plots
 from evaluation.forecast_eval import TestsetResult
 
-HEADLINE = ("windows", "ade", "miss_rate", "nll_xy", "risk_auroc", "risk_ap", "risk_brier",
+HEADLINE = ("windows", "ade", "miss_rate", "nll_xy", "risk_auroc", "risk_auroc_head",
+            "risk_auroc_overlap", "risk_ap", "risk_brier",
             "risk_ece", "window_risk_auroc", "ttc_window_risk_auroc", "collision_rate",
             "uncertainty_error_spearman", "mean_uncertainty")
 
@@ -73,7 +74,9 @@ def write_report(results: dict[str, TestsetResult], scenes: list[dict], out: Pat
     figures = draw_figures(results, scenes, out)
     lines = [f"# drivecast evaluation\n\n{header}\n", "## Forecast error vs horizon\n",
              *fde_table(results), "", "## Figures per test set\n", *figure_table(results), "",
-             "`risk_*` are per future step; `window_risk_auroc` scores collision within the "
+             "`risk_*` are per future step, for the model's risk source (`model.risk`); "
+             "`risk_auroc_head` / `risk_auroc_overlap` score the learned collision head and "
+             "the forecast-overlap risk alone; `window_risk_auroc` scores collision within the "
              "horizon per window, `ttc_window_risk_auroc` the time-to-collision baseline on "
              "the same windows. `risk_ece`: 15 equal-width bins, positive-class reliability.\n",
              "## Pictures\n", *[f"![{f}]({f})" for f in figures]]

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoder import KINEMATIC_DIM, SceneEncoder, as_float_vector, mlp
+from models.risk import combine_risks, overlap_risk
 
 VARIANTS = ("deterministic", "probabilistic", "value_equivalent")
+RISK_SOURCES = ("overlap", "head", "combined")
 ABSENT_LOGIT = -30.0  # presence logit of slots empty at t0 (they never appear later)
 
 
@@ -79,7 +81,9 @@ class Imagination(NamedTuple):
     states_std: torch.Tensor  # (B, K, S, F, N, 4)
     presence: torch.Tensor  # (B, K, S, F, N) probability
     reward: torch.Tensor  # (B, K, S, F)
-    collision: torch.Tensor  # (B, K, S, F) per-step probability
+    collision: torch.Tensor  # (B, K, S, F) per-step collision probability (the `risk` source)
+    collision_head: torch.Tensor  # (B, K, S, F) the learned collision head's probability
+    overlap: torch.Tensor  # (B, K, S, F) probability that forecast boxes overlap
     cont: torch.Tensor  # (B, K, S, F) probability the episode continues after the step
     uncertainty: torch.Tensor  # (B, K, F) ensemble disagreement, mean over samples
 
@@ -176,24 +180,32 @@ class WorldModel(nn.Module):
     width, ensemble E prior heads, prior_hidden_dim width of each prior member, heads
     attention heads, action_dim action embedding, slot_dim width of the per-slot decoder
     layer (the planner's widest tensor), min_std latent std floor, dt seconds
-    per future step (for the constant-velocity baseline of the forecast).
+    per future step (for the constant-velocity baseline of the forecast);
+    vehicle_length, vehicle_width [m] and risk_substeps for the overlap risk
+    (models/risk.py); risk: what `Imagination.collision` is, one of RISK_SOURCES.
     """
 
     def __init__(self, obs_dim: int = 7, n_vehicles: int = 8, n_actions: int = 5,
                  embed_dim: int = 32, deter_dim: int = 64, stoch_dim: int = 16,
                  hidden_dim: int = 64, ensemble: int = 4, variant: str = "probabilistic",
                  prior_hidden_dim: int | None = None, heads: int = 4, action_dim: int = 16,
-                 slot_dim: int = 32, min_std: float = 0.1, dt: float = 1.0):
+                 slot_dim: int = 32, min_std: float = 0.1, dt: float = 1.0,
+                 vehicle_length: float = 5.0, vehicle_width: float = 2.0,
+                 risk_substeps: int = 2, risk: str = "overlap"):
         super().__init__()
         variant = str(getattr(variant, "value", variant))
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
+        if risk not in RISK_SOURCES:
+            raise ValueError(f"risk must be one of {', '.join(RISK_SOURCES)}, got '{risk}'")
         if ensemble < 1 or n_vehicles < 1 or n_actions < 1:
             raise ValueError("ensemble, n_vehicles and n_actions must all be at least 1, got "
                              f"{ensemble}, {n_vehicles}, {n_actions}")
         self.obs_dim, self.n_vehicles, self.n_actions = obs_dim, n_vehicles, n_actions
         self.deter_dim, self.stoch_dim, self.ensemble = deter_dim, stoch_dim, ensemble
         self.variant, self.min_std, self.dt = variant, min_std, float(dt)
+        self.vehicle_length, self.vehicle_width = float(vehicle_length), float(vehicle_width)
+        self.risk_substeps, self.risk = int(risk_substeps), risk
         feat_dim = deter_dim + stoch_dim
         self.encoder = SceneEncoder(obs_dim, embed_dim, hidden_dim, heads)
         self.init_deter = nn.Linear(hidden_dim, deter_dim)
@@ -313,7 +325,7 @@ class WorldModel(nn.Module):
         # members: (B*K*S, E)
         roll = self._rollout(ctx, rows, noise.reshape(-1, f, self.stoch_dim), members)
         heads = self._heads(roll.feats.reshape(b, -1, f, roll.feats.shape[-1]), ctx)
-        return self._imagination(heads, roll.prior_mean, b, s)
+        return self._imagination(heads, roll.prior_mean, ctx, b, s)
 
     # ------------------------------------------------------------------ internals
 
@@ -400,7 +412,7 @@ class WorldModel(nn.Module):
         """Drop the R = 1 rollout axis: (B, 1, F, ...) -> (B, F, ...)."""
         return Heads(*(x.squeeze(1) for x in heads))
 
-    def _imagination(self, heads: Heads, prior_mean: torch.Tensor, b: int,
+    def _imagination(self, heads: Heads, prior_mean: torch.Tensor, ctx: Context, b: int,
                      s: int) -> Imagination:
         """Heads (B, K*S, F, ...) and prior means (E, B*K*S, F, Z) -> Imagination."""
         def split(x: torch.Tensor) -> torch.Tensor:
@@ -408,7 +420,12 @@ class WorldModel(nn.Module):
 
         spread = (prior_mean - prior_mean.mean(dim=0)).pow(2).mean(dim=0).mean(dim=-1)
         uncertainty = spread.reshape(b, -1, s, spread.shape[-1]).mean(dim=2)  # (B, K, F)
-        return Imagination(split(heads.states_mean), split(heads.states_std),
-                           torch.sigmoid(split(heads.presence_logit)), split(heads.reward),
-                           torch.sigmoid(split(heads.collision_logit)),
-                           torch.sigmoid(split(heads.cont_logit)), uncertainty)
+        presence = torch.sigmoid(heads.presence_logit)  # (B, K*S, F, N)
+        overlap = overlap_risk(ctx.last_state[:, None, None, :, :2],
+                               heads.states_mean[..., :2], heads.states_std[..., :2], presence,
+                               self.vehicle_length, self.vehicle_width, self.risk_substeps)
+        head = torch.sigmoid(heads.collision_logit)  # (B, K*S, F)
+        risk = {"overlap": overlap, "head": head, "combined": combine_risks(head, overlap)}
+        return Imagination(split(heads.states_mean), split(heads.states_std), split(presence),
+                           split(heads.reward), split(risk[self.risk]), split(head),
+                           split(overlap), torch.sigmoid(split(heads.cont_logit)), uncertainty)

@@ -35,6 +35,14 @@ class Variant(str, enum.Enum):
     value_equivalent = "value_equivalent"
 
 
+class RiskSource(str, enum.Enum):
+    """Where the model's collision probability comes from (see models/risk.py)."""
+
+    overlap = "overlap"
+    head = "head"
+    combined = "combined"
+
+
 @dataclass(frozen=True)
 class PolicyMix:
     """One behaviour policy of the ingest mixture."""
@@ -45,10 +53,53 @@ class PolicyMix:
 
 
 @dataclass(frozen=True)
-class IngestConfig:
-    """Collect a trajectory dataset from highway-env."""
+class RecordedConfig:
+    """Recorded trajectories (ingest.source: recorded): files, column mapping, units, scenes.
 
-    source: str = "highway"  # where data comes from: highway (simulator)
+    Empty strings and zeros take the preset's value (highd, ngsim) or the default named in
+    the comment. pipeline/recorded*.py implements it; the README's "Recorded datasets"
+    section documents every step.
+    """
+
+    path: str = ""  # a CSV/Parquet file, a directory or a glob; each file is one recording
+    preset: str = ""  # "" (generic) | highd | ngsim: that layout's columns and units
+    columns: dict = field(default_factory=dict)  # role -> column name, merged over the
+    # preset's; roles: time, track, x, y (required), vx, vy, heading, length, width, lane
+    time_unit: str = ""  # s | ms | iso (ISO 8601 text) | frame (frame numbers); default s
+    frame_rate: float = 0.0  # Hz of time_unit frame (highd: read from recordingMeta.csv)
+    length_unit: str = ""  # m | ft: unit of x, y, length, width (per second: vx, vy); default m
+    heading_unit: str = ""  # rad | deg, counter-clockwise from +x in the file's axes; default rad
+    position: str = ""  # what x, y locate: centre | front_centre | box_corner (the corner
+    # with the smallest x and y of a box `length` along x, `width` along y); default centre
+    y_axis: str = ""  # left | right: where +y points for a driver heading along +x. left: map
+    # coordinates (east/north), mirrored on read; right: image coordinates (highD, NGSIM
+    # local, highway-env); default left
+    sort_rows: bool = False  # sort rows by track and time first; else they must be in order
+    frequency: int = 10  # Hz of the resampled frames (linear interpolation)
+    policy_frequency: int = 1  # meta-actions per second; must divide `frequency`
+    max_gap: float = 0.5  # s; a track is split into two tracks at a longer gap between samples
+    scene_seconds: float = 30.0  # recordings are cut into scenes this long: the time ranges
+    # that train/val/test split (no scene is in two splits)
+    ego_min_seconds: float = 8.0  # a vehicle in a scene this long becomes an ego in turn
+    egos_per_scene: int = 0  # at most this many egos per scene, drawn with the seed (0: all)
+    neighbour_radius: float = 100.0  # m; an ego's episode keeps vehicles that come this close
+    lateral_speed: float = 0.6  # m/s; lateral displacement / step duration (relative to the
+    # road direction) at or above which a step is LANE_LEFT / LANE_RIGHT
+    acceleration: float = 0.6  # m/s^2; speed change / step duration for FASTER / SLOWER
+    road_radius: float = 50.0  # m; road direction = median heading (mod 180 deg) of the ego
+    # and the vehicles this close to it ...
+    road_window: float = 10.0  # s; ... over this long a window centred on the step
+    near_miss_ttc: float = 0.0  # s; > 0: collision labels are near misses (time to collision
+    # with a vehicle ahead or behind below this); 0: collision labels are unknown (masked)
+    scenes_per_shard: int = 8  # scenes per Parquet shard
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Collect a trajectory dataset from highway-env, or read recorded trajectories."""
+
+    source: str = "highway"  # where data comes from: highway (simulator) | recorded (files,
+    # see `recorded`)
     env_id: str = "highway-fast-v0"  # any highway-env id: highway-v0, merge-v0, ...
     env_config: dict = field(default_factory=dict)  # highway-env config overrides
     episodes: int = 40  # episodes to record
@@ -58,6 +109,7 @@ class IngestConfig:
     )
     workers: int = 2  # parallel worker processes (the dataset does not depend on it)
     episodes_per_shard: int = 4  # episodes per Parquet shard (the unit of resume)
+    recorded: RecordedConfig = field(default_factory=RecordedConfig)  # source: recorded
 
 
 @dataclass(frozen=True)
@@ -71,6 +123,9 @@ class ModelConfig:
     vehicles: int = 8  # N: vehicle slots (ego + N-1 nearest)
     ensemble: int = 4  # E: prior heads for epistemic uncertainty
     stride: int = 1  # decision steps between consecutive window starts
+    risk: RiskSource = RiskSource.overlap  # the collision probability evaluate and the planner
+    # use: overlap (forecast boxes of ego and a neighbour overlap, models/risk.py; needs no
+    # collision labels), head (the learned collision head), combined (1 - (1-head)(1-overlap))
 
 
 # Named size presets: widths of the world model (constructor arguments of WorldModel).
@@ -93,6 +148,7 @@ def model_kwargs(model: ModelConfig, dt: float) -> dict[str, Any]:
                           f"got '{model.size}'")
     return {"obs_dim": OBS_DIM, "n_vehicles": model.vehicles, "n_actions": 5,
             "ensemble": model.ensemble, "variant": model.variant.value, "dt": dt,
+            "risk": model.risk.value,
             **MODEL_SIZES[model.size]}
 
 
@@ -153,6 +209,12 @@ class ExportConfig:
     horizon: int = 3  # F: decision steps per candidate sequence (<= model.horizon)
     samples: int = 4  # S: imagined latent samples per candidate (fixed noise input)
     gamma: float = 0.9  # discount of the predicted return
+    # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
+    # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
+    # least accurate exactly where the planner is tempted (tailgating, cutting in), so
+    # the margin buys safety for speed: 8 x 2.5 took highway collisions from 55% to 5%.
+    envelope_length: float = 8.0
+    envelope_width: float = 2.5
     opset: int = 17  # ONNX opset (pinned)
     tolerance: float = 1e-4  # max |torch - onnxruntime| accepted by the parity check
     parity_scenes: int = 16  # recorded test scenes the parity check runs on
@@ -180,6 +242,23 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True)
+class IterateConfig:
+    """The model-based loop (`drivecast iterate`, pipeline/iterate.py). Round 0 is the
+    ordinary pipeline (ingest, train, export, simulate); each round k >= 1 collects episodes
+    driven by round k-1's planner (in `ingest.workers` processes, in `ingest.env_id`),
+    retrains warm-started from round k-1's model on all data so far, exports and simulates
+    on the evaluation seeds of `simulate` (never used for collection)."""
+
+    rounds: int = 3  # rounds in total, round 0 included (1: just the ordinary pipeline)
+    episodes: int = 40  # M: episodes collected with the planner in each round >= 1
+    epsilon: float = 0.1  # per decision: probability of a uniformly random first action
+    top_k: int = 1  # else the first action is drawn among the k best ones (1: greedy)
+    episodes_per_shard: int = 4  # collected episodes per Parquet shard (the unit of resume)
+    epochs: int = 10  # training epochs of each warm-started round (round 0: train.epochs)
+    lr: float = 0.0  # peak learning rate of the warm-started rounds (0: train.lr)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking."""
 
@@ -200,6 +279,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gridworld: GridworldConfig = field(default_factory=GridworldConfig)
 

@@ -23,7 +23,8 @@ def predict(model: torch.nn.Module, windows: WindowSet, samples: int = 0, seed: 
             batch_size: int = 256) -> dict[str, np.ndarray]:
     """Open-loop forecasts under the recorded actions.
 
-    Prior-mean rollout: states (B, F, N, 4), states_std (B, F, N, 4), collision (B, F),
+    Prior-mean rollout: states (B, F, N, 4), states_std (B, F, N, 4), collision (B, F)
+    (the model's risk source), collision_head and overlap (B, F) (both sources),
     uncertainty (B, F); with `samples` S > 0 also samples (S, B, F, N, 2), positions of S
     rollouts with seeded latent noise.
     """
@@ -34,7 +35,8 @@ def predict(model: torch.nn.Module, windows: WindowSet, samples: int = 0, seed: 
     for hist, mask, actions in _batches(windows, batch_size, device):
         mean = model.imagine(hist, mask, actions)
         out = {"states": mean.states_mean[:, 0, 0], "states_std": mean.states_std[:, 0, 0],
-               "collision": mean.collision[:, 0, 0], "uncertainty": mean.uncertainty[:, 0]}
+               "collision": mean.collision[:, 0, 0], "uncertainty": mean.uncertainty[:, 0],
+               "collision_head": mean.collision_head[:, 0, 0], "overlap": mean.overlap[:, 0, 0]}
         if samples:
             noise = torch.randn((*actions.shape[:2], samples, actions.shape[2], model.stoch_dim),
                                 generator=generator).to(device)  # (b, 1, S, F, Z)
@@ -51,7 +53,8 @@ def constant_velocity_states(windows: WindowSet) -> np.ndarray:
 
 
 def forecast_summary(model: torch.nn.Module, windows: WindowSet, prefix: str) -> dict[str, float]:
-    """`<prefix>fde_<s>s`, `cv_fde_<s>s` and `<prefix>risk_auroc` on the given windows."""
+    """`<prefix>fde_<s>s`, `cv_fde_<s>s`, `<prefix>risk_auroc` (the model's risk source) and
+    `<prefix>risk_auroc_head` / `_overlap` (each source alone) on the given windows."""
     a, dt = windows.arrays, windows.dt
     pred = predict(model, windows)
     seconds = forecast_eval.horizon_seconds(a["actions"].shape[1], dt)
@@ -61,5 +64,6 @@ def forecast_summary(model: torch.nn.Module, windows: WindowSet, prefix: str) ->
     summary |= dict(zip([f"cv_fde_{s}s" for s in seconds],
                         forecast_eval.fde_curve(cv, a, dt), strict=True))
     mask = a["step_mask"] & a["label_mask"]
-    summary[f"{prefix}risk_auroc"] = metrics.auroc(pred["collision"], a["collision"], mask)
+    for name, key in (("", "collision"), ("_head", "collision_head"), ("_overlap", "overlap")):
+        summary[f"{prefix}risk_auroc{name}"] = metrics.auroc(pred[key], a["collision"], mask)
     return summary

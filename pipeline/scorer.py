@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.errors import DrivecastError
 
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: adds "risk"
 SIDECAR_KEYS = (
     "format_version",  # int, SIDECAR_VERSION
     "action_names",  # list[str], index = action id
@@ -36,6 +36,8 @@ SIDECAR_KEYS = (
     "dt",  # seconds per decision step
     "frames_per_step",  # simulation frames per decision step
     "gamma",  # discount of expected_return
+    "risk",  # what collision_prob is made of: head | overlap | combined, with the overlap
+    # safety envelope (informative)
     "obs_mean",  # (D,) training feature mean (informative: the graph normalises itself)
     "obs_std",  # (D,) training feature std
     "input_names",  # graph input names in the order hist, hist_mask, candidates, noise

@@ -44,13 +44,16 @@ def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> fl
     return worst
 
 
-def sidecar_fields(cfg: Config, spec: dict, stoch: int, obs_dim: int) -> dict:
+def sidecar_fields(cfg: Config, spec: dict, model) -> dict:
+    """Everything the scorer needs besides the graph; `model` is the exported WorldModel."""
     from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 
     return {"action_names": ACTION_NAMES, "history": spec["history"],
-            "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": obs_dim,
-            "stoch_dim": stoch, "samples": cfg.export.samples, "dt": spec["dt"],
+            "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
+            "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
             "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
+            "risk": f"{model.risk} (envelope {model.vehicle_length:g} m x "
+                    f"{model.vehicle_width:g} m)",
             "obs_mean": spec["obs_mean"], "obs_std": spec["obs_std"],
             "input_names": list(INPUT_NAMES), "output_names": list(OUTPUT_NAMES),
             "opset": cfg.export.opset, "tolerance": cfg.export.tolerance}
@@ -80,6 +83,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         raise StageError(f"export.horizon ({cfg.export.horizon}) exceeds the horizon the model "
                          f"was trained on (model.horizon = {cfg.model.horizon})")
     model, spec = load_model(inputs["train"])
+    model.vehicle_length = cfg.export.envelope_length  # the planner checks the envelope
+    model.vehicle_width = cfg.export.envelope_width
     planner = Planner(model, cfg.export.gamma).eval()
     scenes = held_out_windows(cfg, inputs).arrays
     path = work / PLANNER_FILE
@@ -87,7 +92,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
                    torch.from_numpy(scenes["hist_mask"][:1]), n_candidates=125,
                    samples=cfg.export.samples, opset=cfg.export.opset, horizon=cfg.export.horizon)
     worst = check_parity_on_scenes(planner, path, cfg, scenes)
-    fields = sidecar_fields(cfg, spec, model.stoch_dim, model.obs_dim)
+    fields = sidecar_fields(cfg, spec, model)
     write_sidecar(path, **fields)
     inputs_125 = next(parity_inputs(cfg, scenes, 125, model.stoch_dim))
     summary = {"parity_max_abs_diff": worst, "tolerance": cfg.export.tolerance,

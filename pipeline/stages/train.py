@@ -36,12 +36,16 @@ SPLITS = "splits.json"
 def load_windows(dataset_dir: Path, cfg: Config) -> WindowSet:
     """Read and validate a dataset, then cut it into the configured windows."""
     from pipeline.dataset import read_dataset
+    from pipeline.recorded_windows import adapt_windows, is_recorded
 
     data = read_dataset(dataset_dir)
     dt = 1.0 / float(data.manifest["policy_frequency"])
     windows = make_windows(data.frames, data.steps, data.frames_per_step, dt,
                            history=cfg.model.history, horizon=cfg.model.horizon,
                            n_slots=cfg.model.vehicles, stride=cfg.model.stride)
+    if is_recorded(data.manifest):  # scene groups, unknown labels masked, per-road lanes
+        adapt_windows(windows, data)
+        return windows
     centers = lane_centers_world(data.frames)
     windows.arrays["lane_centers"] = lane_centers_ego(centers, windows.arrays["ego_pose"])
     return windows
@@ -51,7 +55,9 @@ def split(cfg: Config, windows: WindowSet) -> dict[str, WindowSet]:
     try:
         return split_windows(windows, cfg.train.val_fraction, cfg.train.test_fraction, cfg.seed)
     except ValueError as err:
-        raise StageError(f"train: {err}; raise ingest.episodes") from None
+        fix = ("give more recorded data or lower ingest.recorded.scene_seconds"
+               if "time ranges" in str(err) else "raise ingest.episodes")
+        raise StageError(f"train: {err}; {fix}") from None
 
 
 def build_trainer(cfg: Config, work: Path, ctx: StageContext):
@@ -116,14 +122,17 @@ def completed_epochs(checkpoint: str | None) -> int:
     return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
 
 
-def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext):
-    """Train; returns the module with the best checkpoint's weights and figures of the fit."""
+def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext,
+        init: Artifacts | None = None):
+    """Train; returns the module with the best checkpoint's weights and figures of the fit.
+    `init`: a train stage to warm-start from (see `warm_module`)."""
     import lightning as L
 
     from pipeline.lit_module import WorldModelModule, window_loader
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = make_module(cfg, splits["train"])
+    module = make_module(cfg, splits["train"]) if init is None else warm_module(cfg, init,
+                                                                                splits["train"])
     trainer = build_trainer(cfg, work, ctx)
     last = work / CHECKPOINTS / "last.ckpt"
     resume_from = str(last) if cfg.train.resume and last.is_file() else None
@@ -160,14 +169,21 @@ def save_model(module, cfg: Config, windows: WindowSet, work: Path) -> None:
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
-    from pipeline.forecast import forecast_summary
     from pipeline.stages.ingest import dataset_path
 
     windows = load_windows(dataset_path(inputs["ingest"]), cfg)
-    splits = split(cfg, windows)
+    return train_on(cfg, windows, split(cfg, windows), work, ctx)
+
+
+def train_on(cfg: Config, windows: WindowSet, splits: dict[str, WindowSet], work: Path,
+             ctx: StageContext, init: Artifacts | None = None) -> dict[str, float]:
+    """Fit on `splits` (optionally warm-started from the train stage `init`), write the
+    splits and the model, and return the stage summary."""
+    from pipeline.forecast import forecast_summary
+
     write_json_atomic(work / SPLITS, {k: np.unique(v.arrays["episode"]).tolist()
                                       for k, v in splits.items()})
-    module, figures = fit(cfg, splits, work, ctx)
+    module, figures = fit(cfg, splits, work, ctx, init=init)
     save_model(module, cfg, windows, work)
     summary = forecast_summary(module.model, splits["val"], prefix="val_") | figures
     summary |= {"params": sum(p.numel() for p in module.model.parameters()),
@@ -192,3 +208,84 @@ def load_model(train: Artifacts):
 
 STAGE = Stage("train", sections=("model", "train"), inputs=("ingest",), produce=produce,
               resumable=lambda cfg: cfg.train.resume)
+
+
+# ---------------------------------------------------------------- several datasets, warm start
+# (`drivecast iterate`, pipeline/iterate.py: round k trains on every dataset so far, starting
+# from round k-1's model)
+
+
+def concat_windows(parts: list[WindowSet]) -> WindowSet:
+    """Windows of several datasets in order. Lane centres stay each dataset's own; a dataset
+    with fewer lanes seen repeats its outermost centre (nearest-lane lookups are unchanged)."""
+    if len({(p.dt, p.frames_per_step) for p in parts}) > 1:
+        raise StageError("train: the datasets differ in decision period or frames per step")
+    lanes = max(p.arrays["lane_centers"].shape[1] for p in parts)
+    arrays = {}
+    for name in parts[0].arrays:
+        values = [p.arrays[name] for p in parts]
+        if name == "lane_centers":
+            values = [np.pad(v, ((0, 0), (0, lanes - v.shape[1])), mode="edge") for v in values]
+        arrays[name] = np.concatenate(values)
+    return WindowSet(arrays, parts[0].dt, parts[0].frames_per_step)
+
+
+def load_windows_many(dataset_dirs: list[Path], cfg: Config) -> list[WindowSet]:
+    """Each dataset's windows; refuses datasets that share an episode id (splits are by id)."""
+    parts = [load_windows(path, cfg) for path in dataset_dirs]
+    seen: dict[int, Path] = {}
+    for path, part in zip(dataset_dirs, parts, strict=True):
+        for episode in np.unique(part.arrays["episode"]).tolist():
+            if episode in seen:
+                raise StageError(f"train: episode id {episode} is in both {seen[episode]} and "
+                                 f"{path}")
+            seen[episode] = path
+    return parts
+
+
+def split_each(cfg: Config, parts: list[WindowSet]) -> dict[str, WindowSet]:
+    """Every dataset split on its own, then joined per split: a dataset's split is the same
+    in every round that trains on it (round 0's test episodes are never trained on)."""
+    each = [split(cfg, part) for part in parts]
+    return {name: concat_windows([s[name] for s in each]) for name in each[0]}
+
+
+def warm_module(cfg: Config, init: Artifacts, train: WindowSet):
+    """A module holding `init`'s model: its weights and its input normalisation and target
+    scale (the inputs the model learned on do not shift); optimiser and schedule are new."""
+    from pipeline.lit_module import WorldModelModule
+
+    previous, spec = load_model(init)
+    wanted = json.loads(json.dumps(model_kwargs(cfg.model, train.dt)))
+    if spec["model_kwargs"] != wanted:
+        raise StageError(f"train: cannot warm-start from {init.path}: its model was built with "
+                         f"{spec['model_kwargs']}, this config builds {wanted}")
+    module = WorldModelModule(wanted, to_dict(cfg.train.loss), cfg.train.lr,
+                              cfg.train.weight_decay, spec["obs_mean"], spec["obs_std"],
+                              previous.target_scale.tolist())
+    module.model.load_state_dict(previous.state_dict())
+    return module
+
+
+def data_inputs(inputs: Mapping[str, Artifacts]) -> list[Artifacts]:
+    """The `data_<i>` inputs of a warm-started train stage, in order."""
+    count = sum(name.startswith("data_") for name in inputs)
+    return [inputs[f"data_{i}"] for i in range(count)]
+
+
+def produce_warm(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+                 ctx: StageContext) -> dict[str, float]:
+    """Like `produce`, on every `data_<i>` dataset, warm-started from the `init` train stage."""
+    from pipeline.stages.ingest import dataset_path
+
+    parts = load_windows_many([dataset_path(d) for d in data_inputs(inputs)], cfg)
+    return train_on(cfg, concat_windows(parts), split_each(cfg, parts), work, ctx,
+                    init=inputs["init"])
+
+
+def warm_stage(datasets: int) -> Stage:
+    """The train stage on `datasets` datasets (inputs data_0 .. data_<n-1>), warm-started
+    from the train stage given as input `init`."""
+    names = tuple(f"data_{i}" for i in range(datasets))
+    return Stage("train", sections=("model", "train"), inputs=(*names, "init"),
+                 produce=produce_warm, resumable=lambda cfg: cfg.train.resume)

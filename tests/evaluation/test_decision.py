@@ -34,11 +34,11 @@ def test_risk_budget_rejects_candidates_above_it():
     assert choose(s, risk_weight=0.0, risk_budget=0.1) == 1
 
 
-def test_when_nothing_fits_the_budget_all_candidates_compete():
-    s = scores(risk=[0.6, 0.5, 0.9], ret=[1.0, 3.0, 4.0])  # utilities 0.4, 2.5, 3.1
-    assert choose(s, risk_weight=1.0, risk_budget=0.55) == 1
-    assert choose(s, risk_weight=1.0, risk_budget=0.1) == 2
-    assert np.allclose(utility(s, 1.0, 0.0), [0.4, 2.5, 3.1])
+def test_when_nothing_fits_the_budget_the_least_risky_candidate_wins():
+    s = scores(risk=[0.6, 0.5, 0.9, 0.5], ret=[1.0, 3.0, 4.0, 3.5])  # utilities .4 2.5 3.1 3
+    assert choose(s, risk_weight=1.0, risk_budget=0.55) == 3  # within budget: best utility
+    assert choose(s, risk_weight=1.0, risk_budget=0.1) == 3  # none: lowest risk, then utility
+    assert np.allclose(utility(s, 1.0, 0.0), [0.4, 2.5, 3.1, 3.0])
 
 
 def test_uncertainty_weight_penalises_disagreement():

@@ -1,0 +1,71 @@
+"""Overlap risk from forecast geometry (models/risk.py) on hand-built scenes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from models.risk import combine_risks, interpolate_steps, interval_probability, overlap_risk
+
+
+def normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def test_interval_probability_matches_the_normal_cdf():
+    got = interval_probability(torch.tensor([1.0]), torch.tensor([2.0]), 3.0).item()
+    assert abs(got - (normal_cdf(1.0) - normal_cdf(-2.0))) < 1e-6
+
+
+def test_interpolation_walks_from_the_previous_step_end():
+    start = torch.zeros(1, 1, 2)  # (1, N=1, C=2)
+    path = torch.tensor([[[4.0, 0.0]], [[8.0, 4.0]]])  # (F=2, 1, 2)
+    points = interpolate_steps(start, path, substeps=2)  # (J=2, F=2, 1, 2)
+    assert torch.allclose(points[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
+    assert torch.allclose(points[:, 1, 0], torch.tensor([[6.0, 2.0], [8.0, 4.0]]))
+
+
+def scene(ego_path, other_path, std=0.3, present=1.0):
+    """One rollout (B=1, R=1) of two slots along (F, 2) paths, starting at their t0 rows."""
+    ego, other = torch.tensor(ego_path), torch.tensor(other_path)
+    mean = torch.stack([ego[1:], other[1:]], dim=1)[None, None]  # (1, 1, F, 2, 2)
+    start = torch.stack([ego[0], other[0]])[None, None, None]  # (1, 1, 1, 2, 2)
+    presence = torch.full(mean.shape[:-1], present)
+    return start, mean, torch.full_like(mean, std), presence
+
+
+def test_driving_into_a_slower_leader_is_risky_and_keeping_distance_is_not():
+    leader = [[20.0, 0.0], [40.0, 0.0], [60.0, 0.0]]  # 20 m/s, 20 m ahead
+    crash = overlap_risk(*scene([[0.0, 0.0], [30.0, 0.0], [60.0, 0.0]], leader), 5.0, 2.0)
+    safe = overlap_risk(*scene([[0.0, 0.0], [20.0, 0.0], [40.0, 0.0]], leader), 5.0, 2.0)
+    assert crash.shape == (1, 1, 2)
+    assert crash[0, 0, 1] > 0.95 and crash[0, 0, 0] < 0.01
+    assert safe.max() < 0.01
+
+
+def test_a_vehicle_in_the_next_lane_or_absent_is_no_risk():
+    beside = overlap_risk(*scene([[0.0, 0.0], [20.0, 0.0]], [[0.0, 4.0], [20.0, 4.0]]), 5.0, 2.0)
+    gone = overlap_risk(*scene([[0.0, 0.0], [20.0, 0.0]], [[0.0, 0.0], [20.0, 0.0]],
+                               present=0.0), 5.0, 2.0)
+    assert beside.max() < 0.01 and gone.max() == 0.0
+
+
+def test_passing_through_between_decision_instants_is_caught():
+    ego = [[0.0, 0.0], [40.0, 0.0]]  # ends 4 m beyond a leader it drove through
+    leader = [[20.0, 0.0], [30.0, 0.0]]
+    assert overlap_risk(*scene(ego, leader), 5.0, 2.0, substeps=1).item() < 0.01
+    assert overlap_risk(*scene(ego, leader), 5.0, 2.0, substeps=8).item() > 0.9
+
+
+def test_larger_forecast_uncertainty_spreads_the_risk():
+    ego, leader = [[0.0, 0.0], [20.0, 0.0]], [[28.0, 0.0], [28.0, 0.0]]  # 8 m gap at the end
+    sure = overlap_risk(*scene(ego, leader, std=0.2), 5.0, 2.0).item()
+    unsure = overlap_risk(*scene(ego, leader, std=3.0), 5.0, 2.0).item()
+    assert sure < 1e-3 < unsure < 0.5
+
+
+def test_combined_risk_is_at_least_either_source():
+    head, overlap = torch.tensor([0.1, 0.5, 0.0]), torch.tensor([0.3, 0.0, 0.0])
+    both = combine_risks(head, overlap)
+    assert torch.allclose(both, torch.tensor([0.37, 0.5, 0.0]))
