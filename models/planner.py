@@ -15,7 +15,7 @@ from models.candidates import enumerate_candidates, prune_candidates
 from models.world_model import WorldModel
 
 __all__ = ["Planner", "collision_within_horizon", "discounted_return", "enumerate_candidates",
-           "prune_candidates"]
+           "prune_candidates", "terminal_value"]
 
 
 def cumulative_product(x: torch.Tensor) -> torch.Tensor:
@@ -55,15 +55,31 @@ def discounted_return(reward: torch.Tensor, cont: torch.Tensor, gamma: float) ->
     return (torch.pow(gamma, steps) * alive * reward).sum(dim=-1)
 
 
-class Planner(nn.Module):
-    """Wraps a WorldModel for batched candidate scoring of one scene."""
+def terminal_value(reward: torch.Tensor, collision: torch.Tensor, cont: torch.Tensor,
+                   gamma: float) -> torch.Tensor:
+    """Value of driving on after the horizon (...): gamma^F r_F / (1 - gamma), the last
+    step's predicted reward kept forever, times P(no collision or end in steps 1..F).
 
-    def __init__(self, world_model: WorldModel, gamma: float):
+    Without it a crash costs only the few steps of reward inside the horizon; with it, it
+    costs the future it ends. reward, collision, cont: (..., F); gamma < 1.
+    """
+    horizon = reward.shape[-1]
+    survived = cumulative_product(torch.minimum(cont, 1 - collision))[..., -1]
+    return gamma ** horizon / (1.0 - gamma) * reward[..., -1] * survived
+
+
+class Planner(nn.Module):
+    """Wraps a WorldModel for batched candidate scoring of one scene.
+
+    bootstrap: add `terminal_value` to each candidate's expected return (needs gamma < 1).
+    """
+
+    def __init__(self, world_model: WorldModel, gamma: float, bootstrap: bool = False):
         super().__init__()
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        if not 0.0 <= gamma <= 1.0 or (bootstrap and gamma >= 1.0):
+            raise ValueError(f"gamma must lie in [0, 1] (below 1 with bootstrap), got {gamma}")
         self.world_model = world_model
-        self.gamma = float(gamma)
+        self.gamma, self.bootstrap = float(gamma), bool(bootstrap)
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
                 noise: torch.Tensor):
@@ -77,7 +93,11 @@ class Planner(nn.Module):
             raise ValueError(f"hist must have shape (1, H, N, D), got {tuple(hist.shape)}")
         out = self.world_model.imagine(hist, hist_mask > 0.5, candidates[None], noise[None])
         collision = collision_within_horizon(out.collision[0], out.cont[0]).mean(dim=1)
-        expected = discounted_return(out.reward[0], out.cont[0], self.gamma).mean(dim=1)
+        expected = discounted_return(out.reward[0], out.cont[0], self.gamma)  # (K, S)
+        if self.bootstrap:
+            expected = expected + terminal_value(out.reward[0], out.collision[0], out.cont[0],
+                                                 self.gamma)
+        expected = expected.mean(dim=1)
         uncertainty = out.uncertainty[0].mean(dim=-1)  # (K,)
         positions = out.states_mean[0, ..., :2].mean(dim=1)  # (K, F, N, 2)
         return collision, expected, uncertainty, positions

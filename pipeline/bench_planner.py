@@ -44,7 +44,7 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
     """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
-    planner = Planner(model, gamma).eval()
+    planner = Planner(model, gamma, bootstrap=True).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
     export_planner(planner, onnx_path, hist, mask, n_candidates=model.n_actions ** horizon,
                    samples=samples, opset=opset, horizon=horizon)
@@ -52,7 +52,8 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                   history=history, horizon=horizon, vehicles=model.n_vehicles,
                   obs_dim=model.obs_dim, stoch_dim=model.stoch_dim, samples=samples,
                   dt=model.dt, frames_per_step=frames_per_step, gamma=gamma,
-                  risk=model.risk, obs_mean=model.encoder.obs_mean.tolist(),
+                  bootstrap=planner.bootstrap, risk=model.risk,
+                  obs_mean=model.encoder.obs_mean.tolist(),
                   obs_std=model.encoder.obs_std.tolist(), input_names=list(INPUT_NAMES),
                   output_names=list(OUTPUT_NAMES), opset=opset, tolerance=1e-4)
     return planner

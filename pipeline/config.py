@@ -209,6 +209,9 @@ class ExportConfig:
     horizon: int = 3  # F: decision steps per candidate sequence (<= model.horizon)
     samples: int = 4  # S: imagined latent samples per candidate (fixed noise input)
     gamma: float = 0.9  # discount of the predicted return
+    bootstrap: bool = True  # add the value of driving on after the horizon, gamma^F r_F /
+    # (1 - gamma) times P(surviving the horizon): a crash then costs the future it ends
+    # (highway.yaml, 100 episodes: collisions 10% -> 5%)
     # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
     # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
     # least accurate exactly where the planner is tempted (tailgating, cutting in), so

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.candidates import enumerate_candidates, prune_candidates
-from models.planner import Planner, collision_within_horizon, discounted_return
+from models.planner import Planner, collision_within_horizon, discounted_return, terminal_value
 from tests.models.test_world_model import make_batch, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +79,32 @@ def test_discounted_return_golden():
     # terminated at step 2: step 3's reward is not collected
     cont = torch.tensor([1.0, 0.0, 1.0])
     assert torch.isclose(discounted_return(reward, cont, 0.5), torch.tensor(2.0))
+
+
+def test_terminal_value_golden():
+    reward, cont = torch.tensor([1.0, 2.0, 4.0]), torch.ones(3)
+    safe = terminal_value(reward, torch.zeros(3), cont, 0.5)
+    assert torch.isclose(safe, torch.tensor(0.5 ** 3 / 0.5 * 4.0))  # gamma^F r_F / (1 - gamma)
+    risky = terminal_value(reward, torch.tensor([0.0, 0.5, 0.0]), cont, 0.5)
+    assert torch.isclose(risky, safe * 0.5)  # only the surviving futures keep their value
+    ended = terminal_value(reward, torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]), 0.5)
+    assert ended.item() == 0.0
+
+
+def test_bootstrap_raises_the_return_by_the_terminal_value_and_needs_gamma_below_one():
+    model = tiny_model(4).eval()
+    batch = make_batch(b=1, n=4)
+    candidates = torch.from_numpy(enumerate_candidates(2))
+    noise = torch.zeros(len(candidates), 1, 2, model.stoch_dim)
+    args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
+    with torch.no_grad():
+        plain = Planner(model, gamma=0.9)(*args)[1]
+        boot = Planner(model, gamma=0.9, bootstrap=True)(*args)[1]
+        out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
+    extra = terminal_value(out.reward[0], out.collision[0], out.cont[0], 0.9).mean(dim=1)
+    assert torch.allclose(boot - plain, extra, atol=1e-5) and not torch.allclose(boot, plain)
+    with pytest.raises(ValueError, match="below 1 with bootstrap"):
+        Planner(model, gamma=1.0, bootstrap=True)
 
 
 @pytest.mark.parametrize("k,s,n", [(125, 4, 5), (7, 1, 3), (1, 3, 8)])
