@@ -59,3 +59,40 @@ def test_parity_check_catches_a_stale_export(tmp_path):
     with pytest.raises(AssertionError, match="differs from torch"):
         check_parity(planner, path, batch["hist"], batch["hist_mask"],
                      enumerate_candidates(3)[:5], noise, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides,refused", [(["export.gamma=1.0"], True),
+                                               (["export.gamma=1.0", "export.bootstrap=false"],
+                                                False),
+                                               (["export.gamma=0.95"], False)])
+def test_export_refuses_gamma_one_when_bootstrapping(overrides, refused):
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.stages import export
+
+    cfg = load_config(None, overrides)
+    if refused:
+        with pytest.raises(StageError, match="below 1 with export.bootstrap"):
+            export.check(cfg)
+    else:
+        export.check(cfg)
+
+
+def test_planner_graph_scores_the_configured_risk_source(tmp_path):
+    """The exported collision_prob follows model.risk: overlap and head differ."""
+    torch.manual_seed(0)
+    batch = make_batch(b=1, n=4)
+    candidates = torch.from_numpy(enumerate_candidates(2))
+    risks = {}
+    for source in ("overlap", "head"):
+        model = tiny_model(4, risk=source).eval()
+        noise = torch.zeros(len(candidates), 1, 2, model.stoch_dim)
+        path = tmp_path / f"{source}.onnx"
+        export_planner(Planner(model, 0.9), path, batch["hist"], batch["hist_mask"].float(),
+                       n_candidates=len(candidates), samples=1, horizon=2)
+        session = planner_session(path)
+        feed = dict(zip([i.name for i in session.get_inputs()],
+                        [batch["hist"].numpy(), batch["hist_mask"].float().numpy(),
+                         candidates.numpy(), noise.numpy()], strict=True))
+        risks[source] = session.run(None, feed)[0]
+    assert not np.allclose(risks["overlap"], risks["head"])
