@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +194,11 @@ def plot_learning_curve(
     path,
     references: Mapping[str, Mapping[str, float]] | None = None,
     title: str = "Model-based loop: figures per round",
+    log_curves: Collection[str] = (),
 ) -> Path:
     """One panel per named curve (a value per round; NaN leaves a gap), two panels a row;
-    ``references[curve][name]`` draws a dashed horizontal line (e.g. a baseline)."""
+    ``references[curve][name]`` draws a dashed horizontal line (e.g. a baseline); curves in
+    ``log_curves`` get a symmetric-log y axis (a rate of a few % beside baselines near 1)."""
     references = references or {}
     for name, values in curves.items():
         if len(values) != len(rounds):
@@ -213,6 +215,8 @@ def plot_learning_curve(
             axes.axhline(value, linestyle="--", color=OTHER_COLORS[i % len(OTHER_COLORS)],
                          label=ref)
         axes.set(xlabel="round", title=name)
+        if name in log_curves:
+            axes.set_yscale("symlog", linthresh=0.01)
         axes.set_xticks(list(rounds))
         axes.grid(alpha=0.3)
         if name in references:

@@ -212,7 +212,8 @@ def write_loop_outputs(rows: list[dict[str, float]], refs: dict[str, dict[str, f
     write_text_atomic(work / "rounds.md", rounds_table(rows, refs))
     curves = {title: [row[name] for row in rows] for name, title in CURVES.items()}
     plot_learning_curve([int(row["round"]) for row in rows], curves, work / "learning_curve.png",
-                        references={CURVES[k]: v for k, v in refs.items()})
+                        references={CURVES[k]: v for k, v in refs.items()},
+                        log_curves={CURVES["collision_rate"]})
     return loop_summary(rows)
 
 

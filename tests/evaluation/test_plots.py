@@ -81,7 +81,8 @@ def test_plot_learning_curve_with_gaps_and_references(tmp_path):
     curves = {"collision rate": [0.4, 0.3, 0.2], "surprise": [float("nan"), 1.0, 0.8],
               "dataset steps": [100, 150, 200]}
     path = plots.plot_learning_curve([0, 1, 2], curves, tmp_path / "curve.png",
-                                     references={"collision rate": {"rule": 0.05}})
+                                     references={"collision rate": {"rule": 0.05}},
+                                     log_curves={"collision rate"})
     _assert_png(path)
     with pytest.raises(ValueError, match="curve 'surprise' has 2 values but there are 3"):
         plots.plot_learning_curve([0, 1, 2], {"surprise": [1.0, 0.8]}, tmp_path / "x.png")
