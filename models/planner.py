@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from models.candidates import enumerate_candidates, prune_candidates
-from models.world_model import WorldModel
+from models.risk import extrapolated_risk
+from models.world_model import Imagination, WorldModel
 
 __all__ = ["Planner", "collision_within_horizon", "discounted_return", "enumerate_candidates",
            "prune_candidates", "terminal_value"]
@@ -71,15 +72,20 @@ def terminal_value(reward: torch.Tensor, collision: torch.Tensor, cont: torch.Te
 class Planner(nn.Module):
     """Wraps a WorldModel for batched candidate scoring of one scene.
 
-    bootstrap: add `terminal_value` to each candidate's expected return (needs gamma < 1).
+    bootstrap: add `terminal_value` to each candidate's expected return (needs gamma < 1);
+    lookahead: with bootstrap, that value also needs surviving this many more steps of
+    constant-velocity extrapolation (models/risk.py `extrapolated_risk`); 0: none.
     """
 
-    def __init__(self, world_model: WorldModel, gamma: float, bootstrap: bool = False):
+    def __init__(self, world_model: WorldModel, gamma: float, bootstrap: bool = False,
+                 lookahead: int = 0):
         super().__init__()
         if not 0.0 <= gamma <= 1.0 or (bootstrap and gamma >= 1.0):
             raise ValueError(f"gamma must lie in [0, 1] (below 1 with bootstrap), got {gamma}")
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.world_model = world_model
-        self.gamma, self.bootstrap = float(gamma), bool(bootstrap)
+        self.gamma, self.bootstrap, self.lookahead = float(gamma), bool(bootstrap), int(lookahead)
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
                 noise: torch.Tensor):
@@ -95,9 +101,19 @@ class Planner(nn.Module):
         collision = collision_within_horizon(out.collision[0], out.cont[0]).mean(dim=1)
         expected = discounted_return(out.reward[0], out.cont[0], self.gamma)  # (K, S)
         if self.bootstrap:
-            expected = expected + terminal_value(out.reward[0], out.collision[0], out.cont[0],
-                                                 self.gamma)
+            value = terminal_value(out.reward[0], out.collision[0], out.cont[0], self.gamma)
+            expected = expected + value * self.beyond_survival(out)  # (K, S)
         expected = expected.mean(dim=1)
         uncertainty = out.uncertainty[0].mean(dim=-1)  # (K,)
         positions = out.states_mean[0, ..., :2].mean(dim=1)  # (K, F, N, 2)
         return collision, expected, uncertainty, positions
+
+    def beyond_survival(self, out: Imagination) -> torch.Tensor | float:
+        """P(no overlap in `lookahead` extrapolated steps after the horizon) (K, S), or 1."""
+        if not self.lookahead:
+            return 1.0
+        model = self.world_model
+        risk = extrapolated_risk(out.states_mean[0, :, :, -1], out.states_std[0, :, :, -1, :, :2],
+                                 out.presence[0, :, :, -1], model.dt, self.lookahead,
+                                 model.vehicle_length, model.vehicle_width)  # (K, S, steps)
+        return torch.prod(1.0 - risk, dim=-1)

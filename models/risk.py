@@ -67,3 +67,21 @@ def overlap_risk(start: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 def combine_risks(head: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
     """Collision probability when either source may be right: 1 - (1 - a)(1 - b)."""
     return 1.0 - (1.0 - head) * (1.0 - overlap)
+
+
+def extrapolated_risk(last: torch.Tensor, std: torch.Tensor, presence: torch.Tensor, dt: float,
+                      steps: int, length: float, width: float) -> torch.Tensor:
+    """Overlap risk beyond the horizon, by constant velocity from the last forecast step.
+
+    last (..., N, 4) states [x, y, vx, vy] at the horizon's end (slot 0 = ego), std
+    (..., N, 2) their position stds, presence (..., N) -> (..., steps) per extra step of `dt`
+    seconds. Cheap foresight for the value after the horizon: driving fast at a slower
+    leader just beyond the horizon is not worth the value of cruising on.
+    """
+    offsets = torch.arange(1, steps + 1, dtype=last.dtype, device=last.device) * dt
+    path = last[..., None, :, :2] + offsets[:, None, None] * last[..., None, :, 2:]
+    # path: (..., steps, N, 2)
+    start = last[..., None, :, :2]  # (..., 1, N, 2)
+    spread = std[..., None, :, :].expand_as(path)
+    present = presence[..., None, :].expand(path.shape[:-1])
+    return overlap_risk(start, path, spread, present, length, width, substeps=2)

@@ -52,7 +52,8 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                   history=history, horizon=horizon, vehicles=model.n_vehicles,
                   obs_dim=model.obs_dim, stoch_dim=model.stoch_dim, samples=samples,
                   dt=model.dt, frames_per_step=frames_per_step, gamma=gamma,
-                  bootstrap=planner.bootstrap, risk=model.risk,
+                  bootstrap=planner.bootstrap, lookahead=planner.lookahead,
+                  risk=model.risk,
                   obs_mean=model.encoder.obs_mean.tolist(),
                   obs_std=model.encoder.obs_std.tolist(), input_names=list(INPUT_NAMES),
                   output_names=list(OUTPUT_NAMES), opset=opset, tolerance=1e-4)

@@ -37,6 +37,7 @@ SIDECAR_KEYS = (
     "frames_per_step",  # simulation frames per decision step
     "gamma",  # discount of expected_return
     "bootstrap",  # whether expected_return includes the value after the horizon
+    "lookahead",  # extrapolated steps that value must survive (0: none)
     "risk",  # what collision_prob is made of: head | overlap | combined, with the overlap
     # safety envelope (informative)
     "obs_mean",  # (D,) training feature mean (informative: the graph normalises itself)

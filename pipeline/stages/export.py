@@ -52,7 +52,7 @@ def sidecar_fields(cfg: Config, spec: dict, model) -> dict:
             "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
             "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
             "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
-            "bootstrap": cfg.export.bootstrap,
+            "bootstrap": cfg.export.bootstrap, "lookahead": cfg.export.lookahead,
             "risk": f"{model.risk} (envelope {model.vehicle_length:g} m x "
                     f"{model.vehicle_width:g} m)",
             "obs_mean": spec["obs_mean"], "obs_std": spec["obs_std"],
@@ -86,7 +86,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model, spec = load_model(inputs["train"])
     model.vehicle_length = cfg.export.envelope_length  # the planner checks the envelope
     model.vehicle_width = cfg.export.envelope_width
-    planner = Planner(model, cfg.export.gamma, cfg.export.bootstrap).eval()
+    planner = Planner(model, cfg.export.gamma, cfg.export.bootstrap,
+                      cfg.export.lookahead).eval()
     scenes = held_out_windows(cfg, inputs).arrays
     path = work / PLANNER_FILE
     export_planner(planner, path, torch.from_numpy(scenes["hist"][:1]),
@@ -107,6 +108,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 def check(cfg: Config) -> None:
     gamma = cfg.export.gamma
     below_one = gamma < 1.0 if cfg.export.bootstrap else gamma <= 1.0
+    if cfg.export.lookahead < 0:
+        raise StageError(f"export.lookahead must be >= 0, got {cfg.export.lookahead}")
     if gamma < 0.0 or not below_one:
         raise StageError(f"export.gamma must lie in [0, 1], and below 1 with export.bootstrap "
                          f"(the value after the horizon is r / (1 - gamma)), got {gamma}")

@@ -6,7 +6,13 @@ import math
 
 import torch
 
-from models.risk import combine_risks, interpolate_steps, interval_probability, overlap_risk
+from models.risk import (
+    combine_risks,
+    extrapolated_risk,
+    interpolate_steps,
+    interval_probability,
+    overlap_risk,
+)
 
 
 def normal_cdf(x: float) -> float:
@@ -69,3 +75,18 @@ def test_combined_risk_is_at_least_either_source():
     head, overlap = torch.tensor([0.1, 0.5, 0.0]), torch.tensor([0.3, 0.0, 0.0])
     both = combine_risks(head, overlap)
     assert torch.allclose(both, torch.tensor([0.37, 0.5, 0.0]))
+
+
+def test_extrapolated_risk_sees_a_slower_leader_beyond_the_horizon():
+    # ego at 30 m/s, leader 20 m ahead at 20 m/s: they meet about 2 s later
+    last = torch.tensor([[0.0, 0.0, 30.0, 0.0], [20.0, 0.0, 20.0, 0.0]])  # (N=2, 4)
+    std, presence = torch.full((2, 2), 0.3), torch.ones(2)
+    risk = extrapolated_risk(last[None, None], std[None, None], presence[None, None],
+                             dt=1.0, steps=3, length=5.0, width=2.0)
+    assert risk.shape == (1, 1, 3)
+    assert risk[0, 0, 0] < 0.01 and risk[0, 0, 1:].max() > 0.9
+    same_speed = last.clone()
+    same_speed[0, 2] = 20.0
+    calm = extrapolated_risk(same_speed[None, None], std[None, None], presence[None, None],
+                             dt=1.0, steps=3, length=5.0, width=2.0)
+    assert calm.max() < 0.01

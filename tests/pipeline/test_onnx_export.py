@@ -96,3 +96,24 @@ def test_planner_graph_scores_the_configured_risk_source(tmp_path):
                          candidates.numpy(), noise.numpy()], strict=True))
         risks[source] = session.run(None, feed)[0]
     assert not np.allclose(risks["overlap"], risks["head"])
+
+
+def test_parity_with_a_bootstrapped_lookahead_return(tmp_path):
+    model = tiny_model(5).eval()
+    batch = make_batch(b=1, n=5)
+    plain = Planner(model, gamma=0.9, bootstrap=True)
+    ahead = Planner(model, gamma=0.9, bootstrap=True, lookahead=2)
+    path = tmp_path / "planner.onnx"
+    export_planner(ahead, path, batch["hist"], batch["hist_mask"].float(), n_candidates=25,
+                   samples=2, horizon=2)
+    candidates = torch.from_numpy(enumerate_candidates(2))
+    noise = torch.randn(25, 2, 2, model.stoch_dim, generator=torch.Generator().manual_seed(1))
+    args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
+    assert check_parity(ahead, path, *args, atol=1e-4) < 1e-4
+    none = Planner(model, gamma=0.9)
+    one = (*args[:3], noise[:, :1])  # one sample: the mean over samples could mix signs
+    with torch.no_grad():  # surviving the extrapolated steps can only shrink the value
+        value_ahead = ahead(*one)[1] - none(*one)[1]
+        value_plain = plain(*one)[1] - none(*one)[1]
+    assert (value_ahead.abs() <= value_plain.abs() + 1e-6).all()
+    assert not torch.allclose(value_ahead, value_plain)
