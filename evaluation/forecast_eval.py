@@ -70,6 +70,8 @@ def forecast_figures(pred: dict, a: dict, dt: float, tau: float) -> tuple[dict, 
     k = len(pred["samples"])
     min_fde, min_valid = metrics.min_fde_k(pred["samples"], a["future"][..., :2], mask, step=last)
     summary[f"min_fde_{seconds[-1]}s_k{k}"] = metrics.masked_mean(min_fde, min_valid)
+    min_ade, ade_valid = metrics.min_ade_k(pred["samples"], a["future"][..., :2], mask, last)
+    summary[f"min_ade_{seconds[-1]}s_k{k}"] = metrics.masked_mean(min_ade, ade_valid)
     nll = metrics.gaussian_nll(pred["states"][..., :2], pred["states_std"][..., :2],
                                a["future"][..., :2]).sum(-1)  # (B, F, N)
     summary["nll_xy"] = metrics.masked_mean(nll, mask)

@@ -40,7 +40,8 @@ def figure_table(results: dict[str, TestsetResult]) -> list[str]:
     for key in HEADLINE:
         lines.append(f"| {key} | " + " | ".join(fmt(results[n].summary.get(key)) for n in names)
                      + " |")
-    min_keys = sorted({k for r in results.values() for k in r.summary if k.startswith("min_fde")})
+    min_keys = sorted({k for r in results.values() for k in r.summary
+                       if k.startswith(("min_ade", "min_fde"))})
     for key in min_keys:
         lines.append(f"| {key} | " + " | ".join(fmt(results[n].summary.get(key)) for n in names)
                      + " |")

@@ -50,8 +50,9 @@ def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
         assert (evaluate / name).stat().st_size > 1000
         assert f"]({name})" in report
     summary = json.loads((evaluate / "summary.json").read_text())
-    for key in ("fde_3s", "cv_fde_3s", "min_fde_3s_k3", "risk_auroc", "risk_ap", "risk_brier",
-                "risk_ece", "uncertainty_error_spearman", "merge/fde_3s", "dense/risk_ece"):
+    for key in ("fde_3s", "cv_fde_3s", "min_fde_3s_k3", "min_ade_3s_k3", "risk_auroc",
+                "risk_ap", "risk_brier", "risk_ece", "uncertainty_error_spearman",
+                "merge/fde_3s", "dense/risk_ece"):
         assert key in summary, key
     assert "| merge | model |" in report
 
