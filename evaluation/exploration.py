@@ -60,6 +60,11 @@ def explore_choice(scores, candidates: np.ndarray, rng: np.random.Generator, eps
     return int(best[any_pick] if explore < epsilon else best[top_pick])
 
 
+def exploring_name(epsilon: float, top_k: int) -> str:
+    """The policy name an exploring planner records in the steps table and manifest."""
+    return f"planner+eps{epsilon:g}+top{top_k}"
+
+
 class ExploringPlanner(PlannerPolicy):
     """A PlannerPolicy whose planner decisions explore (epsilon, top_k; module docstring).
 
@@ -72,9 +77,8 @@ class ExploringPlanner(PlannerPolicy):
         if not 0.0 <= epsilon <= 1.0 or top_k < 1:
             raise ValueError(f"epsilon must be in [0, 1] and top_k >= 1, got {epsilon}, {top_k}")
         self.epsilon, self.top_k = float(epsilon), int(top_k)
-        self.rng = np.random.default_rng(0)
-        super().__init__(scorer, candidates, lanes_count, **planner_kwargs)
-        self.name = f"planner+eps{self.epsilon:g}+top{self.top_k}"
+        super().__init__(scorer, candidates, lanes_count, **planner_kwargs)  # calls reset
+        self.name = exploring_name(self.epsilon, self.top_k)
 
     def reset(self, rng=None) -> None:
         self.rng = as_generator(rng)

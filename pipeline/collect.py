@@ -18,8 +18,9 @@ import multiprocessing
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,21 +47,6 @@ class PolicySpec:
     name: str
     epsilon: float = 0.0
     weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class CollectJob:
-    """Where and what to collect (the parts the episode runner and shard writer need)."""
-
-    out_dir: Path
-    env_id: str
-    env_config: dict
-    episodes: int
-    episodes_per_shard: int
-    workers: int
-
-    def shard_size(self, shard: int) -> int:
-        return len(shard_episodes(shard, self.episodes, self.episodes_per_shard))
 
 
 @dataclass(frozen=True)
@@ -129,7 +115,7 @@ def num_shards(episodes: int, episodes_per_shard: int) -> int:
 
 # ---------------------------------------------------------------- running episodes
 
-_WORKER_ENV = None
+_WORKER_STATE = None  # what `make(*make_args)` built in this worker process
 
 
 def run_plan(env, plan: EpisodePlan) -> tuple[int, dict, dict]:
@@ -138,24 +124,28 @@ def run_plan(env, plan: EpisodePlan) -> tuple[int, dict, dict]:
     return plan.episode, frames, steps
 
 
-def init_worker(env_id: str, env_config: dict) -> None:
-    global _WORKER_ENV
-    _WORKER_ENV = make_env(env_id, env_config)
+def _init_worker(make: Callable, make_args: tuple) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = make(*make_args)
 
 
-def run_plan_in_worker(plan: EpisodePlan) -> tuple[int, dict, dict]:
-    return run_plan(_WORKER_ENV, plan)
+def _run_in_worker(run: Callable, item):
+    return run(_WORKER_STATE, item)
 
 
-def run_plans(job: CollectJob, env, plans: list[EpisodePlan]):
-    """Yield (episode, frames, steps) for each plan, in completion order."""
-    if job.workers <= 1 or len(plans) <= 1:
-        yield from (run_plan(env, plan) for plan in plans)
+def run_pool(items: list, workers: int, run: Callable, make: Callable, make_args: tuple,
+             local=None) -> Iterator:
+    """Yield ``run(state, item)`` for each item, in completion order. ``state`` is built once
+    per process by ``make(*make_args)`` (module-level functions: they are pickled); with one
+    worker (or one item) everything runs here, on ``local`` if given."""
+    if workers <= 1 or len(items) <= 1:
+        state = local if local is not None else make(*make_args)
+        yield from (run(state, item) for item in items)
         return
     context = multiprocessing.get_context("spawn")  # the parent may hold torch threads
-    processes, initargs = min(job.workers, len(plans)), (job.env_id, job.env_config)
-    with context.Pool(processes, initializer=init_worker, initargs=initargs) as pool:
-        yield from pool.imap_unordered(run_plan_in_worker, plans, chunksize=1)
+    with context.Pool(min(workers, len(items)), initializer=_init_worker,
+                      initargs=(make, make_args)) as pool:
+        yield from pool.imap_unordered(partial(_run_in_worker, run), items, chunksize=1)
 
 
 # ---------------------------------------------------------------- shards and manifest
@@ -316,8 +306,11 @@ def collect(
         if shard not in reused
         for episode in shard_episodes(shard, episodes, episodes_per_shard)
     ]
-    job = CollectJob(out_dir, env_id, env_config, episodes, episodes_per_shard, workers)
-    new_steps = write_results(job, env, plans, progress)
+    results = run_pool(plans, workers, run_plan, make_env, (env_id, env_config), local=env)
+    new_steps = write_results(
+        results, len(plans), episodes, episodes_per_shard,
+        lambda shard, done: write_shard(out_dir, shard, *merge_episodes(done)), progress,
+    )
     summaries = [read_shard_summary(out_dir, shard) for shard in shards]
     entries = [entry for entry, _ in summaries]
     save_manifest(out_dir, settings, entries, complete=True)
@@ -326,18 +319,21 @@ def collect(
                          episodes_collected=len(plans), shards_reused=len(reused))  # fmt: skip
 
 
-def write_results(job: CollectJob, env, plans: list[EpisodePlan], progress: bool) -> int:
-    """Run the plans, write each shard as soon as all its episodes are in; return steps run."""
+def write_results(results: Iterable, todo: int, episodes: int, episodes_per_shard: int,
+                  write: Callable[[int, list], None], progress: bool) -> int:
+    """Consume ``todo`` results ``(index, frames, steps, ...)`` of a collection of ``episodes``
+    and call ``write(shard, results)`` as soon as all of a shard's episodes are in; returns
+    the decisions recorded."""
     pending: dict[int, list] = defaultdict(list)
-    bar, total_steps = Progress(len(plans), progress), 0
+    bar, total_steps = Progress(todo, progress), 0
     try:
-        for result in run_plans(job, env, plans):
-            shard, steps = result[0] // job.episodes_per_shard, len(result[2]["step"])
+        for result in results:
+            shard, steps = result[0] // episodes_per_shard, len(result[2]["step"])
             pending[shard].append(result)
             total_steps += steps
             bar.update(steps)
-            if len(pending[shard]) == job.shard_size(shard):
-                write_shard(job.out_dir, shard, *merge_episodes(pending.pop(shard)))
+            if len(pending[shard]) == len(shard_episodes(shard, episodes, episodes_per_shard)):
+                write(shard, pending.pop(shard))
     finally:
         bar.close()
     return total_steps

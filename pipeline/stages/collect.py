@@ -20,11 +20,10 @@ Writes, resumably like ingest (complete shards of a killed run are kept):
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from pipeline.artifacts import Artifacts, write_json_atomic
 from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext
+from pipeline.stages.simulate import evaluation_seeds
 
 DATASET_DIR = "dataset"  # the same folder name as ingest: ingest.dataset_path works for both
 STATS_DIR = "episode_stats"
@@ -97,10 +97,6 @@ def round_of(cfg: Config) -> int:
     return cfg.iterate.rounds - 1
 
 
-def evaluation_seeds(cfg: Config) -> range:
-    return range(cfg.simulate.seed, cfg.simulate.seed + cfg.simulate.episodes)
-
-
 def collection_seeds(seed: int, round_index: int, episodes: int,
                      forbidden: range | set[int]) -> list[int]:
     """`episodes` distinct env seeds of a round, from (seed, round) alone; a draw that is
@@ -117,56 +113,31 @@ def collection_seeds(seed: int, round_index: int, episodes: int,
 
 def plan_round(cfg: Config) -> list[PlannedEpisode]:
     k = round_of(cfg)
-    seeds = collection_seeds(cfg.seed, k, cfg.iterate.episodes, evaluation_seeds(cfg))
+    seeds = collection_seeds(cfg.seed, k, cfg.iterate.episodes, evaluation_seeds(cfg.simulate))
     return [PlannedEpisode(i, k * EPISODE_OFFSET + i, s) for i, s in enumerate(seeds)]
 
 
 # ---------------------------------------------------------------- running episodes
 
-_WORKER: tuple | None = None  # (env, policy) of a worker process
-
-
 def make_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> tuple:
+    """(env, exploring planner) of one process."""
     from pipeline.highway_source import make_env
+    from pipeline.stages.simulate import lanes_count
 
     env = make_env(env_id, env_config)
-    return env, build_planner(spec, int(env.unwrapped.config.get("lanes_count", 2)))
+    return env, build_planner(spec, lanes_count(env))
 
 
-def init_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> None:
-    global _WORKER
-    _WORKER = make_worker(env_id, env_config, spec)
-
-
-def run_planned(env, policy, plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
+def run_planned(worker: tuple, plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
     """(index, frames, steps, stats) of one recorded episode; stats are the planner's."""
     from pipeline.highway_source import record_episode
 
+    env, policy = worker
     frames, steps = record_episode(env, policy, seed=plan.env_seed, episode=plan.episode)
     surprises = [float(x) for x in policy.surprises if np.isfinite(x)]
     stats = {"episode": plan.episode, "surprises": surprises,
              "fallback_steps": int(policy.fallback_steps), "decisions": int(policy.steps)}
     return plan.index, frames, steps, stats
-
-
-def run_in_worker(plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
-    return run_planned(*_WORKER, plan)
-
-
-def run_plans(env_id: str, env_config: dict, spec: PlannerSpec, plans: list[PlannedEpisode],
-              workers: int) -> Iterator[tuple[int, dict, dict, dict]]:
-    """Results in completion order; `workers` > 1: spawned processes (no torch in them)."""
-    if workers <= 1 or len(plans) <= 1:
-        env, policy = make_worker(env_id, env_config, spec)
-        try:
-            yield from (run_planned(env, policy, plan) for plan in plans)
-        finally:
-            env.close()
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(plans)), initializer=init_worker,
-                      initargs=(env_id, env_config, spec)) as pool:
-        yield from pool.imap_unordered(run_in_worker, plans, chunksize=1)
 
 
 # ---------------------------------------------------------------- shards
@@ -183,30 +154,9 @@ def write_round_shard(work: Path, shard: int, results: list) -> None:
     from pipeline.collect import merge_episodes
     from pipeline.dataset import write_shard
 
-    results = sorted(results, key=lambda r: r[0])
+    results = sorted(results, key=lambda r: r[0])  # the stats file in episode order
     write_json_atomic(stats_file(work, shard), {"episodes": [r[3] for r in results]})
     write_shard(work / DATASET_DIR, shard, *merge_episodes([r[:3] for r in results]))
-
-
-def collect_shards(work: Path, results: Iterator, total: int, todo: int,
-                   episodes_per_shard: int) -> int:
-    """Write each shard once all its episodes are in (`total` episodes in the collection,
-    `todo` of them in `results`); returns the decisions recorded."""
-    from pipeline.collect import Progress, shard_episodes
-
-    pending: dict[int, list] = defaultdict(list)
-    bar, steps = Progress(todo, enabled=True), 0
-    try:
-        for result in results:
-            shard = result[0] // episodes_per_shard
-            pending[shard].append(result)
-            steps += len(result[2]["step"])
-            bar.update(len(result[2]["step"]))
-            if len(pending[shard]) == len(shard_episodes(shard, total, episodes_per_shard)):
-                write_round_shard(work, shard, pending.pop(shard))
-    finally:
-        bar.close()
-    return steps
 
 
 # ---------------------------------------------------------------- figures
@@ -230,10 +180,11 @@ def planner_figures(work: Path, shards: range) -> dict[str, float]:
 def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_key: str) -> dict:
     """Everything that determines the collected data (compared on resume, kept in the
     manifest): the collect.py settings plus round, episode offset, env seeds, planner."""
+    from evaluation.exploration import exploring_name
     from pipeline.collect import PolicySpec, collection_settings
 
     it = cfg.iterate
-    policy = PolicySpec(f"planner+eps{it.epsilon:g}+top{it.top_k}", it.epsilon, 1.0)
+    policy = PolicySpec(exploring_name(it.epsilon, it.top_k), it.epsilon, 1.0)
     settings = collection_settings(cfg.ingest.env_id, dict(cfg.ingest.env_config), env, cfg.seed,
                                    it.episodes, it.episodes_per_shard, [policy])
     return settings | {"round": round_of(cfg), "episode_offset": round_of(cfg) * EPISODE_OFFSET,
@@ -241,12 +192,12 @@ def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_k
                        "planner": planner_key}
 
 
-def check_planner_timing(env, onnx_path: Path) -> None:
+def check_planner_timing(worker: tuple) -> None:
     from evaluation.planner_policy import check_timing
-    from pipeline.scorer import OnnxScorer
 
+    env, policy = worker
     try:
-        check_timing(env, OnnxScorer.load(onnx_path))
+        check_timing(env, policy.scorer)
     except ValueError as err:
         raise StageError(f"collect: {err}") from None
 
@@ -259,18 +210,21 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         num_shards,
         prepare_out_dir,
         read_shard_summary,
+        run_pool,
         save_manifest,
         shard_episodes,
+        write_results,
     )
     from pipeline.dataset import complete_shards
-    from pipeline.highway_source import make_env
     from pipeline.stages.export import PLANNER_FILE
 
     start, it, onnx_path = time.perf_counter(), cfg.iterate, inputs["export"].path / PLANNER_FILE
-    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
-    check_planner_timing(env, onnx_path)
+    env_id, env_config = cfg.ingest.env_id, dict(cfg.ingest.env_config)
+    spec = planner_spec(cfg, onnx_path)
+    worker = make_worker(env_id, env_config, spec)
+    check_planner_timing(worker)
     plans = plan_round(cfg)
-    settings = collection_manifest(cfg, env, plans, inputs["export"].key)
+    settings = collection_manifest(cfg, worker[0], plans, inputs["export"].key)
     out = work / DATASET_DIR
     out.mkdir(parents=True, exist_ok=True)
     prepare_out_dir(out, settings)
@@ -278,9 +232,11 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     reused = set(complete_shards(out)) & set(shards)
     todo = [plans[i] for s in shards if s not in reused
             for i in shard_episodes(s, it.episodes, it.episodes_per_shard)]
-    results = run_plans(cfg.ingest.env_id, dict(cfg.ingest.env_config),
-                        planner_spec(cfg, onnx_path), todo, cfg.ingest.workers)
-    new_steps = collect_shards(work, results, len(plans), len(todo), it.episodes_per_shard)
+    results = run_pool(todo, cfg.ingest.workers, run_planned, make_worker,
+                       (env_id, env_config, spec), local=worker)
+    new_steps = write_results(results, len(todo), len(plans), it.episodes_per_shard,
+                              partial(write_round_shard, work), progress=True)
+    worker[0].close()
     summaries = [read_shard_summary(out, s) for s in shards]
     save_manifest(out, settings, [e for e, _ in summaries], complete=True)
     stats = dataset_stats([e for e, _ in summaries], [s for _, s in summaries],

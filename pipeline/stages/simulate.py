@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.artifacts import Artifacts, write_text_atomic
-from pipeline.config import Config
+from pipeline.config import Config, SimulateConfig
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext
 
@@ -92,14 +92,24 @@ def planner_factory(cfg: Config, path: Path, lanes_count: int):
                                  surprise_patience=s.surprise_patience)
 
 
+def lanes_count(env) -> int:
+    """Lanes of a highway-env road (2 when its config does not say)."""
+    return int(env.unwrapped.config.get("lanes_count", 2))
+
+
 def lanes_of(env_id: str, env_config: dict) -> int:
     from pipeline.highway_source import make_env
 
     env = make_env(env_id, env_config)
     try:
-        return int(env.unwrapped.config.get("lanes_count", 2))
+        return lanes_count(env)
     finally:
         env.close()
+
+
+def evaluation_seeds(simulate: SimulateConfig) -> range:
+    """The closed-loop episode seeds (iterate never collects on them)."""
+    return range(simulate.seed, simulate.seed + simulate.episodes)
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
@@ -115,7 +125,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     from evaluation.closed_loop import run_episodes, summarise
 
     env_id, env_config = env_of(cfg)
-    seeds = range(cfg.simulate.seed, cfg.simulate.seed + cfg.simulate.episodes)
+    seeds = evaluation_seeds(cfg.simulate)
     factory = planner_factory(cfg, planner_path(cfg, inputs, work), lanes_of(env_id, env_config))
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
     results = {"planner": summarise(run_episodes(env_id, env_config, factory, seeds,

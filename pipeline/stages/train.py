@@ -172,11 +172,11 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     from pipeline.stages.ingest import dataset_path
 
     windows = load_windows(dataset_path(inputs["ingest"]), cfg)
-    return train_on(cfg, windows, split(cfg, windows), work, ctx)
+    return train_on(cfg, split(cfg, windows), work, ctx)
 
 
-def train_on(cfg: Config, windows: WindowSet, splits: dict[str, WindowSet], work: Path,
-             ctx: StageContext, init: Artifacts | None = None) -> dict[str, float]:
+def train_on(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext,
+             init: Artifacts | None = None) -> dict[str, float]:
     """Fit on `splits` (optionally warm-started from the train stage `init`), write the
     splits and the model, and return the stage summary."""
     from pipeline.forecast import forecast_summary
@@ -184,7 +184,7 @@ def train_on(cfg: Config, windows: WindowSet, splits: dict[str, WindowSet], work
     write_json_atomic(work / SPLITS, {k: np.unique(v.arrays["episode"]).tolist()
                                       for k, v in splits.items()})
     module, figures = fit(cfg, splits, work, ctx, init=init)
-    save_model(module, cfg, windows, work)
+    save_model(module, cfg, splits["train"], work)  # (its dt and frames per step)
     summary = forecast_summary(module.model, splits["val"], prefix="val_") | figures
     summary |= {"params": sum(p.numel() for p in module.model.parameters()),
                 "train_windows": len(splits["train"]), "val_windows": len(splits["val"])}
@@ -279,8 +279,7 @@ def produce_warm(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     from pipeline.stages.ingest import dataset_path
 
     parts = load_windows_many([dataset_path(d) for d in data_inputs(inputs)], cfg)
-    return train_on(cfg, concat_windows(parts), split_each(cfg, parts), work, ctx,
-                    init=inputs["init"])
+    return train_on(cfg, split_each(cfg, parts), work, ctx, init=inputs["init"])
 
 
 def warm_stage(datasets: int) -> Stage:
