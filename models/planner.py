@@ -30,13 +30,18 @@ def cumulative_product(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def survival(collision: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
-    """P(episode still running at the start of each step) (..., F) from per-step probs.
+def alive_after(collision: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """P(episode still running at the end of each step) (..., F) from per-step probs.
 
     Uses min(cont, 1 - collision) per step: a collision always ends the episode.
     """
-    alive_after = cumulative_product(torch.minimum(cont, 1 - collision))  # (..., F)
-    return torch.cat([torch.ones_like(alive_after[..., :1]), alive_after[..., :-1]], dim=-1)
+    return cumulative_product(torch.minimum(cont, 1 - collision))
+
+
+def survival(collision: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """P(episode still running at the start of each step) (..., F)."""
+    after = alive_after(collision, cont)  # (..., F)
+    return torch.cat([torch.ones_like(after[..., :1]), after[..., :-1]], dim=-1)
 
 
 def collision_within_horizon(collision: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
@@ -65,7 +70,7 @@ def terminal_value(reward: torch.Tensor, collision: torch.Tensor, cont: torch.Te
     costs the future it ends. reward, collision, cont: (..., F); gamma < 1.
     """
     horizon = reward.shape[-1]
-    survived = cumulative_product(torch.minimum(cont, 1 - collision))[..., -1]
+    survived = alive_after(collision, cont)[..., -1]
     return gamma ** horizon / (1.0 - gamma) * reward[..., -1] * survived
 
 
