@@ -17,8 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
-NUM_ACTIONS = 5
+from models.candidates import ACTION_NAMES, FASTER, IDLE, LANE_LEFT, LANE_RIGHT, SLOWER
+
+NUM_ACTIONS = len(ACTION_NAMES)
 
 
 class Policy(Protocol):

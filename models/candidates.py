@@ -10,7 +10,8 @@ import itertools
 
 import numpy as np
 
-LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
+ACTION_NAMES = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")  # index = action id
+LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(len(ACTION_NAMES))
 
 
 def enumerate_candidates(horizon: int, n_actions: int = 5) -> np.ndarray:

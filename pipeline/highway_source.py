@@ -24,11 +24,11 @@ import numpy as np
 from highway_env.envs.common.action import DiscreteMetaAction
 from highway_env.utils import wrap_to_pi
 
+from models.candidates import ACTION_NAMES
 from pipeline.dataset import FRAME_COLUMNS, STEP_COLUMNS, numpy_dtype
 
 ID_ATTR = "drivecast_id"
 NEXT_ID_ATTR = "drivecast_next_id"
-ACTION_NAMES = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
 # Column order of one recorded frame row, before episode/time are added.
 ROW_COLUMNS = (
     "frame", "vehicle_id", "is_ego", "x", "y", "vx", "vy",

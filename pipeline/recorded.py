@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.candidates import ACTION_NAMES
 from pipeline.dataset import FRAME_COLUMNS, STEP_COLUMNS, write_manifest, write_shard
 from pipeline.recorded_mapping import Mapping, RecordedError, check_files
 from pipeline.recorded_read import read_recording
@@ -29,8 +30,6 @@ from pipeline.recorded_scenes import (
     scene_ranges,
 )
 from pipeline.recorded_tracks import TrackStats, build_tracks
-
-ACTION_NAMES = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
 
 
 def check_recorded(cfg) -> tuple[Mapping, list[Path]]:

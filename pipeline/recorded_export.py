@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from pipeline.dataset import read_dataset
+from pipeline.dataset import RECORDED_KEY, read_dataset
 from pipeline.errors import DrivecastError
+from pipeline.recorded_mapping import LENGTH_UNITS
 
-FOOT = 0.3048  # m
+FOOT = LENGTH_UNITS["ft"]  # m
 NGSIM_EPOCH_MS = 1_118_846_980_200  # a US-101 Global_Time, 2005-06-15 07:49:40.2 (UTC)
 GENERIC_EPOCH = dt.datetime(2024, 5, 2, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -113,7 +114,7 @@ def export(dataset_dir: str | Path, out: str | Path, fmt: str = "ngsim",
            frequency: float = 10.0, angle: float = 30.0, gap: float = 60.0) -> int:
     """Write `out` (CSV) from the simulator dataset; returns the number of rows."""
     data = read_dataset(dataset_dir)
-    if "recorded" in data.manifest:
+    if RECORDED_KEY in data.manifest:
         raise DrivecastError(f"{dataset_dir}: is already a recorded dataset")
     sim_hz = float(data.simulation_frequency)
     offsets = episode_offsets(data.frames, sim_hz, gap)

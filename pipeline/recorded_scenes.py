@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.candidates import FASTER, IDLE, LANE_LEFT, LANE_RIGHT, SLOWER
 from pipeline.recorded_tracks import MIN_HEADING_SPEED, Track
 
-LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
 POLICY = "recorded"  # steps.policy of recorded episodes
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from models.candidates import ACTION_NAMES
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext
 
 PLANNER_FILE = "planner.onnx"
-ACTION_NAMES = ["LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER"]
 
 
 def parity_inputs(cfg: Config, scenes: dict[str, np.ndarray], n_candidates: int, stoch: int):
@@ -48,7 +48,7 @@ def sidecar_fields(cfg: Config, spec: dict, model) -> dict:
     """Everything the scorer needs besides the graph; `model` is the exported WorldModel."""
     from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 
-    return {"action_names": ACTION_NAMES, "history": spec["history"],
+    return {"action_names": list(ACTION_NAMES), "history": spec["history"],
             "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
             "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
             "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
