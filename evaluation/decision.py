@@ -38,10 +38,10 @@ def choose(scores, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
     if risk_weight < 0 or uncertainty_weight < 0:
         raise ValueError(f"risk_weight and uncertainty_weight must be >= 0, got "
                          f"{risk_weight}, {uncertainty_weight}")
-    risk = score_arrays(scores)[0]
-    value = utility(scores, risk_weight, uncertainty_weight)
-    index = np.arange(len(risk))
+    risk, ret, unc = score_arrays(scores)
+    value = ret - risk_weight * risk - uncertainty_weight * unc  # utility()
     allowed = risk <= risk_budget
-    if not allowed.any():  # lexsort: the last key is the primary one
-        return int(np.lexsort((index, -value, risk))[0])
-    return int(np.lexsort((index, risk, -value, ~allowed))[0])
+    # lexsort is stable (ties keep the lower index) and its last key is the primary one
+    if not allowed.any():
+        return int(np.lexsort((-value, risk))[0])
+    return int(np.lexsort((risk, -value, ~allowed))[0])

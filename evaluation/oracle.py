@@ -38,8 +38,7 @@ def lookahead_step(core, action: int) -> tuple[float, bool, bool]:
 class OracleLookahead:
     """Policy protocol; candidates (K, F) action ids, gamma discount.
 
-    Per-episode stats (cleared by reset): latencies_ms (wall time per decision) and
-    simulated_steps (copied env steps per decision).
+    Per-episode stats (cleared by reset): latencies_ms (wall time per decision).
     """
 
     name = "oracle"
@@ -56,16 +55,14 @@ class OracleLookahead:
 
     def reset(self, rng=None) -> None:
         self.latencies_ms: list[float] = []
-        self.simulated_steps: list[int] = []
 
     def act(self, env) -> int:
         start = time.perf_counter()
         core = env.unwrapped
         candidates = self.road_candidates(core)
-        returns, crashed, steps = self.evaluate(core, candidates)
+        returns, crashed, _ = self.evaluate(core, candidates)
         best = best_candidate(returns, crashed)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
-        self.simulated_steps.append(steps)
         return int(candidates[best, 0])
 
     def road_candidates(self, core) -> np.ndarray:

@@ -49,7 +49,7 @@ class LiveScene:
         if not isinstance(env, RecordingEnv):
             raise ValueError(f"the live scene needs the RecordingEnv from make_env, got "
                              f"{type(env).__name__}")
-        if env.frame_log is not self.log or len(env.frame_log) < self.pulled:
+        if env.frame_log is not self.log:  # a new episode (the log is replaced, never cut)
             self.reset()
             self.log = env.frame_log
         self.frames.extend(self.log[max(self.pulled, len(self.log) - self.history):])

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.artifacts import write_text_atomic
 from pipeline.errors import DrivecastError
 
 SIDECAR_VERSION = 2  # 2: adds "risk"
@@ -83,14 +83,7 @@ def write_sidecar(onnx_path: str | os.PathLike, **fields) -> Path:
     fields = {"format_version": SIDECAR_VERSION, **{k: plain(v) for k, v in fields.items()}}
     path = sidecar_path(onnx_path)
     check_sidecar(fields, path)
-    handle, tmp = tempfile.mkstemp(suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(fields, out, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(path, json.dumps(fields, indent=2))
     return path
 
 
