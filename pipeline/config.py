@@ -241,6 +241,7 @@ class SimulateConfig:
     risk_weight: float = 1.0  # lambda: utility = return - lambda*risk - beta*uncertainty
     uncertainty_weight: float = 0.0  # beta
     risk_budget: float = 0.2  # candidates above this collision probability are rejected
+    # (none within it: the least risky one is taken)
     surprise_threshold: float = 5.0  # m: one-step forecast error that counts as surprise
     surprise_patience: int = 2  # consecutive surprised steps before the fallback takes over
     baselines: list[str] = field(default_factory=lambda: ["idle", "random", "rule", "oracle"])

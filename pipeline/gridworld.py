@@ -27,7 +27,6 @@ from evaluation.gridworld_env import (
     rollout,
     sample_model_rollout,
 )
-from evaluation.gridworld_plots import imagination_gif, plot_round, rounds_gif
 from models.gridworld import CountModel, greedy_policy, most_likely_path, value_iteration
 
 # A wall blocks the straight line from S to G; the agent has to go round it along the top
@@ -249,6 +248,8 @@ def run_gridworld(
         The flat summary: rounds, success_rate, optimal_success_rate, transition_tv,
         expected_return, optimal_expected_return (figures of the last round).
     """
+    from evaluation.gridworld_plots import plot_round, rounds_gif  # matplotlib: only here
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(cfg)
@@ -318,6 +319,8 @@ def _csv_value(value: float | int) -> str:
 def _plot_optimal(
     env: GridWorld, cfg: GridworldConfig, out_png: Path, value_range: tuple[float, float]
 ) -> None:
+    from evaluation.gridworld_plots import plot_round
+
     best = optimal_plan(env, cfg.gamma)
     path = most_likely_path(best.P, best.policy, env.start, env.terminal_mask, env.max_steps)
     title = "optimal: value iteration on the true transition probabilities"
@@ -327,6 +330,8 @@ def _plot_optimal(
 
 def _write_imagination(env: GridWorld, cfg: GridworldConfig, plan: Plan, out_gif: Path) -> None:
     """Roll the final greedy policy out in the learned model and in the real environment."""
+    from evaluation.gridworld_plots import imagination_gif
+
     imagine_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
     real_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 2]))
     imagined, real = [], []

@@ -11,17 +11,19 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evaluation.forecast_eval import TestsetResult, evaluate_testset
-from evaluation.report import pick_scenes, write_report
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config, TestSet
 from pipeline.runner import Stage, StageContext, run_stage
 from pipeline.stages import ingest
 from pipeline.stages.train import SPLITS, load_model, load_windows
 from pipeline.windows import WindowSet
+
+if TYPE_CHECKING:  # evaluation/ loads sklearn, scipy and matplotlib: only when evaluating
+    from evaluation.forecast_eval import TestsetResult
 
 TESTSET_SEED_OFFSET = 1_000_003  # shifted sets never share episode seeds with ingest
 
@@ -56,6 +58,7 @@ def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
 
 
 def score(model, windows: WindowSet, cfg: Config) -> tuple[TestsetResult, dict]:
+    from evaluation.forecast_eval import evaluate_testset
     from pipeline.forecast import predict
 
     pred = predict(model, windows, samples=cfg.evaluate.samples, seed=cfg.seed)
@@ -73,6 +76,8 @@ def flat_summary(results: dict[str, TestsetResult]) -> dict[str, float]:
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
+    from evaluation.report import pick_scenes, write_report
+
     model, _ = load_model(inputs["train"])
     sets = {"test": held_out_windows(cfg, inputs)} | shifted_windows(cfg, ctx)
     results, scenes = {}, []
