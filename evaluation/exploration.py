@@ -72,12 +72,12 @@ class ExploringPlanner(PlannerPolicy):
     ``fallback_steps``, ...) are PlannerPolicy's. ``reset(rng)`` seeds the exploration.
     """
 
-    def __init__(self, scorer, candidates: np.ndarray, lanes_count: int, epsilon: float = 0.0,
-                 top_k: int = 1, **planner_kwargs):
+    def __init__(self, scorer, candidates: np.ndarray, epsilon: float = 0.0, top_k: int = 1,
+                 **planner_kwargs):
         if not 0.0 <= epsilon <= 1.0 or top_k < 1:
             raise ValueError(f"epsilon must be in [0, 1] and top_k >= 1, got {epsilon}, {top_k}")
         self.epsilon, self.top_k = float(epsilon), int(top_k)
-        super().__init__(scorer, candidates, lanes_count, **planner_kwargs)  # calls reset
+        super().__init__(scorer, candidates, **planner_kwargs)  # calls reset
         self.name = exploring_name(self.epsilon, self.top_k)
 
     def reset(self, rng=None) -> None:

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from models.candidates import prune_candidates
+from evaluation.policies import road_candidates
 
 
 def lookahead_step(core, action: int) -> tuple[float, bool, bool]:
@@ -59,17 +59,11 @@ class OracleLookahead:
     def act(self, env) -> int:
         start = time.perf_counter()
         core = env.unwrapped
-        candidates = self.road_candidates(core)
+        candidates = road_candidates(core, self.candidates)
         returns, crashed, _ = self.evaluate(core, candidates)
         best = best_candidate(returns, crashed)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
         return int(candidates[best, 0])
-
-    def road_candidates(self, core) -> np.ndarray:
-        lanes_count = int(core.config["lanes_count"])
-        lane = min(max(int(core.vehicle.target_lane_index[2]), 0), lanes_count - 1)
-        kept = prune_candidates(self.candidates, lane, lanes_count)
-        return kept if len(kept) else self.candidates
 
     def evaluate(self, core, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """returns (K,), crashed (K,) bool and the number of simulated steps."""

@@ -26,8 +26,7 @@ import time
 import numpy as np
 
 from evaluation.decision import choose
-from evaluation.policies import IDLE, RuleBasedPolicy
-from models.candidates import prune_candidates
+from evaluation.policies import IDLE, RuleBasedPolicy, road_candidates
 from pipeline.live_scene import LiveScene
 
 
@@ -57,7 +56,8 @@ def check_timing(env, scorer) -> None:
 class PlannerPolicy:
     """Policy protocol (``reset(rng)``, ``act(env)``) over an OnnxScorer-like ``scorer``.
 
-    candidates (K, F) action ids, F = scorer.horizon; lanes_count lanes of the road;
+    candidates (K, F) action ids, F = scorer.horizon (those leaving the road are not
+    scored: ``evaluation.policies.road_candidates``);
     risk_weight lambda, uncertainty_weight beta, risk_budget: see evaluation.decision;
     surprise_threshold [m], surprise_patience, min_fallback_steps: see the module
     docstring. Per-episode stats (cleared by reset): latencies_ms (planner decisions,
@@ -67,10 +67,10 @@ class PlannerPolicy:
 
     name = "planner"
 
-    def __init__(self, scorer, candidates: np.ndarray, lanes_count: int,
-                 risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
-                 risk_budget: float = 1.0, surprise_threshold: float = 5.0,
-                 surprise_patience: int = 2, fallback=None, min_fallback_steps: int = 3):
+    def __init__(self, scorer, candidates: np.ndarray, risk_weight: float = 1.0,
+                 uncertainty_weight: float = 0.0, risk_budget: float = 1.0,
+                 surprise_threshold: float = 5.0, surprise_patience: int = 2, fallback=None,
+                 min_fallback_steps: int = 3):
         candidates = np.asarray(candidates, dtype=np.int64)
         if candidates.ndim != 2 or candidates.shape[1] != scorer.horizon or not len(candidates):
             raise ValueError(f"candidates must have shape (K, {scorer.horizon}) with K >= 1 "
@@ -78,7 +78,7 @@ class PlannerPolicy:
         if surprise_patience < 1 or min_fallback_steps < 0:
             raise ValueError(f"surprise_patience must be >= 1 and min_fallback_steps >= 0, "
                              f"got {surprise_patience}, {min_fallback_steps}")
-        self.scorer, self.candidates, self.lanes_count = scorer, candidates, lanes_count
+        self.scorer, self.candidates = scorer, candidates
         self.risk_weight, self.uncertainty_weight = risk_weight, uncertainty_weight
         self.risk_budget, self.surprise_threshold = risk_budget, surprise_threshold
         self.surprise_patience, self.min_fallback_steps = surprise_patience, min_fallback_steps
@@ -129,7 +129,7 @@ class PlannerPolicy:
     def act_planner(self, env) -> int:
         start = time.perf_counter()
         hist, hist_mask, slots = self.live.window()
-        candidates = self.road_candidates(env)
+        candidates = road_candidates(env, self.candidates)
         scores = self.scorer.score(hist, hist_mask, candidates)
         best = self.pick(scores, candidates)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
@@ -155,10 +155,3 @@ class PlannerPolicy:
         """Keep the step-1 forecast (N, 2) to check at the next decision."""
         self.pending = (np.asarray(positions), np.asarray(present, bool), slots,
                         self.live.pose())
-
-    def road_candidates(self, env) -> np.ndarray:
-        """The candidates that stay on the road from the ego's target lane (all if none)."""
-        lane = int(env.unwrapped.vehicle.target_lane_index[2])
-        lane = min(max(lane, 0), self.lanes_count - 1)
-        kept = prune_candidates(self.candidates, lane, self.lanes_count)
-        return kept if len(kept) else self.candidates

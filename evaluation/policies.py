@@ -17,7 +17,15 @@ from typing import Protocol
 
 import numpy as np
 
-from models.candidates import ACTION_NAMES, FASTER, IDLE, LANE_LEFT, LANE_RIGHT, SLOWER
+from models.candidates import (
+    ACTION_NAMES,
+    FASTER,
+    IDLE,
+    LANE_LEFT,
+    LANE_RIGHT,
+    SLOWER,
+    prune_candidates,
+)
 
 NUM_ACTIONS = len(ACTION_NAMES)
 
@@ -179,6 +187,20 @@ def lane_change_in_progress(ego, tolerance: float = 1.0) -> bool:
     """Whether the ego is still more than ``tolerance`` m off its target lane's centre line."""
     target = ego.road.network.get_lane(ego.target_lane_index)
     return abs(target.local_coordinates(ego.position)[1]) > tolerance
+
+
+def lanes_count(env) -> int:
+    """Lanes of a highway-env road (2 when its config does not say)."""
+    return int(env.unwrapped.config.get("lanes_count", 2))
+
+
+def road_candidates(env, candidates: np.ndarray) -> np.ndarray:
+    """The candidate sequences (K, F) whose lane changes keep the ego on the road, starting
+    from its target lane (all of them if none does): what the planner and the oracle score."""
+    lanes = lanes_count(env)
+    lane = min(max(int(env.unwrapped.vehicle.target_lane_index[2]), 0), lanes - 1)
+    kept = prune_candidates(candidates, lane, lanes)
+    return kept if len(kept) else candidates
 
 
 def side_lanes(ego) -> list:

@@ -11,9 +11,10 @@ module turns them into a per-step collision probability that needs no collision 
 
 where L, W are the sums of half-lengths / half-widths of two vehicles, i.e. one vehicle
 length and width. A step spans several simulation frames, so each step is checked at
-`substeps` points linearly interpolated between the forecasts at its start and end
-(two vehicles can pass through each other between decision instants) and the largest
-probability is kept. Over the neighbours, P(step collision) = 1 - prod_n (1 - P_n).
+`substeps` points where the offsets and their stds are linearly interpolated between
+the step's start and end (two vehicles can pass through each other between decision
+instants) and the largest probability is kept. Over the neighbours,
+P(step collision) = 1 - prod_n (1 - P_n).
 Everything is in the ego frame at t0; the boxes are taken as axis-aligned (headings on
 a highway stay within a few degrees of the road).
 """
@@ -30,18 +31,36 @@ SQRT2 = math.sqrt(2.0)
 def interval_probability(mean: torch.Tensor, std: torch.Tensor,
                          half_width: float) -> torch.Tensor:
     """P(|X| < half_width) for X ~ N(mean, std^2), elementwise."""
-    upper = (half_width - mean) / (std * SQRT2)
-    lower = (-half_width - mean) / (std * SQRT2)
-    return 0.5 * (torch.erf(upper) - torch.erf(lower))
+    scale = torch.reciprocal(std * SQRT2)
+    upper = (half_width - mean) * scale
+    lower = (mean + half_width) * scale  # the lower bound's argument, negated
+    return 0.5 * (torch.erf(upper) + torch.erf(lower))
 
 
-def interpolate_steps(start: torch.Tensor, path: torch.Tensor, substeps: int) -> torch.Tensor:
-    """Points inside each step: start (..., 1, N, C) at t0, path (..., F, N, C) at the step
-    ends -> (J, ..., F, N, C), J = substeps, at fractions j/J (j = 1..J) of each step."""
-    previous = torch.cat([start, path[..., :-1, :, :]], dim=-3)  # (..., F, N, C)
-    fractions = torch.arange(1, substeps + 1, dtype=path.dtype, device=path.device) / substeps
-    fractions = fractions.reshape(-1, *([1] * path.dim()))  # (J, 1, ..., 1)
-    return previous + fractions * (path - previous)
+def relative_path(start: torch.Tensor, path: torch.Tensor, axis: int) -> torch.Tensor:
+    """One axis of every neighbour's offset from the ego (slot 0) at t0 and each step end:
+    start (..., 1, N, C), path (..., F, N, C) -> (..., F+1, N-1)."""
+    points = torch.cat([start, path], dim=-3).narrow(-1, axis, 1).squeeze(-1)  # (..., F+1, N)
+    return points[..., 1:] - points[..., :1]
+
+
+def relative_spread(std: torch.Tensor, axis: int) -> torch.Tensor:
+    """One axis of the offset's std sqrt(sigma_n^2 + sigma_ego^2), 0 at t0:
+    std (..., F, N, C) -> (..., F+1, N-1)."""
+    var = std.narrow(-1, axis, 1).squeeze(-1).pow(2)  # (..., F, N); narrow: cheaper
+    # in onnxruntime than indexing (Slice, not Gather)
+    rel = (var[..., 1:] + var[..., :1] + 1e-4).sqrt()
+    return torch.cat([torch.full_like(rel[..., :1, :], 1e-2), rel], dim=-2)
+
+
+def along_steps(path: torch.Tensor, substeps: int) -> list[torch.Tensor]:
+    """Points inside each step of path (..., F+1, M) (t0 first): at fractions j/J
+    (j = 1..J) from each step's start to its end -> J tensors (..., F, M)."""
+    begin, end = path[..., :-1, :], path[..., 1:, :]
+    if substeps == 1:
+        return [end]
+    delta = end - begin
+    return [begin + (j / substeps) * delta for j in range(1, substeps)] + [end]
 
 
 def overlap_risk(start: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -49,19 +68,29 @@ def overlap_risk(start: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                  substeps: int = 4) -> torch.Tensor:
     """Per-step probability that the ego's box overlaps any neighbour's.
 
-    start (B, 1, 1, N, 2) positions at t0, mean (B, R, F, N, 2) and std (B, R, F, N, 2)
-    forecast positions at each step's end (slot 0 = ego), presence (B, R, F, N)
-    probability -> (B, R, F).
+    start (..., 1, N, 2) positions at t0 (broadcast over the leading axes), mean (..., F,
+    N, 2) and std (..., F, N, 2) forecast positions at each step's end (slot 0 = ego),
+    presence (..., F, N) probability -> (..., F). Inside a step the offsets and their
+    std are interpolated linearly (std 0 at t0). Written as same-shape elementwise ops
+    on (..., F, N-1) tensors, one per axis and substep: that is what onnxruntime runs
+    fastest (broadcasts over inner axes and Softplus-like fused ops are its slow paths).
     """
-    start = start.expand(*mean.shape[:2], 1, *mean.shape[3:])  # (B, R, 1, N, 2)
-    points = interpolate_steps(start, mean, substeps)  # (J, B, R, F, N, 2)
-    spread = interpolate_steps(torch.zeros_like(start), std, substeps)
-    relative = points[..., 1:, :] - points[..., :1, :]  # (J, B, R, F, N-1, 2)
-    rel_std = (spread[..., 1:, :].pow(2) + spread[..., :1, :].pow(2) + 1e-4).sqrt()
-    along = interval_probability(relative[..., 0], rel_std[..., 0], length)
-    across = interval_probability(relative[..., 1], rel_std[..., 1], width)
-    overlap = (along * across).amax(dim=0) * presence[..., 1:]  # (B, R, F, N-1)
-    return 1.0 - torch.prod(1.0 - overlap, dim=-1)
+    start = start.expand(*mean.shape[:-3], 1, *mean.shape[-2:])
+    along = axis_probabilities(start, mean, std, 0, length, substeps)
+    across = axis_probabilities(start, mean, std, 1, width, substeps)
+    worst = along[0] * across[0]
+    for x, y in zip(along[1:], across[1:], strict=True):
+        worst = torch.maximum(worst, x * y)  # the most likely overlap inside each step
+    return 1.0 - torch.prod(1.0 - worst * presence[..., 1:], dim=-1)
+
+
+def axis_probabilities(start: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, axis: int,
+                       half_width: float, substeps: int) -> list[torch.Tensor]:
+    """P(|offset| < half_width) on one axis at each substep: J tensors (..., F, N-1)."""
+    offsets = along_steps(relative_path(start, mean, axis), substeps)
+    spreads = along_steps(relative_spread(std, axis), substeps)
+    return [interval_probability(o, s, half_width)
+            for o, s in zip(offsets, spreads, strict=True)]
 
 
 def combine_risks(head: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,13 @@ def latent_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
     return 2 * torch.sigmoid(raw / 2) + min_std
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): the same values and gradients as
+    F.softplus, but exported as plain elementwise ops (onnxruntime's Softplus kernel is
+    about 5x slower than torch's and was the single most expensive node of the planner)."""
+    return torch.relu(x) + torch.log1p(torch.exp(-x.abs()))
+
+
 def gaussian_stats(raw: torch.Tensor, min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Split (..., 2Z) into mean (..., Z) and std (..., Z)."""
     mean, raw_std = raw.chunk(2, dim=-1)
@@ -155,7 +162,7 @@ class SlotDecoder(nn.Module):
         self.from_feat = nn.Sequential(nn.Linear(feat_dim, slot_dim), nn.LayerNorm(slot_dim))
         self.from_token = nn.Sequential(mlp(token_dim, hidden_dim, slot_dim),
                                         nn.LayerNorm(slot_dim))
-        # separate output layers, so a graph that only needs the means skips the rest
+        # three output layers (checkpoints keep their names), applied as one product
         self.out_mean = nn.Linear(slot_dim, KINEMATIC_DIM)
         self.out_std = nn.Linear(slot_dim, KINEMATIC_DIM)
         self.out_presence = nn.Linear(slot_dim, 1)
@@ -168,8 +175,12 @@ class SlotDecoder(nn.Module):
         row = apply_2d(self.from_feat, feats)[..., None, :]  # (B, R, F, 1, slot)
         slot = self.from_token(tokens)[:, None, None]  # (B, 1, 1, N, slot)
         mixed = torch.relu(row + slot)  # (B, R, F, N, slot)
-        return (apply_2d(self.out_mean, mixed), apply_2d(self.out_std, mixed),
-                apply_2d(self.out_presence, mixed)[..., 0])
+        layers = (self.out_mean, self.out_std, self.out_presence)
+        weight = torch.cat([layer.weight for layer in layers])  # one product, not three
+        bias = torch.cat([layer.bias for layer in layers])
+        out = apply_2d(lambda x: F.linear(x, weight, bias), mixed)  # (B, R, F, N, 9)
+        k = KINEMATIC_DIM
+        return out[..., :k], out[..., k:2 * k], out.narrow(-1, 2 * k, 1).squeeze(-1)
 
 
 class WorldModel(nn.Module):
@@ -343,18 +354,18 @@ class WorldModel(nn.Module):
         h_1 depends only on the scene and a_1, so it is computed once per possible action
         and gathered: the planner's first step then costs n_actions rows, not K*S.
         """
-        b, n_act, e = ctx.deter.shape[0], self.n_actions, self.ensemble
+        b, n_act = ctx.deter.shape[0], self.n_actions
         every = self.action_embed.weight[None].expand(b, -1, -1)  # (B, nA, A)
         stoch = ctx.stoch[:, None].expand(-1, n_act, -1)  # (B, nA, Z)
         inputs = torch.cat([stoch, every], dim=-1).reshape(b * n_act, -1)  # (B*nA, Z+A)
         deter = ctx.deter[:, None].expand(-1, n_act, -1).reshape(-1, self.deter_dim)
         deter = self.cell(inputs, deter)  # (B*nA, h)
-        prior = self.prior(deter).reshape(e, b, n_act, -1)  # (E, B, nA, 2Z)
-        deter = deter.reshape(b, n_act, -1)  # (B, nA, h)
-        index = first[..., None]  # (B, R, 1)
-        deter = torch.gather(deter, 1, index.expand(-1, -1, deter.shape[-1]))  # (B, R, h)
-        prior = torch.gather(prior, 2, index[None].expand(e, -1, -1, prior.shape[-1]))
-        return deter.reshape(-1, self.deter_dim), prior.reshape(e, -1, prior.shape[-1])
+        prior = self.prior(deter)  # (E, B*nA, 2Z)
+        offsets = torch.arange(b, device=first.device)[:, None] * n_act  # (B, 1)
+        rows = (first + offsets).reshape(-1)  # (M,) row of each first action in B*nA
+        # whole-row selects (Gather), which onnxruntime copies much faster than gather's
+        # element-wise GatherElements
+        return deter.index_select(0, rows), prior.index_select(1, rows)
 
     def _rollout(self, ctx: Context, actions: torch.Tensor, noise: torch.Tensor,
                  members: torch.Tensor | None, embeds: torch.Tensor | None = None) -> Rollout:
@@ -400,8 +411,10 @@ class WorldModel(nn.Module):
         position = last[..., :2] + last[..., 2:] * (steps * self.dt)
         base = torch.cat([position, last[..., 2:].expand_as(position)], dim=-1)
         scale = self.target_scale * steps  # residual and std grow with the step count
+        scale = scale.expand(*scale.shape[:3], residual.shape[-2], -1)  # (1, 1, F, N, 4):
+        # broadcast over leading axes only, which onnxruntime does fast
         mean = base + residual * scale
-        std = (F.softplus(raw_std) + 0.01) * scale
+        std = (softplus(raw_std) + 0.01) * scale
         present = ctx.present[:, None, None]  # (B, 1, 1, N)
         presence = torch.where(present, presence, torch.full_like(presence, ABSENT_LOGIT))
         scalars = apply_2d(self.scalar_heads, feats)  # (B, R, F, 3)

@@ -293,30 +293,42 @@ def collect(
     env_config = dict(env_config or {})
     env = make_env(env_id, env_config)  # refuses a bad id/config before any file is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = collection_settings(
         env_id, env_config, env, seed, episodes, episodes_per_shard, specs
     )
-    prepare_out_dir(out_dir, settings)
-    shards = range(num_shards(episodes, episodes_per_shard))
-    reused = set(complete_shards(out_dir)) & set(shards)
-    plans = [
-        plan_episode(seed, episode, specs)
-        for shard in shards
-        if shard not in reused
-        for episode in shard_episodes(shard, episodes, episodes_per_shard)
-    ]
-    results = run_pool(plans, workers, run_plan, make_env, (env_id, env_config), local=env)
-    new_steps = write_results(
-        results, len(plans), episodes, episodes_per_shard,
-        lambda shard, done: write_shard(out_dir, shard, *merge_episodes(done)), progress,
+    plans = [plan_episode(seed, episode, specs) for episode in range(episodes)]
+    pool = partial(run_pool, workers=workers, run=run_plan, make=make_env,
+                   make_args=(env_id, env_config), local=env)
+    return collect_shards(
+        out_dir, settings, plans, episodes_per_shard, pool,
+        lambda shard, done: write_shard(out_dir, shard, *merge_episodes(done)), progress, start,
     )
+
+
+def collect_shards(out_dir: Path, settings: dict, items: list, episodes_per_shard: int,
+                   pool: Callable[[list], Iterable], write: Callable[[int, list], None],
+                   progress: bool, start: float) -> CollectStats:
+    """The resumable collection shared by ingest and `drivecast iterate`'s collect stage.
+
+    items: one per episode of the collection (index i goes to shard i // episodes_per_shard);
+    `out_dir` is checked against `settings` and marked incomplete, the items of the shards
+    not yet complete are run by ``pool(todo)`` (yielding ``(index, frames, steps, ...)``),
+    each shard is written by ``write(shard, results)`` once all of its episodes are in, and
+    the manifest is marked complete with every shard. ``start``: perf_counter at the start.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, settings)
+    shards = range(num_shards(len(items), episodes_per_shard))
+    reused = set(complete_shards(out_dir)) & set(shards)
+    todo = [items[i] for shard in shards if shard not in reused
+            for i in shard_episodes(shard, len(items), episodes_per_shard)]
+    new_steps = write_results(pool(todo), len(todo), len(items), episodes_per_shard, write,
+                              progress)
     summaries = [read_shard_summary(out_dir, shard) for shard in shards]
     entries = [entry for entry, _ in summaries]
     save_manifest(out_dir, settings, entries, complete=True)
-    elapsed = time.perf_counter() - start
-    return dataset_stats(entries, [s for _, s in summaries], elapsed, new_steps,
-                         episodes_collected=len(plans), shards_reused=len(reused))  # fmt: skip
+    return dataset_stats(entries, [s for _, s in summaries], time.perf_counter() - start,
+                         new_steps, episodes_collected=len(todo), shards_reused=len(reused))
 
 
 def write_results(results: Iterable, todo: int, episodes: int, episodes_per_shard: int,

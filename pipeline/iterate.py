@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,18 +118,24 @@ def number(summary: Mapping, key: str) -> float:
     return NAN if value is None else float(value)
 
 
-def horizon_key(summary: Mapping, prefix: str) -> str | None:
-    """`<prefix><s>s` for s = FDE_SECONDS if present, else the longest horizon present."""
-    seconds = sorted(int(k[len(prefix):-1]) for k in summary
-                     if k.startswith(prefix) and k.endswith("s") and k[len(prefix):-1].isdigit())
+def reported_seconds(seconds: Collection[int]) -> int | None:
+    """The forecast horizon (s) reported per round among `seconds`: FDE_SECONDS if there,
+    else the longest; None when there is none."""
     if not seconds:
         return None
-    return f"{prefix}{FDE_SECONDS if FDE_SECONDS in seconds else seconds[-1]}s"
+    return FDE_SECONDS if FDE_SECONDS in seconds else max(seconds)
+
+
+def horizon_key(summary: Mapping, prefix: str) -> str | None:
+    """`<prefix><s>s` for the reported horizon s among those present (`reported_seconds`)."""
+    at = reported_seconds([int(k[len(prefix):-1]) for k in summary if k.startswith(prefix)
+                           and k.endswith("s") and k[len(prefix):-1].isdigit()])
+    return None if at is None else f"{prefix}{at}s"
 
 
 def heldout_figures(model, windows) -> dict[str, float]:
-    """FDE (m, at FDE_SECONDS or the longest horizon) of the other vehicles and the ECE of
-    the per-step collision risk, of `model` on `windows`."""
+    """FDE (m, at the `reported_seconds` horizon) of the other vehicles and the ECE of the
+    per-step collision risk, of `model` on `windows`."""
     from evaluation import metrics
     from evaluation.forecast_eval import fde_curve, horizon_seconds
     from pipeline.forecast import predict
@@ -138,7 +144,7 @@ def heldout_figures(model, windows) -> dict[str, float]:
     pred = predict(model, windows)
     seconds = horizon_seconds(a["actions"].shape[1], dt)
     curve = fde_curve(pred["states"], a, dt)
-    at = FDE_SECONDS if FDE_SECONDS in seconds else (seconds[-1] if seconds else None)
+    at = reported_seconds(seconds)
     mask = a["step_mask"] & a["label_mask"]
     return {"fde": NAN if at is None else float(curve[seconds.index(at)]),
             "fde_seconds": NAN if at is None else float(at),

@@ -12,7 +12,6 @@ episode, which the train/val/test split keeps apart.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -160,13 +159,15 @@ def recorded_manifest(cfg, mapping: Mapping, files: list[Path], tally: Tally) ->
 
 
 def ingest_recorded(out_dir: str | Path, cfg, seed: int) -> dict[str, float]:
-    """Build the dataset directory `out_dir` from `cfg` (an ingest.recorded section)."""
+    """Build the dataset directory `out_dir` (new or empty) from `cfg` (an ingest.recorded
+    section)."""
     start = time.perf_counter()
     mapping, files = check_recorded(cfg)
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a killed earlier attempt: start again
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):  # the ingest stage is not resumable: it gets a fresh directory
+        raise RecordedError(f"{out_dir}: is not empty; recorded data is converted into a "
+                            f"fresh directory")
     header = {"env_id": f"recorded:{cfg.preset or 'generic'}", "env_config": {},
               "simulation_frequency": cfg.frequency, "policy_frequency": cfg.policy_frequency}
     write_manifest(out_dir, shards=[], complete=False, **header)

@@ -28,29 +28,28 @@ import pyarrow.csv as pcsv
 from pipeline.dataset import RECORDED_KEY, read_dataset
 from pipeline.errors import DrivecastError
 from pipeline.recorded_mapping import LENGTH_UNITS
+from pipeline.recorded_tracks import grid_frames, resample
 
 FOOT = LENGTH_UNITS["ft"]  # m
 NGSIM_EPOCH_MS = 1_118_846_980_200  # a US-101 Global_Time, 2005-06-15 07:49:40.2 (UTC)
 GENERIC_EPOCH = dt.datetime(2024, 5, 2, 8, 0, tzinfo=dt.timezone.utc)
+MOTION_COLUMNS = ("x", "y", "vx", "vy", "heading")  # the motion columns resample() takes
 
 
 def vehicle_series(frames: dict[str, np.ndarray], rows: np.ndarray, frequency: float,
                    out_frequency: float | None) -> dict[str, np.ndarray]:
-    """One vehicle's states in one episode, resampled to out_frequency (None: as recorded).
+    """One vehicle's states in one episode, resampled to out_frequency (None: as recorded)
+    by the recorded ingest's own resampling (pipeline.recorded_tracks.resample).
 
     Returns columns t (s since the episode start), x, y, vx, vy, heading, lane, length, width.
     """
     t = frames["frame"][rows] / frequency
-    grid = t if out_frequency is None else \
-        np.arange(np.ceil(t[0] * out_frequency - 1e-9), np.floor(t[-1] * out_frequency + 1e-9)
-                  + 1) / out_frequency
-    series = {"t": grid}
-    for name in ("x", "y", "vx", "vy"):
-        series[name] = np.interp(grid, t, frames[name][rows].astype(np.float64))
-    series["heading"] = np.angle(np.exp(1j * np.interp(
-        grid, t, np.unwrap(frames["heading"][rows].astype(np.float64)))))
-    latest = np.clip(np.searchsorted(t, grid + 1e-9, side="right") - 1, 0, len(t) - 1)
-    series["lane"] = frames["lane"][rows][latest]
+    grid, grid_hz = (frames["frame"][rows], frequency) if out_frequency is None else \
+        (grid_frames(t, out_frequency), out_frequency)
+    motion = np.stack([frames[c][rows] for c in MOTION_COLUMNS], axis=-1).astype(np.float64)
+    states = resample(t, motion, frames["lane"][rows], grid, grid_hz)  # (T', 6)
+    series = {"t": grid / grid_hz} | dict(zip(MOTION_COLUMNS, states[:, :5].T, strict=True))
+    series["lane"] = states[:, 5].astype(frames["lane"].dtype)
     series["length"] = np.full(len(grid), float(frames["length"][rows][0]))
     series["width"] = np.full(len(grid), float(frames["width"][rows][0]))
     return series

@@ -132,7 +132,7 @@ def piece_motion(columns: dict[str, np.ndarray], rows: np.ndarray, mapping: Mapp
 # ---------------------------------------------------------------- resampling
 
 
-def grid_frames(t: np.ndarray, frequency: int) -> np.ndarray:
+def grid_frames(t: np.ndarray, frequency: float) -> np.ndarray:
     """Grid frames g with t[0] <= g / frequency <= t[-1] (within GRID_TOLERANCE)."""
     first = int(np.ceil((t[0] - GRID_TOLERANCE) * frequency))
     last = int(np.floor((t[-1] + GRID_TOLERANCE) * frequency))
@@ -140,7 +140,7 @@ def grid_frames(t: np.ndarray, frequency: int) -> np.ndarray:
 
 
 def resample(t: np.ndarray, motion: np.ndarray, lane: np.ndarray,
-             frames: np.ndarray, frequency: int) -> np.ndarray:
+             frames: np.ndarray, frequency: float) -> np.ndarray:
     """(T', 6) states at the grid frames: linear interpolation (heading unwrapped first),
     the lane of the latest sample at or before each grid time."""
     grid = np.clip(frames / frequency, t[0], t[-1])

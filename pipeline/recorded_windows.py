@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.dataset import RECORDED_KEY, Dataset, DatasetError
 from pipeline.recorded_scenes import fold
-from pipeline.windows import WindowSet
+from pipeline.windows import WindowSet, lane_centers_ego, lane_medians, lateral_offset
 
 
 def is_recorded(manifest: dict) -> bool:
@@ -43,32 +43,33 @@ def road_axis(heading: np.ndarray) -> float:
 def axis_and_lanes(frames: dict[str, np.ndarray], rows: np.ndarray) -> tuple[float, np.ndarray]:
     """Road axis and lane centres (L,) across it, of some frame rows."""
     axis = road_axis(frames["heading"][rows].astype(np.float64))
-    lateral = -np.sin(axis) * frames["x"][rows] + np.cos(axis) * frames["y"][rows]
-    lanes = frames["lane"][rows]
-    return axis, np.array([np.median(lateral[lanes == lane]) for lane in np.unique(lanes)])
+    lateral = lateral_offset(frames["x"][rows], frames["y"][rows], axis)
+    return axis, lane_medians(lateral, frames["lane"][rows])
+
+
+def episode_recordings(data: Dataset, groups: np.ndarray) -> np.ndarray:
+    """(E,) integer code of the recording each episode comes from (via its scene)."""
+    names = [scene["recording"] for scene in data.manifest[RECORDED_KEY]["scenes"]]
+    codes = np.unique(names, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return codes[groups]
 
 
 def lane_centers(data: Dataset, groups: np.ndarray, episode: np.ndarray,
                  ego_pose: np.ndarray) -> np.ndarray:
     """(B, L) lateral offsets of each recording's lane centres beside the ego at t0
     (the simulator's lane_centers_ego, with the road axis of the window's recording)."""
-    info = data.manifest[RECORDED_KEY]
-    if not info.get("lanes"):
+    if not data.manifest[RECORDED_KEY].get("lanes"):
         return np.full((len(episode), 1), np.nan, dtype=np.float32)
-    recording = np.array([info["scenes"][g]["recording"] for g in groups])  # per episode
-    frame_recording = recording[data.frames["episode"]]
-    per_window: dict[str, tuple[float, np.ndarray]] = {
-        name: axis_and_lanes(data.frames, np.flatnonzero(frame_recording == name))
-        for name in np.unique(recording[episode])}
-    width = max(len(c) for _, c in per_window.values())
-    out = np.full((len(episode), width), np.nan)
-    for name, (axis, centres) in per_window.items():
-        rows = recording[episode] == name
-        x, y, h = ego_pose[rows, 0], ego_pose[rows, 1], ego_pose[rows, 2]
-        ego_lateral = -np.sin(axis) * x + np.cos(axis) * y
-        out[rows, :len(centres)] = np.cos(h - axis)[:, None] * (centres[None, :]
-                                                                 - ego_lateral[:, None])
-    return out.astype(np.float32)
+    recording = episode_recordings(data, groups)
+    frame_recording, window_recording = recording[data.frames["episode"]], recording[episode]
+    per_recording = {code: axis_and_lanes(data.frames, np.flatnonzero(frame_recording == code))
+                     for code in np.unique(window_recording)}
+    width = max(len(centres) for _, centres in per_recording.values())
+    out = np.full((len(episode), width), np.nan, dtype=np.float32)
+    for code, (axis, centres) in per_recording.items():
+        rows = window_recording == code
+        out[rows, :len(centres)] = lane_centers_ego(centres, ego_pose[rows], axis)
+    return out
 
 
 def adapt_windows(windows: WindowSet, data: Dataset) -> None:

@@ -159,16 +159,28 @@ def split_windows(windows: WindowSet, val_fraction: float, test_fraction: float,
             for name, ids in parts.items()}
 
 
+def lateral_offset(x: np.ndarray, y: np.ndarray, axis: float = 0.0) -> np.ndarray:
+    """Offset across a straight road whose direction is `axis` (rad; 0: along world x, so
+    the offset is world y): the world position (x, y) rotated into the road frame."""
+    return -np.sin(axis) * x + np.cos(axis) * y
+
+
+def lane_medians(lateral: np.ndarray, lane: np.ndarray) -> np.ndarray:
+    """Each lane's centre line (L,), lanes ascending, as the median lateral offset of the
+    vehicles driving in it (vehicles keep to lane centres most of the time)."""
+    return np.array([np.median(lateral[lane == index]) for index in np.unique(lane)])
+
+
 def lane_centers_world(frames: dict[str, np.ndarray]) -> np.ndarray:
-    """World y of each lane's centre line (L,), estimated as the median y of the vehicles
-    driving in it (vehicles keep to lane centres most of the time)."""
-    lanes = np.unique(frames["lane"])
-    return np.array([np.median(frames["y"][frames["lane"] == lane]) for lane in lanes])
+    """World y of each lane's centre line (L,) of a simulator road (along world x)."""
+    return lane_medians(frames["y"], frames["lane"])
 
 
-def lane_centers_ego(centers: np.ndarray, ego_pose: np.ndarray) -> np.ndarray:
-    """Lateral offsets (B, L) of straight lane centre lines beside the ego at t0."""
-    return (np.cos(ego_pose[:, 2:3]) * (centers[None, :] - ego_pose[:, 1:2])).astype(np.float32)
+def lane_centers_ego(centers: np.ndarray, ego_pose: np.ndarray, axis: float = 0.0) -> np.ndarray:
+    """Lateral offsets (B, L) of straight lane centre lines beside the ego at t0; `centers`
+    (L,) and the road direction `axis` as in `lateral_offset`."""
+    ego_lateral = lateral_offset(ego_pose[:, 0:1], ego_pose[:, 1:2], axis)  # (B, 1)
+    return (np.cos(ego_pose[:, 2:3] - axis) * (centers[None, :] - ego_lateral)).astype(np.float32)
 
 
 def observation_stats(hist: np.ndarray, hist_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -73,14 +73,14 @@ def planner_spec(cfg: Config, onnx_path: Path) -> PlannerSpec:
                        cfg.iterate.epsilon, cfg.iterate.top_k)
 
 
-def build_planner(spec: PlannerSpec, lanes_count: int):
+def build_planner(spec: PlannerSpec):
     """The exploring planner policy over the ONNX file (numpy + onnxruntime only)."""
     from evaluation.exploration import ExploringPlanner
     from models.candidates import enumerate_candidates
     from pipeline.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(spec.onnx_path, threads=spec.threads, seed=spec.seed)
-    return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon), lanes_count,
+    return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon),
                             epsilon=spec.epsilon, top_k=spec.top_k,
                             risk_weight=spec.risk_weight,
                             uncertainty_weight=spec.uncertainty_weight,
@@ -122,10 +122,8 @@ def plan_round(cfg: Config) -> list[PlannedEpisode]:
 def make_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> tuple:
     """(env, exploring planner) of one process."""
     from pipeline.highway_source import make_env
-    from pipeline.stages.simulate import lanes_count
 
-    env = make_env(env_id, env_config)
-    return env, build_planner(spec, lanes_count(env))
+    return make_env(env_id, env_config), build_planner(spec)
 
 
 def run_planned(worker: tuple, plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
@@ -205,17 +203,7 @@ def check_planner_timing(worker: tuple) -> None:
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     """Collect `iterate.episodes` planner-driven episodes into `work/dataset`."""
-    from pipeline.collect import (
-        dataset_stats,
-        num_shards,
-        prepare_out_dir,
-        read_shard_summary,
-        run_pool,
-        save_manifest,
-        shard_episodes,
-        write_results,
-    )
-    from pipeline.dataset import complete_shards
+    from pipeline.collect import collect_shards, num_shards, run_pool
     from pipeline.stages.export import PLANNER_FILE
 
     start, it, onnx_path = time.perf_counter(), cfg.iterate, inputs["export"].path / PLANNER_FILE
@@ -225,23 +213,12 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     check_planner_timing(worker)
     plans = plan_round(cfg)
     settings = collection_manifest(cfg, worker[0], plans, inputs["export"].key)
-    out = work / DATASET_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_out_dir(out, settings)
-    shards = range(num_shards(it.episodes, it.episodes_per_shard))
-    reused = set(complete_shards(out)) & set(shards)
-    todo = [plans[i] for s in shards if s not in reused
-            for i in shard_episodes(s, it.episodes, it.episodes_per_shard)]
-    results = run_pool(todo, cfg.ingest.workers, run_planned, make_worker,
-                       (env_id, env_config, spec), local=worker)
-    new_steps = write_results(results, len(todo), len(plans), it.episodes_per_shard,
-                              partial(write_round_shard, work), progress=True)
+    pool = partial(run_pool, workers=cfg.ingest.workers, run=run_planned, make=make_worker,
+                   make_args=(env_id, env_config, spec), local=worker)
+    stats = collect_shards(work / DATASET_DIR, settings, plans, it.episodes_per_shard, pool,
+                           partial(write_round_shard, work), progress=True, start=start)
     worker[0].close()
-    summaries = [read_shard_summary(out, s) for s in shards]
-    save_manifest(out, settings, [e for e, _ in summaries], complete=True)
-    stats = dataset_stats([e for e, _ in summaries], [s for _, s in summaries],
-                          time.perf_counter() - start, new_steps,
-                          episodes_collected=len(todo), shards_reused=len(reused))
+    shards = range(num_shards(it.episodes, it.episodes_per_shard))
     return {"round": round_of(cfg), **stats.summary(), **planner_figures(work, shards)}
 
 

@@ -17,7 +17,8 @@ DATASET_DIR = "dataset"
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     """Collect `ingest.episodes` episodes into `work/dataset` (finished shards are kept),
-    or convert the recorded files of `ingest.recorded` (from scratch)."""
+    or convert the recorded files of `ingest.recorded` (not resumable: the runner hands
+    it an empty working directory)."""
     if cfg.ingest.source == "recorded":
         from pipeline.recorded import ingest_recorded
 
@@ -65,5 +66,7 @@ def dataset_path(ingest: Artifacts) -> Path:
     return ingest.path / DATASET_DIR
 
 
+# Simulator collection keeps a killed run's complete shards; recorded data starts afresh.
 STAGE = Stage("ingest", sections=("ingest",), inputs=(), produce=produce,
-              resumable=lambda cfg: True, check=lambda cfg: check_ingest_config(cfg.ingest))
+              resumable=lambda cfg: cfg.ingest.source == "highway",
+              check=lambda cfg: check_ingest_config(cfg.ingest))

@@ -77,7 +77,7 @@ def baseline_factory(name: str, cfg: Config):
     return lambda: make_policy(name)  # names were checked by `check` before any stage ran
 
 
-def planner_factory(cfg: Config, path: Path, lanes_count: int):
+def planner_factory(cfg: Config, path: Path):
     from evaluation.planner_policy import PlannerPolicy
     from models.candidates import enumerate_candidates
     from pipeline.scorer import OnnxScorer
@@ -85,26 +85,11 @@ def planner_factory(cfg: Config, path: Path, lanes_count: int):
     scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
     candidates = enumerate_candidates(scorer.horizon)
     s = cfg.simulate
-    return lambda: PlannerPolicy(scorer, candidates, lanes_count, risk_weight=s.risk_weight,
+    return lambda: PlannerPolicy(scorer, candidates, risk_weight=s.risk_weight,
                                  uncertainty_weight=s.uncertainty_weight,
                                  risk_budget=s.risk_budget,
                                  surprise_threshold=s.surprise_threshold,
                                  surprise_patience=s.surprise_patience)
-
-
-def lanes_count(env) -> int:
-    """Lanes of a highway-env road (2 when its config does not say)."""
-    return int(env.unwrapped.config.get("lanes_count", 2))
-
-
-def lanes_of(env_id: str, env_config: dict) -> int:
-    from pipeline.highway_source import make_env
-
-    env = make_env(env_id, env_config)
-    try:
-        return lanes_count(env)
-    finally:
-        env.close()
 
 
 def evaluation_seeds(simulate: SimulateConfig) -> range:
@@ -126,7 +111,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
     env_id, env_config = env_of(cfg)
     seeds = evaluation_seeds(cfg.simulate)
-    factory = planner_factory(cfg, planner_path(cfg, inputs, work), lanes_of(env_id, env_config))
+    factory = planner_factory(cfg, planner_path(cfg, inputs, work))
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
     results = {"planner": summarise(run_episodes(env_id, env_config, factory, seeds,
                                                  gif_path=gif,

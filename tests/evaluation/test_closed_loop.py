@@ -89,7 +89,7 @@ def test_simulate_path_runs_without_torch(tmp_path):
         from pipeline.live_scene import LiveScene
         from pipeline.scorer import OnnxScorer
         scorer = OnnxScorer.load({str(onnx_path)!r})
-        make = lambda: PlannerPolicy(scorer, enumerate_candidates(2), lanes_count=3)
+        make = lambda: PlannerPolicy(scorer, enumerate_candidates(2))
         results = run_episodes("highway-fast-v0", {{"duration": 3}}, make, [5])
         summary = summarise(results)
         assert summary["latency_p50_ms"] > 0 and results[0].steps >= 1, summary

@@ -77,13 +77,12 @@ def scorer(tmp_path_factory):
 
 def test_greedy_exploring_planner_drives_like_the_planner_and_is_seeded(scorer):
     env = make_env("highway-fast-v0", {"duration": 6})
-    lanes = env.unwrapped.config["lanes_count"]
-    greedy = ExploringPlanner(scorer, CANDIDATES, lanes, epsilon=0.0, top_k=1)
-    plain = PlannerPolicy(scorer, CANDIDATES, lanes)
+    greedy = ExploringPlanner(scorer, CANDIDATES, epsilon=0.0, top_k=1)
+    plain = PlannerPolicy(scorer, CANDIDATES)
     a = record_episode(env, greedy, seed=5, episode=0)[1]["action"]
     b = record_episode(env, plain, seed=5, episode=0)[1]["action"]
     np.testing.assert_array_equal(a, b)
-    exploring = ExploringPlanner(scorer, CANDIDATES, lanes, epsilon=0.5, top_k=2)
+    exploring = ExploringPlanner(scorer, CANDIDATES, epsilon=0.5, top_k=2)
     c = record_episode(env, exploring, seed=5, episode=0)[1]
     d = record_episode(env, exploring, seed=5, episode=0)[1]
     np.testing.assert_array_equal(c["action"], d["action"])

@@ -78,7 +78,7 @@ def drive(env, policy, steps, seed=11, each=None):
 
 
 def test_accurate_forecasts_keep_the_planner_in_control(env, scorer):
-    policy = PlannerPolicy(scorer, CANDIDATES, lanes_count=3, surprise_threshold=5.0,
+    policy = PlannerPolicy(scorer, CANDIDATES, surprise_threshold=5.0,
                            surprise_patience=2, fallback=CountingIdle())
     actions = drive(env, policy, 6)
     assert len(policy.latencies_ms) == len(actions) == policy.steps
@@ -90,7 +90,7 @@ def test_accurate_forecasts_keep_the_planner_in_control(env, scorer):
 
 def test_wrong_forecasts_hand_control_to_the_fallback(env, scorer):
     fallback = CountingIdle()
-    policy = PlannerPolicy(WrappedScorer(scorer, offset=50.0), CANDIDATES, lanes_count=3,
+    policy = PlannerPolicy(WrappedScorer(scorer, offset=50.0), CANDIDATES,
                            surprise_threshold=5.0, surprise_patience=2, fallback=fallback)
     actions = drive(env, policy, 6)
     assert len(actions) == 6
@@ -102,7 +102,7 @@ def test_wrong_forecasts_hand_control_to_the_fallback(env, scorer):
 
 def test_control_returns_once_forecasts_are_right_again(env, scorer):
     wrapped = WrappedScorer(scorer, offset=50.0)
-    policy = PlannerPolicy(wrapped, CANDIDATES, lanes_count=3, surprise_threshold=5.0,
+    policy = PlannerPolicy(wrapped, CANDIDATES, surprise_threshold=5.0,
                            surprise_patience=2, fallback=CountingIdle(), min_fallback_steps=2)
 
     def heal(k):
@@ -118,13 +118,13 @@ def test_control_returns_once_forecasts_are_right_again(env, scorer):
 def test_executes_the_first_action_of_the_best_sequence(env, scorer):
     for favourite in ([FASTER, SLOWER], [SLOWER, FASTER]):
         wrapped = WrappedScorer(scorer, favourite=np.array(favourite))
-        policy = PlannerPolicy(wrapped, CANDIDATES, lanes_count=3)
+        policy = PlannerPolicy(wrapped, CANDIDATES)
         assert drive(env, policy, 2) == [favourite[0]] * 2
 
 
 def test_sequences_leaving_the_road_are_not_scored(env, scorer):
     wrapped = WrappedScorer(scorer, favourite=np.array([LANE_LEFT, LANE_LEFT]))
-    policy = PlannerPolicy(wrapped, CANDIDATES, lanes_count=3)
+    policy = PlannerPolicy(wrapped, CANDIDATES)
     lanes = []
     drive(env, policy, 4, each=lambda k: lanes.append(env.unwrapped.vehicle.target_lane_index[2]))
     for lane, seen in zip(lanes, wrapped.seen, strict=True):
@@ -146,9 +146,9 @@ def test_an_env_with_other_timing_is_refused(scorer):
     other = make_env("highway-fast-v0", {"duration": 3, "simulation_frequency": 10})
     other.reset(seed=1)
     with pytest.raises(ValueError, match="10 frames per step"):
-        PlannerPolicy(scorer, CANDIDATES, lanes_count=3).act(other)
+        PlannerPolicy(scorer, CANDIDATES).act(other)
 
 
 def test_candidates_must_match_the_planner_horizon(scorer):
     with pytest.raises(ValueError, match=r"\(K, 2\)"):
-        PlannerPolicy(scorer, enumerate_candidates(3), lanes_count=3)
+        PlannerPolicy(scorer, enumerate_candidates(3))

@@ -13,7 +13,9 @@ from evaluation.policies import (
     RandomPolicy,
     RuleBasedPolicy,
     make_policy,
+    road_candidates,
 )
+from models.candidates import enumerate_candidates, lane_trajectory
 from pipeline.highway_source import make_env, record_episode
 
 
@@ -30,6 +32,15 @@ def scene(ego_lane: int, others: list[tuple[int, float, float]], lanes: int = 3)
         vehicle.target_speed = speed
         core.road.vehicles.append(vehicle)
     return env
+
+
+@pytest.mark.parametrize("lanes, ego_lane", [(2, 1), (4, 0), (4, 2)])
+def test_road_candidates_read_the_lane_count_and_target_lane_from_the_env(lanes, ego_lane):
+    every = enumerate_candidates(2)
+    kept = road_candidates(scene(ego_lane, [], lanes=lanes), every)
+    on_road = (lane_trajectory(every, ego_lane) >= 0) & (lane_trajectory(every, ego_lane) < lanes)
+    np.testing.assert_array_equal(kept, every[on_road.all(axis=1)])
+    assert 0 < len(kept) < len(every)
 
 
 def test_make_policy_names_and_errors():

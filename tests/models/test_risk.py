@@ -7,9 +7,9 @@ import math
 import torch
 
 from models.risk import (
+    along_steps,
     combine_risks,
     extrapolated_risk,
-    interpolate_steps,
     interval_probability,
     overlap_risk,
 )
@@ -24,12 +24,13 @@ def test_interval_probability_matches_the_normal_cdf():
     assert abs(got - (normal_cdf(1.0) - normal_cdf(-2.0))) < 1e-6
 
 
-def test_interpolation_walks_from_the_previous_step_end():
-    start = torch.zeros(1, 1, 2)  # (1, N=1, C=2)
-    path = torch.tensor([[[4.0, 0.0]], [[8.0, 4.0]]])  # (F=2, 1, 2)
-    points = interpolate_steps(start, path, substeps=2)  # (J=2, F=2, 1, 2)
-    assert torch.allclose(points[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
-    assert torch.allclose(points[:, 1, 0], torch.tensor([[6.0, 2.0], [8.0, 4.0]]))
+def test_substeps_walk_from_the_previous_step_end():
+    path = torch.tensor([[0.0, 0.0], [4.0, 0.0], [8.0, 4.0]])  # (F+1=3, M=2), t0 first
+    points = along_steps(path, substeps=2)  # J=2 tensors (F=2, M=2)
+    assert len(points) == 2
+    assert torch.allclose(points[0], torch.tensor([[2.0, 0.0], [6.0, 2.0]]))
+    assert torch.allclose(points[1], path[1:])
+    assert torch.equal(along_steps(path, substeps=1)[0], path[1:])
 
 
 def scene(ego_path, other_path, std=0.3, present=1.0):

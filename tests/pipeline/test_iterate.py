@@ -12,7 +12,7 @@ from pipeline import artifacts
 from pipeline.cli import EXIT_INTERRUPTED, main
 from pipeline.config import load_config
 from pipeline.dataset import read_dataset
-from pipeline.iterate import round_config
+from pipeline.iterate import horizon_key, reported_seconds, round_config
 from pipeline.runner import key_of
 from pipeline.stages import collect, train
 
@@ -190,3 +190,12 @@ def test_iterate_refuses_a_given_planner_and_too_few_episodes(tmp_path, capsys):
     assert main([*base, "iterate.episodes=2"]) == 2
     assert "iterate.episodes (2)" in capsys.readouterr().err
     assert not (tmp_path / "debug").exists()
+
+
+def test_the_reported_forecast_horizon_is_3_s_else_the_longest():
+    assert reported_seconds([1, 2, 3, 4]) == 3
+    assert reported_seconds([2, 1]) == 2 and reported_seconds([]) is None
+    summary = {"val_fde_1s": 1.0, "val_fde_5s": 2.0, "val_fde_xs": 3.0, "val_ade_3s": 4.0}
+    assert horizon_key(summary, "val_fde_") == "val_fde_5s"
+    assert horizon_key(summary | {"val_fde_3s": 0.5}, "val_fde_") == "val_fde_3s"
+    assert horizon_key({"val_loss": 1.0}, "val_fde_") is None

@@ -193,6 +193,28 @@ def test_recorded_lane_centres_follow_the_road_axis(datasets):
     assert np.allclose(centres, [0.0, 3.75], atol=1e-3)
 
 
+def test_each_window_gets_the_lanes_of_its_own_recording():
+    from types import SimpleNamespace
+
+    from pipeline.recorded_windows import lane_centers
+
+    # recording "east": road along +x, lanes 0 and 1 at y = 0 and 4; recording "north":
+    # road along +y, lanes 0 and 1 at x = 10 and 13.5, so lane 1 is the driver's left
+    east = {"episode": [0] * 4, "x": [0, 5, 0, 5], "y": [0, 0, 4, 4], "lane": [0, 0, 1, 1],
+            "heading": [0.0] * 4}
+    north = {"episode": [1] * 4, "x": [10, 10, 13.5, 13.5], "y": [0, 5, 0, 5],
+             "lane": [0, 0, 1, 1], "heading": [np.pi / 2] * 4}
+    frames = {k: np.array(east[k] + north[k], dtype=float) for k in east}
+    frames["episode"] = frames["episode"].astype(np.int64)
+    scenes = [{"recording": "east"}, {"recording": "north"}]
+    data = SimpleNamespace(manifest={"recorded": {"lanes": True, "scenes": scenes}},
+                           frames=frames)
+    ego_pose = np.array([[3.0, 4.0, 0.0], [10.0, 2.0, np.pi / 2]])  # an ego in lane 1 / lane 0
+    out = lane_centers(data, np.array([0, 1]), np.array([0, 1]), ego_pose)
+    assert out.shape == (2, 2) and out.dtype == np.float32
+    assert np.allclose(out, [[-4.0, 0.0], [0.0, -3.5]], atol=1e-5)
+
+
 # ---------------------------------------------------------------- gaps and near misses
 
 

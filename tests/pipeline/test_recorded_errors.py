@@ -128,6 +128,14 @@ def test_no_vehicle_long_enough_in_view_is_refused(tmp_path):
     assert "no vehicle stays in view" in message and "ego_min_seconds (5.0 s)" in message
 
 
+def test_an_output_directory_holding_files_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dataset.json").write_text("{}")
+    message = refused(ngsim(NGSIM), tmp_path)
+    assert "out: is not empty" in message
+    assert (tmp_path / "out" / "dataset.json").read_text() == "{}"  # nothing overwritten
+
+
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     code = main(["ingest", str(ROOT / "configs" / "recorded_ngsim.yaml"), f"workdir={tmp_path}",
                  f"ingest.recorded.path={NGSIM}", "ingest.recorded.columns.y=Local_Z",

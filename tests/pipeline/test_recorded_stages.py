@@ -100,6 +100,29 @@ def test_ngsim_export_reads_back_to_the_simulator_states(exported, tmp_path):
         assert back[name][b] == pytest.approx(sim[name][s], abs=tol), name
 
 
+def test_a_killed_recorded_ingest_is_redone_in_a_fresh_directory(exported, tmp_path):
+    from pipeline import artifacts
+    from pipeline.config import load_config
+    from pipeline.dataset import shard_files
+    from pipeline.runner import experiment_root, key_of
+    from pipeline.stages import ingest
+
+    _, csv, _ = exported
+    debug = ROOT / "configs" / "debug.yaml"
+    cfg = load_config(debug, recorded_overrides(tmp_path, csv))
+    assert not ingest.STAGE.resumable(cfg)  # simulator collection alone keeps shards
+    assert ingest.STAGE.resumable(load_config(debug, [f"workdir={tmp_path}"]))
+    key = key_of(ingest.STAGE, cfg, {})
+    stale = shard_files(artifacts.partial_dir(experiment_root(cfg), "ingest", key) / "dataset",
+                        99)[0]
+    stale.parent.mkdir(parents=True)
+    stale.write_text("left by a killed run")
+    assert main(["ingest", str(debug), *recorded_overrides(tmp_path, csv)]) == 0
+    done = tmp_path / "debug" / "ingest" / key
+    assert not shard_files(done / "dataset", 99)[0].exists()
+    assert read_dataset(done / "dataset").manifest["complete"] is True
+
+
 def test_train_and_evaluate_on_recorded_data_hold_out_time_ranges(exported, tmp_path):
     _, csv, _ = exported
     debug = str(ROOT / "configs" / "debug.yaml")
