@@ -103,6 +103,15 @@ def latent_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
     return 2 * torch.sigmoid(raw / 2) + min_std
 
 
+def ensemble_variance(stats: torch.Tensor) -> torch.Tensor:
+    """Variance over the members of stats (E, ...) -> (...). The means over E are taken as
+    products with a (1, E) row of 1/E: onnxruntime reduces over a leading axis slowly."""
+    flat = stats.reshape(stats.shape[0], -1)  # (E, X)
+    average = flat.new_full((1, flat.shape[0]), 1.0 / flat.shape[0])  # (1, E)
+    deviation = flat - average @ flat  # (E, X)
+    return (average @ (deviation * deviation)).reshape(stats.shape[1:])
+
+
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + e^x) as relu(x) + log(1 + e^-|x|): the same values and gradients as
     F.softplus, but exported as plain elementwise ops (onnxruntime's Softplus kernel is
@@ -179,8 +188,8 @@ class SlotDecoder(nn.Module):
         weight = torch.cat([layer.weight for layer in layers])  # one product, not three
         bias = torch.cat([layer.bias for layer in layers])
         out = apply_2d(lambda x: F.linear(x, weight, bias), mixed)  # (B, R, F, N, 9)
-        k = KINEMATIC_DIM
-        return out[..., :k], out[..., k:2 * k], out.narrow(-1, 2 * k, 1).squeeze(-1)
+        mean, std, presence = out.split([KINEMATIC_DIM, KINEMATIC_DIM, 1], dim=-1)
+        return mean, std, presence.sum(dim=-1)  # sum over one: a squeeze without an If node
 
 
 class WorldModel(nn.Module):
@@ -300,8 +309,7 @@ class WorldModel(nn.Module):
         self._check_future(batch, b)
         actions = batch_field(batch, "actions")
         ctx = self.encode(hist, hist_mask)
-        members = F.one_hot(torch.arange(b, device=hist.device) % self.ensemble,
-                            self.ensemble).to(hist.dtype)  # (B, E)
+        members = torch.arange(b, device=hist.device) % self.ensemble  # (B,)
         rows = actions[:, None]  # (B, 1, F): one rollout per window
         open_loop = self._rollout(ctx, rows, self._training_noise(actions), members)
         open_heads = self._squeeze_rows(self._heads(open_loop.feats[:, None], ctx))
@@ -330,10 +338,8 @@ class WorldModel(nn.Module):
         s = noise.shape[2]
         ctx = self.encode(hist, hist_mask)
         rows = actions[:, :, None].expand(-1, -1, s, -1).reshape(b, -1, f)  # (B, K*S, F)
-        members = F.one_hot(torch.arange(s, device=hist.device) % self.ensemble,
-                            self.ensemble).to(hist.dtype)  # (S, E)
-        members = members[None, None].expand(b, k, -1, -1).reshape(-1, self.ensemble)
-        # members: (B*K*S, E)
+        members = torch.arange(s, device=hist.device) % self.ensemble  # (S,)
+        members = members[None, None].expand(b, k, -1).reshape(-1)  # (B*K*S,)
         roll = self._rollout(ctx, rows, noise.reshape(-1, f, self.stoch_dim), members)
         heads = self._heads(roll.feats.reshape(b, -1, f, roll.feats.shape[-1]), ctx)
         return self._imagination(heads, roll.prior_mean, ctx, b, s)
@@ -372,7 +378,7 @@ class WorldModel(nn.Module):
         """Roll M = B*R rows: actions (B, R, F) int64, noise (M, F, Z), rows ordered (B, R).
 
         With `embeds` (M, F, C) z_t comes from the posterior, else from the prior member
-        selected by `members` (M, E) one-hot.
+        selected by `members` (M,) member indices.
         """
         f = actions.shape[-1]
         act = self.action_embed(actions).reshape(-1, f, self.action_embed.embedding_dim)
@@ -399,8 +405,11 @@ class WorldModel(nn.Module):
 
     @staticmethod
     def _select(stats: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-        """stats (E, M, D), members (M, E) one-hot -> the selected member's stats (M, D)."""
-        return (members.t()[..., None] * stats).sum(dim=0)
+        """stats (E, M, D), members (M,) member indices -> the selected member's stats
+        (M, D), picked as whole rows (a Gather, not a one-hot product and sum)."""
+        m = stats.shape[1]
+        rows = members * m + torch.arange(m, device=stats.device)  # (M,) rows of (E*M, D)
+        return stats.reshape(-1, stats.shape[-1]).index_select(0, rows)
 
     def _heads(self, feats: torch.Tensor, ctx: Context) -> Heads:
         """feats (B, R, F, Cf) -> Heads with shapes (B, R, F, ...)."""
@@ -431,7 +440,7 @@ class WorldModel(nn.Module):
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, -1, s, *x.shape[2:])  # (B, K, S, F, ...)
 
-        spread = (prior_mean - prior_mean.mean(dim=0)).pow(2).mean(dim=0).mean(dim=-1)
+        spread = ensemble_variance(prior_mean).mean(dim=-1)  # (B*K*S, F)
         uncertainty = spread.reshape(b, -1, s, spread.shape[-1]).mean(dim=2)  # (B, K, F)
         presence = torch.sigmoid(heads.presence_logit)  # (B, K*S, F, N)
         overlap = overlap_risk(ctx.last_state[:, None, None, :, :2],
