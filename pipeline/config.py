@@ -247,6 +247,9 @@ class SimulateConfig:
     baselines: list[str] = field(default_factory=lambda: ["idle", "random", "rule", "oracle"])
     oracle_horizon: int = 2  # oracle lookahead depth (5^H simulator copies per decision)
     gif_episodes: int = 1  # episodes rendered into simulate.gif (0: none)
+    counterfactual_episodes: int = 0  # first episodes whose every scored candidate is also
+    # driven on simulator copies, to check the planner's risk on the maneuvers it rejects
+    # (evaluation/counterfactual.py; about 1.8 s per decision at export.horizon 3)
     threads: int = 1  # onnxruntime intra-op threads
 
 

@@ -77,19 +77,20 @@ def baseline_factory(name: str, cfg: Config):
     return lambda: make_policy(name)  # names were checked by `check` before any stage ran
 
 
-def planner_factory(cfg: Config, path: Path):
+def planner_factory(cfg: Config, path: Path, policy=None):
+    """A factory of fresh planner policies (`policy`: a PlannerPolicy class, default
+    PlannerPolicy) over one scorer of the ONNX `path`."""
     from evaluation.planner_policy import PlannerPolicy
     from models.candidates import enumerate_candidates
     from pipeline.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
     candidates = enumerate_candidates(scorer.horizon)
-    s = cfg.simulate
-    return lambda: PlannerPolicy(scorer, candidates, risk_weight=s.risk_weight,
-                                 uncertainty_weight=s.uncertainty_weight,
-                                 risk_budget=s.risk_budget,
-                                 surprise_threshold=s.surprise_threshold,
-                                 surprise_patience=s.surprise_patience)
+    s, policy = cfg.simulate, policy or PlannerPolicy
+    return lambda: policy(scorer, candidates, risk_weight=s.risk_weight,
+                          uncertainty_weight=s.uncertainty_weight, risk_budget=s.risk_budget,
+                          surprise_threshold=s.surprise_threshold,
+                          surprise_patience=s.surprise_patience)
 
 
 def evaluation_seeds(simulate: SimulateConfig) -> range:
@@ -111,7 +112,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
     env_id, env_config = env_of(cfg)
     seeds = evaluation_seeds(cfg.simulate)
-    factory = planner_factory(cfg, planner_path(cfg, inputs, work))
+    path = planner_path(cfg, inputs, work)
+    factory = planner_factory(cfg, path)
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
     results = {"planner": summarise(run_episodes(env_id, env_config, factory, seeds,
                                                  gif_path=gif,
@@ -124,7 +126,35 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     summary = dict(results["planner"])
     for name in cfg.simulate.baselines:
         summary |= {f"{name}/{k}": v for k, v in results[name].items()}
+    if cfg.simulate.counterfactual_episodes:
+        figures = counterfactual_check(cfg, path, work)
+        summary |= {f"counterfactual/{k}": v for k, v in figures.items()}
     return summary
+
+
+def counterfactual_check(cfg: Config, path: Path, work: Path) -> dict[str, float]:
+    """Drive the first `counterfactual_episodes` seeds again with every scored candidate
+    labelled by the true simulator; writes counterfactual.md."""
+    from evaluation.closed_loop import run_episodes
+    from evaluation.counterfactual import (
+        CounterfactualPlanner,
+        counterfactual_summary,
+        reliability_table,
+    )
+
+    seeds = evaluation_seeds(cfg.simulate)[:cfg.simulate.counterfactual_episodes]
+    print(f"[simulate] counterfactual check on {len(seeds)} episodes", file=sys.stderr)
+    make, planners = planner_factory(cfg, path, CounterfactualPlanner), []
+
+    def factory():
+        planners.append(make())
+        return planners[-1]
+
+    run_episodes(*env_of(cfg), factory, seeds)
+    decisions = [d for planner in planners for d in planner.decisions]
+    figures = counterfactual_summary(decisions, cfg.simulate.risk_budget)
+    write_text_atomic(work / "counterfactual.md", reliability_table(decisions))
+    return figures
 
 
 def check(cfg: Config) -> None:
@@ -133,6 +163,9 @@ def check(cfg: Config) -> None:
             raise StageError(f"simulate.baselines: '{name}' is not one of {', '.join(BASELINES)}")
     if cfg.simulate.episodes < 1:
         raise StageError(f"simulate.episodes must be at least 1, got {cfg.simulate.episodes}")
+    if not 0 <= cfg.simulate.counterfactual_episodes <= cfg.simulate.episodes:
+        raise StageError(f"simulate.counterfactual_episodes must lie in 0..simulate.episodes "
+                         f"({cfg.simulate.episodes}), got {cfg.simulate.counterfactual_episodes}")
 
 
 STAGE = Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,

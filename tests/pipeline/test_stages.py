@@ -161,6 +161,11 @@ def test_simulate_reports_planner_and_every_baseline(debug_run):
         assert summary[f"{baseline}/mean_speed"] > 0
     assert (simulate / "simulate.gif").stat().st_size > 1000
     assert "| oracle |" in (simulate / "closed_loop.md").read_text()
+    assert summary["counterfactual/decisions"] >= 1
+    assert summary["counterfactual/candidates"] >= summary["counterfactual/decisions"]
+    for key in ("crash_rate", "chosen_crash_rate"):
+        assert 0 <= summary[f"counterfactual/{key}"] <= 1, key
+    assert "true crash rate" in (simulate / "counterfactual.md").read_text()
 
 
 def test_simulate_from_a_registered_model_without_importing_torch(debug_run):
@@ -176,6 +181,13 @@ def test_simulate_from_a_registered_model_without_importing_torch(debug_run):
     assert done.returncode == 0, done.stderr[-2000:]
     path = Path(done.stdout.strip().splitlines()[-1])
     assert json.loads((path / "summary.json").read_text())["episodes"] == 2
+
+
+def test_simulate_refuses_more_counterfactual_episodes_than_episodes(debug_run, capsys):
+    assert main(["simulate", DEBUG, f"workdir={debug_run}",
+                 "simulate.counterfactual_episodes=3"]) == 2
+    assert "simulate.counterfactual_episodes must lie in 0..simulate.episodes (2)" in \
+        capsys.readouterr().err
 
 
 def test_simulate_refuses_a_missing_planner_file(debug_run, tmp_path, capsys):
