@@ -73,9 +73,9 @@ def overlap_risk(start: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
     start (..., 1, N, 2) positions at t0 (broadcast over the leading axes), mean (..., F,
     N, 2) and std (..., F, N, 2) forecast positions at each step's end (slot 0 = ego),
     presence (..., F, N) probability -> (..., F). Inside a step the offsets and their
-    std are interpolated linearly (std 0 at t0). Written as same-shape elementwise ops
-    on (..., F, N-1) tensors, one per axis and substep: that is what onnxruntime runs
-    fastest (broadcasts over inner axes and Softplus-like fused ops are its slow paths).
+    stds are interpolated linearly (std 0.01 m at t0). Written as same-shape elementwise
+    ops on (..., F, N-1) tensors, one per axis and substep: that is what onnxruntime runs
+    fastest (broadcasting over inner axes is its slow path).
     """
     start = start.expand(*mean.shape[:-3], 1, *mean.shape[-2:])
     along = axis_probabilities(start, mean, std, 0, length, substeps)

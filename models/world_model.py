@@ -113,10 +113,11 @@ def ensemble_variance(stats: torch.Tensor) -> torch.Tensor:
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): the same values and gradients as
-    F.softplus, but exported as plain elementwise ops (onnxruntime's Softplus kernel is
-    about 5x slower than torch's and was the single most expensive node of the planner)."""
-    return torch.relu(x) + torch.log1p(torch.exp(-x.abs()))
+    """log(1 + e^x) as max(x, 0) + log(1 + e^-|x|): the same values and gradients as
+    F.softplus (torch.maximum splits the gradient at 0), but exported as plain elementwise
+    ops (onnxruntime's Softplus kernel is about 5x slower than torch's and was the single
+    most expensive node of the planner)."""
+    return torch.maximum(x, x.new_zeros(())) + torch.log1p(torch.exp(-x.abs()))
 
 
 def gaussian_stats(raw: torch.Tensor, min_std: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from models.world_model import VARIANTS, WorldModel
+from models.world_model import VARIANTS, WorldModel, ensemble_variance, softplus
 
 TINY = dict(embed_dim=16, deter_dim=32, stoch_dim=8, hidden_dim=32, ensemble=3, heads=2,
             action_dim=8, slot_dim=16)
@@ -157,6 +158,18 @@ def test_samples_use_ensemble_member_s_mod_e():
     assert torch.equal(out.reward[:, :, 0], out.reward[:, :, 2])
     assert torch.equal(out.reward[:, :, 1], out.reward[:, :, 3])
     assert not torch.allclose(out.reward[:, :, 0], out.reward[:, :, 1])
+
+
+def test_graph_friendly_helpers_match_their_torch_definitions():
+    x = torch.linspace(-60.0, 60.0, 241, requires_grad=True)
+    assert torch.allclose(softplus(x), F.softplus(x), atol=1e-6)
+    (grad,) = torch.autograd.grad(softplus(x).sum(), x)
+    assert torch.allclose(grad, torch.sigmoid(x), atol=1e-6)
+    stats = torch.randn(4, 5, 3, 2)
+    assert torch.allclose(ensemble_variance(stats), stats.var(dim=0, unbiased=False), atol=1e-6)
+    members = torch.tensor([2, 0, 3, 1, 2])  # (M = 5,) a member per row
+    picked = WorldModel._select(stats[..., 0], members)  # (5, 3)
+    assert torch.equal(picked, stats[members, torch.arange(5), :, 0])
 
 
 def test_single_member_has_no_disagreement():
