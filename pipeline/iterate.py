@@ -44,6 +44,7 @@ FIGURES = {
     "val_fde": ("val FDE (m)", "{:.2f}"),
     "fde": ("held-out FDE (m)", "{:.2f}"),
     "risk_ece": ("held-out risk ECE", "{:.4f}"),
+    "counterfactual_auroc": ("risk AUROC on the planner's candidates", "{:.3f}"),
     "collect_surprise": ("collection surprise (m)", "{:.2f}"),
     "collect_collision_rate": ("collection collision rate", "{:.3f}"),
 }
@@ -168,6 +169,7 @@ def round_figures(rnd: Round, heldout) -> dict[str, float]:
         "mean_return": number(sim, "mean_return"),
         "fallback_rate": number(sim, "fallback_rate"),
         "simulate_surprise": number(sim, "surprise_mean"),
+        "counterfactual_auroc": number(sim, "counterfactual/risk_auroc"),  # NaN: not run
         "val_fde": number(trained, val_key) if val_key else NAN,
         "collect_surprise": number(collected, "surprise_mean"),
         "collect_collision_rate": number(collected, "collision_rate"),

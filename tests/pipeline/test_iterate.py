@@ -70,7 +70,8 @@ def test_two_rounds_complete_every_artifact(loop):
     workdir, _, _, _, _, loop_dir, summary = loop
     assert summary["rounds"] == 2
     for k in (0, 1):
-        for name in ("collision_rate", "mean_speed", "dataset_steps", "fde", "risk_ece"):
+        for name in ("collision_rate", "mean_speed", "dataset_steps", "fde", "risk_ece",
+                     "counterfactual_auroc"):
             assert np.isfinite(summary[f"{name}_round_{k}"]), (name, k)
     assert summary["collect_surprise_round_1"] > 0  # metres, model vs reality while collecting
     trains, exports = complete_dirs(workdir, "train"), complete_dirs(workdir, "export")
