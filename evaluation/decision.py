@@ -15,7 +15,12 @@ import numpy as np
 def utility(scores, risk_weight: float, uncertainty_weight: float) -> np.ndarray:
     """(K,) return - lambda * risk - beta * uncertainty of `scores` (has the three (K,)
     arrays collision_prob, expected_return, uncertainty)."""
-    risk, ret, unc = score_arrays(scores)
+    return weigh(*score_arrays(scores), risk_weight, uncertainty_weight)
+
+
+def weigh(risk: np.ndarray, ret: np.ndarray, unc: np.ndarray, risk_weight: float,
+          uncertainty_weight: float) -> np.ndarray:
+    """The utility formula on the three (K,) arrays."""
     return ret - risk_weight * risk - uncertainty_weight * unc
 
 
@@ -39,7 +44,7 @@ def choose(scores, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
         raise ValueError(f"risk_weight and uncertainty_weight must be >= 0, got "
                          f"{risk_weight}, {uncertainty_weight}")
     risk, ret, unc = score_arrays(scores)
-    value = ret - risk_weight * risk - uncertainty_weight * unc  # utility()
+    value = weigh(risk, ret, unc, risk_weight, uncertainty_weight)
     allowed = risk <= risk_budget
     # lexsort is stable (ties keep the lower index) and its last key is the primary one
     if not allowed.any():

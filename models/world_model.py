@@ -448,7 +448,9 @@ class WorldModel(nn.Module):
                                heads.states_mean[..., :2], heads.states_std[..., :2], presence,
                                self.vehicle_length, self.vehicle_width, self.risk_substeps)
         head = torch.sigmoid(heads.collision_logit)  # (B, K*S, F)
-        risk = {"overlap": overlap, "head": head, "combined": combine_risks(head, overlap)}
+        risk = {"overlap": overlap, "head": head}.get(self.risk)
+        if risk is None:  # "combined": computed only when it is the source
+            risk = combine_risks(head, overlap)
         return Imagination(split(heads.states_mean), split(heads.states_std), split(presence),
-                           split(heads.reward), split(risk[self.risk]), split(head),
+                           split(heads.reward), split(risk), split(head),
                            split(overlap), torch.sigmoid(split(heads.cont_logit)), uncertainty)

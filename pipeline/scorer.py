@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.artifacts import write_text_atomic
 from pipeline.errors import DrivecastError
 
-SIDECAR_VERSION = 2  # 2: adds "risk"
+SIDECAR_VERSION = 2  # 2: adds "bootstrap", "lookahead" and "risk"
 SIDECAR_KEYS = (
     "format_version",  # int, SIDECAR_VERSION
     "action_names",  # list[str], index = action id

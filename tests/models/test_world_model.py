@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.risk import combine_risks
 from models.world_model import VARIANTS, WorldModel, ensemble_variance, softplus
 
 TINY = dict(embed_dim=16, deter_dim=32, stoch_dim=8, hidden_dim=32, ensemble=3, heads=2,
@@ -170,6 +171,18 @@ def test_graph_friendly_helpers_match_their_torch_definitions():
     members = torch.tensor([2, 0, 3, 1, 2])  # (M = 5,) a member per row
     picked = WorldModel._select(stats[..., 0], members)  # (5, 3)
     assert torch.equal(picked, stats[members, torch.arange(5), :, 0])
+
+
+def test_collision_is_the_configured_risk_source():
+    batch = make_batch(b=1)
+    actions = torch.randint(0, 5, (1, 3, 3))
+    outs = {risk: tiny_model(risk=risk).imagine(batch["hist"], batch["hist_mask"], actions)
+            for risk in ("overlap", "head", "combined")}
+    assert torch.equal(outs["overlap"].collision, outs["overlap"].overlap)
+    assert torch.equal(outs["head"].collision, outs["head"].collision_head)
+    both = outs["combined"]
+    assert torch.allclose(both.collision, combine_risks(both.collision_head, both.overlap))
+    assert not torch.allclose(both.collision, both.overlap)
 
 
 def test_single_member_has_no_disagreement():
