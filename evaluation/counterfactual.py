@@ -67,16 +67,19 @@ def counterfactual_summary(decisions: list[Decision], risk_budget: float) -> dic
     candidates, crash_rate (true), risk_auroc and risk_ece (model risk vs true crash),
     accepted_crash_rate (true crashes among candidates within `risk_budget`),
     rejected_safe_rate (truly safe candidates among those above it), chosen_crash_rate
-    (decisions whose chosen candidate truly crashes open loop) and return_regret (mean
-    over decisions with a truly safe candidate: its best true return minus the chosen's).
+    (decisions whose chosen candidate truly crashes open loop), return_regret (mean over
+    decisions with a truly safe candidate: its best true return minus the chosen's) and
+    best_rejected_rate (over the same decisions: the truly best safe candidate, the one a
+    perfect model would take, is above the budget, so the planner cannot take it).
     """
     if not decisions:
         raise ValueError("no planner decisions to summarise")
     risk = np.concatenate([d.risk for d in decisions])
     crashed = np.concatenate([d.crashed for d in decisions])
     accepted = risk <= risk_budget
-    regrets = [d.returns[~d.crashed].max() - d.returns[d.chosen]
-               for d in decisions if (~d.crashed).any()]
+    open_ = [d for d in decisions if (~d.crashed).any()]  # some candidate is truly safe
+    regrets = [d.returns[~d.crashed].max() - d.returns[d.chosen] for d in open_]
+    best = [d.risk[np.argmax(np.where(d.crashed, -np.inf, d.returns))] for d in open_]
     return {
         "decisions": float(len(decisions)), "candidates": float(len(risk)),
         "crash_rate": float(crashed.mean()),
@@ -86,6 +89,7 @@ def counterfactual_summary(decisions: list[Decision], risk_budget: float) -> dic
         "rejected_safe_rate": rate(~crashed[~accepted]),
         "chosen_crash_rate": float(np.mean([d.crashed[d.chosen] for d in decisions])),
         "return_regret": float(np.mean(regrets)) if regrets else float("nan"),
+        "best_rejected_rate": rate(np.array(best) > risk_budget),
     }
 
 

@@ -13,6 +13,14 @@ agrees with itself. While collecting (``drivecast iterate``) each decision first
 
 Executing a whole candidate that starts with the chosen action keeps the reality check
 honest: the forecast remembered for the next surprise check is that of the action taken.
+
+Counterfactual branches (``branches`` > 0): the data above still only label the maneuvers
+the planner took. At each planner decision, ``branches`` of the other scored candidates
+(drawn uniformly, from their own random stream, so the episode itself is the same with or
+without them) are also driven open loop for ``branch_steps`` steps on copies of the
+simulator (pipeline.highway_source ``record_branch``; a shorter candidate is followed by
+IDLE). They land in ``branch_runs`` as short episodes of their own: the true outcome of the
+maneuvers the planner weighed, including those it rejected as too risky.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import numpy as np
 
 from evaluation.decision import choose
 from evaluation.planner_policy import PlannerPolicy
-from evaluation.policies import as_generator
+from evaluation.policies import IDLE, as_generator
 
 
 def candidate_subset(scores, index: np.ndarray) -> SimpleNamespace:
@@ -73,18 +81,50 @@ class ExploringPlanner(PlannerPolicy):
     """
 
     def __init__(self, scorer, candidates: np.ndarray, epsilon: float = 0.0, top_k: int = 1,
-                 **planner_kwargs):
+                 branches: int = 0, branch_steps: int = 0, **planner_kwargs):
         if not 0.0 <= epsilon <= 1.0 or top_k < 1:
             raise ValueError(f"epsilon must be in [0, 1] and top_k >= 1, got {epsilon}, {top_k}")
+        if branches < 0 or (branches and branch_steps < 1):
+            raise ValueError(f"branches must be >= 0 and branch_steps >= 1 with branches, got "
+                             f"{branches}, {branch_steps}")
         self.epsilon, self.top_k = float(epsilon), int(top_k)
+        self.branches, self.branch_steps = int(branches), int(branch_steps)
         super().__init__(scorer, candidates, **planner_kwargs)  # calls reset
         self.name = exploring_name(self.epsilon, self.top_k)
 
     def reset(self, rng=None) -> None:
         self.rng = as_generator(rng)
-        super().reset(self.rng.spawn(1)[0])
+        fallback_rng, self.branch_rng = self.rng.spawn(2)  # spawning draws nothing from rng
+        self.branch_runs: list[tuple[dict, dict]] = []  # (frames, steps), episode ids 1, 2, ..
+        self.scored = None  # (candidates (K, F), chosen index) of the last planner decision
+        super().reset(fallback_rng)
+
+    def act(self, env) -> int:
+        action = super().act(env)
+        if self.branches and not self.in_fallback:
+            self.record_branches(env)
+        return action
 
     def pick(self, scores, candidates: np.ndarray) -> int:
         """``explore_choice`` in place of the greedy decision rule."""
-        return explore_choice(scores, candidates, self.rng, self.epsilon, self.top_k,
-                              self.risk_weight, self.uncertainty_weight, self.risk_budget)
+        chosen = explore_choice(scores, candidates, self.rng, self.epsilon, self.top_k,
+                                self.risk_weight, self.uncertainty_weight, self.risk_budget)
+        self.scored = (candidates, chosen)
+        return chosen
+
+    def record_branches(self, env) -> None:
+        """Drive `branches` of the other scored candidates on copies of `env`."""
+        from pipeline.highway_source import record_branch
+
+        candidates, chosen = self.scored
+        others = np.delete(np.arange(len(candidates)), chosen)
+        for index in self.branch_rng.permutation(others)[:self.branches]:
+            actions = branch_actions(candidates[index], self.branch_steps)
+            self.branch_runs.append(record_branch(env, actions, self.scorer.history,
+                                                  episode=len(self.branch_runs) + 1))
+
+
+def branch_actions(candidate: np.ndarray, steps: int) -> np.ndarray:
+    """The first `steps` actions of `candidate` (F,), IDLE after its end."""
+    tail = np.full(max(steps - len(candidate), 0), IDLE, dtype=np.int64)
+    return np.concatenate([np.asarray(candidate, dtype=np.int64)[:steps], tail])

@@ -8,7 +8,12 @@ copies), which gives the same figures as stepping each sequence from its own cop
 
 Score: discounted highway-env reward sum_t gamma^t r_t, stopped at a crash or at the end
 of the episode. Sequences without a crash are preferred whenever one exists, then the
-highest score, then the lowest index. Only copies are stepped, never the original, and
+highest score, then the lowest index. With ``envelope`` (length, width) a sequence also
+counts as crashing when, after any of its steps, another vehicle's centre is within
+length along and width across the road of the ego's: the safety envelope the planner's
+overlap risk checks (models/risk.py), so the oracle is the planner's decision rule with a
+perfect forecast. (An exact lookahead is reckless without it: it drives into gaps that
+close just after its horizon.) Only copies are stepped, never the original, and
 the copy is of the bare highway-env (no recording wrapper), so nothing is recorded.
 """
 
@@ -43,14 +48,17 @@ class OracleLookahead:
 
     name = "oracle"
 
-    def __init__(self, candidates: np.ndarray, gamma: float = 0.9):
+    def __init__(self, candidates: np.ndarray, gamma: float = 0.9,
+                 envelope: tuple[float, float] | None = None):
         candidates = np.asarray(candidates, dtype=np.int64)
         if candidates.ndim != 2 or not candidates.size:
             raise ValueError(f"candidates must have shape (K, F) with K, F >= 1, "
                              f"got {candidates.shape}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-        self.candidates, self.gamma = candidates, float(gamma)
+        if envelope is not None and min(envelope) <= 0:
+            raise ValueError(f"envelope length and width must be positive, got {envelope}")
+        self.candidates, self.gamma, self.envelope = candidates, float(gamma), envelope
         self.reset()
 
     def reset(self, rng=None) -> None:
@@ -80,12 +88,21 @@ class OracleLookahead:
             group = rows[candidates[rows, depth] == action]
             child = copy.deepcopy(core)
             reward, over, crash = lookahead_step(child, int(action))
+            crash = crash or (self.envelope is not None and intrudes(child, *self.envelope))
             steps += 1
             returns[group] += self.gamma ** depth * reward
             crashed[group] |= crash
             if not over and depth + 1 < candidates.shape[1]:
                 steps += self.expand(child, candidates, group, depth + 1, returns, crashed)
         return steps
+
+
+def intrudes(core, length: float, width: float) -> bool:
+    """Another vehicle's centre is within `length` along x and `width` along y of the ego's."""
+    ego = core.vehicle
+    return any(abs(v.position[0] - ego.position[0]) < length
+               and abs(v.position[1] - ego.position[1]) < width
+               for v in core.road.vehicles if v is not ego)
 
 
 def best_candidate(returns: np.ndarray, crashed: np.ndarray) -> int:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from evaluation.policies import make_policy
 from pipeline.dataset import (
+    BRANCH_POLICY,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     complete_shards,
@@ -60,8 +61,10 @@ class EpisodePlan:
 class CollectStats:
     """Figures of a collected dataset (totals over all its shards, reused ones included).
 
-    collision_rate: fraction of episodes in which the ego crashed; per policy name in
-    collision_rate_by_policy. steps_per_s: decisions collected by this call / elapsed [s].
+    episodes and collision_rate (fraction in which the ego crashed) count the driven
+    episodes, not counterfactual branches (`branch_episodes`; their rate is under the policy
+    name BRANCH_POLICY in collision_rate_by_policy). steps (all decisions, branches' too)
+    and steps_per_s: decisions collected by this call / elapsed [s].
     """
 
     episodes: int
@@ -73,6 +76,7 @@ class CollectStats:
     elapsed: float = 0.0
     episodes_collected: int = 0
     shards_reused: int = 0
+    branch_episodes: int = 0
 
     def summary(self) -> dict[str, float]:
         """Flat ``name: number`` figures, per-policy rates as ``collision_rate/<policy>``."""
@@ -224,14 +228,16 @@ def dataset_stats(entries: list[dict], steps: list[dict], elapsed: float, new_st
     by_policy = defaultdict(list)
     for e, p in names.items():
         by_policy[p].append(crashed[e])
+    driven = [crashed[e] for e, p in names.items() if p != BRANCH_POLICY]
     return CollectStats(
-        episodes=len(names),
+        episodes=len(driven),
         steps=len(episode),
         frames=sum(entry["num_frames"] for entry in entries),
-        collision_rate=float(np.mean(list(crashed.values()))) if crashed else 0.0,
+        collision_rate=float(np.mean(driven)) if driven else 0.0,
         collision_rate_by_policy={str(p): float(np.mean(v)) for p, v in sorted(by_policy.items())},
         steps_per_s=new_steps / elapsed if elapsed > 0 else 0.0,
         elapsed=elapsed,
+        branch_episodes=len(names) - len(driven),
         **kw,
     )
 

@@ -60,6 +60,28 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
 }
 
 TABLE_COLUMNS = {"frames": FRAME_COLUMNS, "steps": STEP_COLUMNS}
+
+# Counterfactual branches (`iterate.branches`): a short open-loop episode driven on a copy of
+# the simulator from one decision of a recorded episode, its steps tagged BRANCH_POLICY. Its
+# id is parent + n * BRANCH_STRIDE (n >= 1), so every id stays an int64 and
+# `parent_episode` finds the episode it branched from (train/val/test splits keep the two
+# together: they share the history).
+BRANCH_POLICY = "branch"
+BRANCH_STRIDE = 10**9
+
+
+def branch_episode(parent: int, n: int) -> int:
+    """The id of the n-th branch (n >= 1) of episode `parent` (0 <= parent < BRANCH_STRIDE)."""
+    if not 0 <= parent < BRANCH_STRIDE or n < 1:
+        raise ValueError(f"no branch id for parent {parent}, n {n}")
+    return int(parent) + int(n) * BRANCH_STRIDE
+
+
+def parent_episode(episode: np.ndarray) -> np.ndarray:
+    """The episode each id branched from; an ordinary episode is its own parent."""
+    return np.asarray(episode, dtype=np.int64) % BRANCH_STRIDE
+
+
 MANIFEST_KEYS = (
     "schema_version",
     "env_id",

@@ -14,9 +14,16 @@ adds both, without touching highway-env's classes:
 
 Frame 0 is the state after reset; decision step k covers frames k*F+1 .. (k+1)*F with
 F = simulation_frequency / policy_frequency.
+
+Branches (``record_branch``): from the current state of a recording env, a deep copy drives a
+given action sequence open loop; the result is a short episode of its own (the copied last
+frames as history, then the branch's frames, same frame numbers and vehicle ids), while
+the original env goes on untouched.
 """
 
 from __future__ import annotations
+
+import copy
 
 import gymnasium as gym
 import highway_env  # noqa: F401  (registers the highway-env ids with gymnasium)
@@ -25,7 +32,7 @@ from highway_env.envs.common.action import DiscreteMetaAction
 from highway_env.utils import wrap_to_pi
 
 from models.candidates import ACTION_NAMES
-from pipeline.dataset import FRAME_COLUMNS, STEP_COLUMNS, numpy_dtype
+from pipeline.dataset import BRANCH_POLICY, FRAME_COLUMNS, STEP_COLUMNS, numpy_dtype
 
 ID_ATTR = "drivecast_id"
 NEXT_ID_ATTR = "drivecast_next_id"
@@ -267,3 +274,55 @@ def steps_table(rows: list[tuple], episode: int, policy: str) -> dict[str, np.nd
     columns["episode"] = np.full(len(rows), episode)
     columns["policy"] = np.full(len(rows), policy, dtype=object)
     return {name: columns[name].astype(numpy_dtype(kind)) for name, kind in STEP_COLUMNS.items()}
+
+
+# ---------------------------------------------------------------- counterfactual branches
+
+
+class ScriptedActions:
+    """Policy protocol over a fixed action sequence (the branch's)."""
+
+    name = BRANCH_POLICY
+
+    def __init__(self, actions) -> None:
+        self.actions = iter(int(a) for a in actions)
+
+    def reset(self, rng=None) -> None:
+        pass
+
+    def act(self, env) -> int:
+        return next(self.actions)
+
+
+def detached_copy(env: RecordingEnv, keep_frames: int) -> RecordingEnv:
+    """A deep copy of `env` (simulator state, ids, frame counter) holding only its last
+    `keep_frames` recorded frames; `env` itself is left as it was."""
+    log = env.frame_log
+    env.frame_log = log[-keep_frames:]  # the copy need not carry the whole episode
+    try:
+        return copy.deepcopy(env)
+    finally:
+        env.frame_log = log
+
+
+def record_branch(env: RecordingEnv, actions, history: int,
+                  episode: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Drive `actions` open loop on a copy of `env` from its current state: (frames, steps)
+    of episode `episode` in the dataset schema, policy BRANCH_POLICY.
+
+    frames: the last `history` + 1 recorded frames (the history windows need), then the
+    branch's. The branch ends early at a crash or the end of the episode; otherwise its last
+    step is marked truncated (the road goes on, the recording stops).
+    """
+    if not isinstance(env, RecordingEnv):
+        raise ValueError(f"record_branch needs an env from make_env, got {type(env).__name__}")
+    if len(actions) == 0:
+        raise ValueError("record_branch needs at least one action")
+    twin, policy = detached_copy(env, history + 1), ScriptedActions(actions)
+    rows = []
+    for step in range(len(actions)):
+        rows.append(record_step(twin, policy, step))
+        if rows[-1][-2] or rows[-1][-1]:
+            break
+    rows[-1] = (*rows[-1][:-1], rows[-1][-1] or not rows[-1][-2])
+    return twin.frames_table(episode), steps_table(rows, episode, BRANCH_POLICY)

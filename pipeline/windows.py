@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.dataset import parent_episode
 from pipeline.features import STATE_COLUMNS, TARGET_DIM, gather_slots, scene_history, to_ego_frame
 
 IDLE = 1
@@ -126,14 +127,15 @@ def split_episodes(episodes: np.ndarray, val_fraction: float, test_fraction: flo
                    seed: int, groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Episode ids per split, disjoint, a deterministic function of the seed.
 
-    With `groups` (one group id per entry of `episodes`, e.g. the recorded scene, a time
-    range), whole groups are split instead: no group has episodes in two splits.
+    Whole groups are split: by default an episode and its counterfactual branches
+    (pipeline.dataset `parent_episode`: they share the history); with `groups` (one group
+    id per entry of `episodes`, e.g. the recorded scene, a time range) those instead.
     """
-    if groups is not None:
-        parts = split_ids(np.unique(groups), val_fraction, test_fraction, seed,
-                          "time ranges (recorded scenes)")
-        return {name: np.unique(episodes[np.isin(groups, ids)]) for name, ids in parts.items()}
-    return split_ids(np.unique(episodes), val_fraction, test_fraction, seed, "episodes")
+    episodes = np.asarray(episodes)
+    what = "time ranges (recorded scenes)" if groups is not None else "episodes"
+    groups = parent_episode(episodes) if groups is None else np.asarray(groups)
+    parts = split_ids(np.unique(groups), val_fraction, test_fraction, seed, what)
+    return {name: np.unique(episodes[np.isin(groups, ids)]) for name, ids in parts.items()}
 
 
 def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float, seed: int,

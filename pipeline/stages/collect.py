@@ -13,6 +13,8 @@ Writes, resumably like ingest (complete shards of a killed run are kept):
 - `dataset/`: the dataset schema; episode ids `k * EPISODE_OFFSET + i`, so they never clash
   with another round's; the manifest's `env_seeds` lists each episode's env seed, none of
   them an evaluation seed (simulate.seed .. simulate.seed + simulate.episodes - 1);
+  with `iterate.branches`, each episode is followed by its counterfactual branches
+  (evaluation/exploration.py; ids `parent + n * BRANCH_STRIDE`, policy `branch`);
 - `episode_stats/shard-*.json`: per episode the planner's surprises (one-step forecast error
   of the neighbours in metres, model vs reality) and its fallback and decision counts.
 """
@@ -54,6 +56,8 @@ class PlannerSpec:
     surprise_patience: int
     epsilon: float
     top_k: int
+    branches: int
+    branch_steps: int
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ def planner_spec(cfg: Config, onnx_path: Path) -> PlannerSpec:
     s = cfg.simulate
     return PlannerSpec(str(onnx_path), cfg.seed, s.threads, s.risk_weight, s.uncertainty_weight,
                        s.risk_budget, s.surprise_threshold, s.surprise_patience,
-                       cfg.iterate.epsilon, cfg.iterate.top_k)
+                       cfg.iterate.epsilon, cfg.iterate.top_k, cfg.iterate.branches,
+                       cfg.model.horizon)
 
 
 def build_planner(spec: PlannerSpec):
@@ -82,6 +87,7 @@ def build_planner(spec: PlannerSpec):
     scorer = OnnxScorer.load(spec.onnx_path, threads=spec.threads, seed=spec.seed)
     return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon),
                             epsilon=spec.epsilon, top_k=spec.top_k,
+                            branches=spec.branches, branch_steps=spec.branch_steps,
                             risk_weight=spec.risk_weight,
                             uncertainty_weight=spec.uncertainty_weight,
                             risk_budget=spec.risk_budget,
@@ -127,15 +133,31 @@ def make_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> tuple:
 
 
 def run_planned(worker: tuple, plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:
-    """(index, frames, steps, stats) of one recorded episode; stats are the planner's."""
+    """(index, frames, steps, stats) of one recorded episode and its branches (if any);
+    stats are the planner's."""
     from pipeline.highway_source import record_episode
 
     env, policy = worker
     frames, steps = record_episode(env, policy, seed=plan.env_seed, episode=plan.episode)
+    frames, steps = with_branches(frames, steps, policy.branch_runs, plan.episode)
     surprises = [float(x) for x in policy.surprises if np.isfinite(x)]
     stats = {"episode": plan.episode, "surprises": surprises,
              "fallback_steps": int(policy.fallback_steps), "decisions": int(policy.steps)}
     return plan.index, frames, steps, stats
+
+
+def with_branches(frames: dict, steps: dict, branch_runs: list[tuple[dict, dict]],
+                  parent: int) -> tuple[dict, dict]:
+    """The episode's tables followed by its branches', each branch under its own id
+    (pipeline.dataset `branch_episode`)."""
+    from pipeline.dataset import branch_episode, concat_columns
+
+    tables = [(frames, steps)] + [
+        tuple(t | {"episode": np.full(len(t["episode"]), branch_episode(parent, n))}
+              for t in run)
+        for n, run in enumerate(branch_runs, start=1)]
+    return (concat_columns([f for f, _ in tables], "frames"),
+            concat_columns([s for _, s in tables], "steps"))
 
 
 # ---------------------------------------------------------------- shards
@@ -154,7 +176,15 @@ def write_round_shard(work: Path, shard: int, results: list) -> None:
 
     results = sorted(results, key=lambda r: r[0])  # the stats file in episode order
     write_json_atomic(stats_file(work, shard), {"episodes": [r[3] for r in results]})
-    write_shard(work / DATASET_DIR, shard, *merge_episodes([r[:3] for r in results]))
+    frames, steps = merge_episodes([r[:3] for r in results])
+    write_shard(work / DATASET_DIR, shard, by_episode(frames), by_episode(steps))
+
+
+def by_episode(table: dict) -> dict:
+    """Rows in episode order (the schema's), each episode's rows keeping their order: the
+    branches (larger ids) move behind the shard's driven episodes."""
+    order = np.argsort(table["episode"], kind="stable")
+    return {name: column[order] for name, column in table.items()}
 
 
 # ---------------------------------------------------------------- figures
@@ -187,6 +217,7 @@ def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_k
                                    it.episodes, it.episodes_per_shard, [policy])
     return settings | {"round": round_of(cfg), "episode_offset": round_of(cfg) * EPISODE_OFFSET,
                        "env_seeds": [p.env_seed for p in plans], "top_k": it.top_k,
+                       "branches": it.branches, "branch_steps": cfg.model.horizon,
                        "planner": planner_key}
 
 
@@ -234,6 +265,8 @@ def check(cfg: Config) -> None:
         raise StageError(f"iterate.rounds, epochs, episodes_per_shard and top_k must be at "
                          f"least 1, got {it.rounds}, {it.epochs}, {it.episodes_per_shard}, "
                          f"{it.top_k}")
+    if it.branches < 0:
+        raise StageError(f"iterate.branches must be >= 0, got {it.branches}")
     if not 0.0 <= it.epsilon <= 1.0 or it.lr < 0:
         raise StageError(f"iterate.epsilon must be in [0, 1] and iterate.lr >= 0, got "
                          f"{it.epsilon}, {it.lr}")

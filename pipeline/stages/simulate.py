@@ -73,7 +73,9 @@ def baseline_factory(name: str, cfg: Config):
 
     if name == "oracle":
         candidates = enumerate_candidates(cfg.simulate.oracle_horizon)
-        return lambda: OracleLookahead(candidates, gamma=cfg.export.gamma)
+        envelope = ((cfg.export.envelope_length, cfg.export.envelope_width)
+                    if cfg.simulate.oracle_envelope else None)
+        return lambda: OracleLookahead(candidates, gamma=cfg.export.gamma, envelope=envelope)
     return lambda: make_policy(name)  # names were checked by `check` before any stage ran
 
 

@@ -38,6 +38,9 @@ def test_summary_figures_on_two_hand_made_decisions():
     assert got["return_regret"] == pytest.approx(0.4)  # (1.0 - 1.0 + 0.8 - 0.0) / 2
     loose = counterfactual_summary(decisions, risk_budget=0.5)  # 0.3 (a crash) accepted
     assert loose["accepted_crash_rate"] == pytest.approx(1 / 3)
+    assert got["best_rejected_rate"] == loose["best_rejected_rate"] == 0.0
+    strict = counterfactual_summary(decisions, risk_budget=0.08)  # 1st best safe at 0.1 out
+    assert strict["best_rejected_rate"] == 0.5
     assert "| 0.07-0.13 | 1 | 0.100 | 0.000 |" in reliability_table(decisions)
     with pytest.raises(ValueError, match="no planner decisions"):
         counterfactual_summary([], 0.2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from evaluation.decision import choose
-from evaluation.exploration import ExploringPlanner, explore_choice
+from evaluation.exploration import ExploringPlanner, branch_actions, explore_choice
 from evaluation.planner_policy import PlannerPolicy
 from models.candidates import enumerate_candidates
 from pipeline.bench_planner import export_random_planner
@@ -88,3 +88,34 @@ def test_greedy_exploring_planner_drives_like_the_planner_and_is_seeded(scorer):
     np.testing.assert_array_equal(c["action"], d["action"])
     assert set(c["policy"]) == {"planner+eps0.5+top2"}
     assert len(exploring.surprises) == len(c["action"]) - 1  # checked at every later decision
+
+
+def test_branches_leave_the_episode_as_it_was_and_replay_scored_candidates(scorer):
+    env = make_env("highway-fast-v0", {"duration": 5})
+    plain = ExploringPlanner(scorer, CANDIDATES, epsilon=0.3, top_k=2)
+    branching = ExploringPlanner(scorer, CANDIDATES, epsilon=0.3, top_k=2, branches=2,
+                                 branch_steps=3)
+    a = record_episode(env, plain, seed=3, episode=0)
+    b = record_episode(env, branching, seed=3, episode=0)
+    for table in range(2):
+        for name in a[table]:
+            np.testing.assert_array_equal(a[table][name], b[table][name])
+    decisions = len(b[1]["step"]) - branching.fallback_steps
+    assert plain.branch_runs == [] and len(branching.branch_runs) == 2 * decisions
+    first_frames = set(b[1]["first_frame"].tolist())
+    for n, (frames, steps) in enumerate(branching.branch_runs, start=1):
+        assert set(steps["episode"]) == set(frames["episode"]) == {n}
+        assert steps["first_frame"][0] in first_frames
+        actions = steps["action"].tolist()  # a scored candidate then IDLE, cut at its end
+        assert any(actions == branch_actions(c, 3)[:len(actions)].tolist() for c in CANDIDATES)
+        assert len(actions) == 3 or steps["terminated"][-1] or steps["truncated"][-1]
+
+
+def test_branch_actions_pad_with_idle_or_cut():
+    assert branch_actions(np.array([3, 0]), 4).tolist() == [3, 0, 1, 1]
+    assert branch_actions(np.array([3, 0, 2]), 2).tolist() == [3, 0]
+
+
+def test_branches_need_steps():
+    with pytest.raises(ValueError, match="branch_steps"):
+        ExploringPlanner(None, CANDIDATES, branches=1, branch_steps=0)

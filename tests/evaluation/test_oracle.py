@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from evaluation.closed_loop import run_episodes
-from evaluation.oracle import OracleLookahead, best_candidate, lookahead_step
+from evaluation.oracle import OracleLookahead, best_candidate, intrudes, lookahead_step
 from evaluation.policies import IdlePolicy
 from models.candidates import enumerate_candidates
 from pipeline.highway_source import NEXT_ID_ATTR, make_env
@@ -79,3 +79,35 @@ def test_oracle_beats_idle_on_short_episodes():
         assert not best.collided
         assert best.total_return > lazy.total_return
         assert best.latencies_ms is not None and len(best.latencies_ms) == best.steps
+
+
+def test_intrudes_measures_centre_distances_along_and_across(env):
+    core = env.unwrapped
+    ego = core.vehicle.position
+    gaps = np.array([np.abs(v.position - ego) for v in core.road.vehicles
+                     if v is not core.vehicle])  # (V-1, 2)
+    nearest = gaps[np.argmin(gaps[:, 0])]
+    assert intrudes(core, nearest[0] + 0.01, nearest[1] + 0.01)
+    assert not intrudes(core, gaps[:, 0].min() - 0.01, 100.0)
+
+
+def test_the_envelope_also_rejects_sequences_that_come_too_close(env):
+    candidates = enumerate_candidates(2)
+    core = env.unwrapped
+    plain_returns, plain_crashed, _ = OracleLookahead(candidates).evaluate(core, candidates)
+    tiny = OracleLookahead(candidates, envelope=(0.01, 0.01)).evaluate(core, candidates)
+    np.testing.assert_array_equal(tiny[1], plain_crashed)
+    np.testing.assert_array_equal(tiny[0], plain_returns)
+    assert OracleLookahead(candidates, envelope=(1e4, 1e4)).evaluate(core, candidates)[1].all()
+    _, crashed, _ = OracleLookahead(candidates, envelope=(25.0, 2.5)).evaluate(core, candidates)
+    for sequence, flagged in zip(candidates, crashed, strict=True):
+        twin, close = copy.deepcopy(core), False
+        for action in sequence:
+            _, over, crash = lookahead_step(twin, int(action))
+            close |= crash or intrudes(twin, 25.0, 2.5)
+            if over:
+                break
+        assert flagged == close
+    assert crashed.any() and not crashed.all()  # the check tells sequences apart here
+    with pytest.raises(ValueError, match="envelope"):
+        OracleLookahead(candidates, envelope=(0.0, 2.0))

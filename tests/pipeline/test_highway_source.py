@@ -10,6 +10,7 @@ from pipeline.highway_source import (
     ID_ATTR,
     NEXT_ID_ATTR,
     make_env,
+    record_branch,
     record_episode,
     vehicle_id,
 )
@@ -161,3 +162,56 @@ def test_record_episode_needs_a_recording_env():
     bare = gym.make("highway-fast-v0", disable_env_checker=True)
     with pytest.raises(ValueError, match="make_env"):
         record_episode(bare, IdlePolicy(), seed=0, episode=0)
+
+
+def advance(env, seed: int, steps: int) -> None:
+    env.reset(seed=seed)
+    for _ in range(steps):
+        env.step(1)
+
+
+def test_a_branch_is_what_the_real_env_does_and_leaves_it_untouched(env):
+    advance(env, seed=4, steps=2)
+    log, index = list(env.frame_log), env.frame_index
+    ego = env.unwrapped.vehicle.position.copy()
+    frames, steps = record_branch(env, [3, 1, 1], history=4, episode=9)
+    assert env.frame_index == index and len(env.frame_log) == len(log)
+    assert all(a is b for a, b in zip(env.frame_log, log, strict=True))
+    np.testing.assert_array_equal(env.unwrapped.vehicle.position, ego)
+    assert set(frames["episode"]) == set(steps["episode"]) == {9}
+    assert set(steps["policy"]) == {"branch"} and steps["first_frame"][0] == index
+    assert frames["frame"].min() == index - 4  # the history the window at t0 needs
+    env.step(3)  # the real env takes the branch's first action: the same next frame
+    real = env.frame_log[-1]
+    branch = np.stack([frames[c] for c in ("vehicle_id", "x", "y", "vx", "vy")], axis=1)
+    branch = branch[frames["frame"] == env.frame_index]
+    np.testing.assert_allclose(branch[np.argsort(branch[:, 0])][:, 1:],
+                               real[np.argsort(real[:, 1])][:, 3:7], atol=1e-4)
+
+
+def test_a_branch_that_does_not_crash_ends_truncated(env):
+    advance(env, seed=2, steps=1)
+    _, steps = record_branch(env, [1, 1], history=3, episode=1)
+    assert steps["action"].tolist() == [1, 1] and steps["step"].tolist() == [0, 1]
+    assert steps["truncated"].tolist() == [False, True] and not steps["terminated"].any()
+
+
+def test_a_branch_stops_at_its_crash():
+    env = make_env("highway-fast-v0", DENSE)
+    for seed in range(10):
+        advance(env, seed=seed, steps=0)
+        _, steps = record_branch(env, [3] * 8, history=2, episode=1)
+        if steps["collision"].any():
+            break
+    assert steps["collision"][-1] and steps["terminated"][-1] and not steps["truncated"][-1]
+    assert len(steps["step"]) < 8
+
+
+def test_record_branch_needs_a_recording_env():
+    import gymnasium as gym
+
+    bare = gym.make("highway-fast-v0", disable_env_checker=True)
+    with pytest.raises(ValueError, match="make_env"):
+        record_branch(bare, [1], history=2, episode=1)
+    with pytest.raises(ValueError, match="at least one action"):
+        record_branch(make_env("highway-fast-v0", SHORT), [], history=2, episode=1)

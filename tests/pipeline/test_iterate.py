@@ -11,7 +11,7 @@ import pytest
 from pipeline import artifacts
 from pipeline.cli import EXIT_INTERRUPTED, main
 from pipeline.config import load_config
-from pipeline.dataset import read_dataset
+from pipeline.dataset import BRANCH_POLICY, parent_episode, read_dataset
 from pipeline.iterate import horizon_key, reported_seconds, round_config
 from pipeline.runner import key_of
 from pipeline.stages import collect, train
@@ -125,9 +125,28 @@ def test_collected_episodes_never_use_an_evaluation_seed(loop):
     assert len(seeds) == len(set(seeds)) == cfg.iterate.episodes
     evaluation = range(cfg.simulate.seed, cfg.simulate.seed + cfg.simulate.episodes)
     assert not set(seeds) & set(evaluation)
-    assert sorted(set(data.steps["episode"].tolist())) == [
+    driven = data.steps["episode"][data.steps["policy"] != BRANCH_POLICY]
+    assert sorted(set(driven.tolist())) == [
         collect.EPISODE_OFFSET + i for i in range(cfg.iterate.episodes)]
-    assert all(p.startswith("planner+eps") for p in set(data.steps["policy"]))
+    assert all(p.startswith("planner+eps") for p in set(data.steps["policy"]) - {BRANCH_POLICY})
+
+
+def test_branches_are_kept_beside_their_episode_and_split_with_it(loop):
+    workdir, cfg, _, _, _, _, _ = loop
+    (collected,) = complete_dirs(workdir, "collect")
+    data, summary = read_dataset(collected / "dataset"), json.loads(
+        (collected / "summary.json").read_text())
+    is_branch = data.steps["policy"] == BRANCH_POLICY
+    branches = np.unique(data.steps["episode"][is_branch])
+    assert cfg.iterate.branches == 1 and len(branches) == summary["branch_episodes"] > 0
+    assert summary["episodes"] == cfg.iterate.episodes
+    assert set(parent_episode(branches)) <= set(data.steps["episode"][~is_branch].tolist())
+    assert (data.steps["step"][is_branch] < cfg.model.horizon).all()
+    splits = max((json.loads((p / "splits.json").read_text()) for p in
+                  complete_dirs(workdir, "train")), key=lambda s: len(s["train"]))
+    for name, ids in splits.items():
+        mine = np.isin(branches, ids)
+        assert np.isin(parent_episode(branches[mine]), ids).all(), name
 
 
 def test_collection_seeds_skip_forbidden_seeds_and_draw_again():

@@ -118,3 +118,20 @@ def test_observation_stats_ignore_absent_entries(windows):
     mean, std = observation_stats(a["hist"], a["hist_mask"])
     assert mean.shape == (7,) and np.all(std > 0)
     assert np.isclose(mean[4], 1.0)  # cos(0) of present vehicles; absent zeros ignored
+
+
+def test_branches_go_to_their_parents_split_and_plain_ids_split_as_before():
+    from pipeline.dataset import branch_episode
+    from pipeline.windows import split_ids
+
+    parents = np.arange(100, 140)
+    branches = np.array([branch_episode(int(p), n) for p in parents[::3] for n in (1, 2)])
+    parts = split_episodes(np.concatenate([parents, branches]), 0.2, 0.2, seed=5)
+    for name, ids in parts.items():
+        kids = branches[np.isin(branches % 10**9, ids)]
+        assert np.isin(kids, ids).all(), name
+    plain = split_episodes(parents, 0.2, 0.2, seed=5)
+    assert {k: v.tolist() for k, v in plain.items()} == {
+        k: v.tolist() for k, v in split_ids(parents, 0.2, 0.2, 5, "episodes").items()}
+    for name in parts:
+        np.testing.assert_array_equal(parts[name][parts[name] < 10**9], plain[name])
