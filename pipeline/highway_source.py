@@ -247,6 +247,13 @@ def record_episode(
         raise ValueError(f"record_episode needs an env from make_env, got {type(env).__name__}")
     env.reset(seed=int(seed))
     policy.reset(policy_rng(int(seed)))
+    rows = record_steps(env, policy, max_steps)
+    return env.frames_table(episode), steps_table(rows, episode, policy_name(policy))
+
+
+def record_steps(env: RecordingEnv, policy, max_steps: int | None) -> list[tuple]:
+    """`record_step` rows until the episode ends or `max_steps` decisions are taken (the
+    last one is then marked truncated)."""
     rows = []
     while max_steps is None or len(rows) < max_steps:
         row = record_step(env, policy, len(rows))
@@ -255,7 +262,7 @@ def record_episode(
             break
     if rows and max_steps is not None and len(rows) == max_steps:
         rows[-1] = (*rows[-1][:-1], True)
-    return env.frames_table(episode), steps_table(rows, episode, policy_name(policy))
+    return rows
 
 
 def record_step(env: RecordingEnv, policy, step: int) -> tuple:
@@ -311,18 +318,14 @@ def record_branch(env: RecordingEnv, actions, history: int,
     of episode `episode` in the dataset schema, policy BRANCH_POLICY.
 
     frames: the last `history` + 1 recorded frames (the history windows need), then the
-    branch's. The branch ends early at a crash or the end of the episode; otherwise its last
-    step is marked truncated (the road goes on, the recording stops).
+    branch's. The branch ends early at a crash or the end of the episode; a branch that
+    runs all its actions has its last step marked truncated, as ``record_episode`` marks
+    `max_steps` (the road goes on, the recording stops).
     """
     if not isinstance(env, RecordingEnv):
         raise ValueError(f"record_branch needs an env from make_env, got {type(env).__name__}")
     if len(actions) == 0:
         raise ValueError("record_branch needs at least one action")
-    twin, policy = detached_copy(env, history + 1), ScriptedActions(actions)
-    rows = []
-    for step in range(len(actions)):
-        rows.append(record_step(twin, policy, step))
-        if rows[-1][-2] or rows[-1][-1]:
-            break
-    rows[-1] = (*rows[-1][:-1], rows[-1][-1] or not rows[-1][-2])
+    twin = detached_copy(env, history + 1)
+    rows = record_steps(twin, ScriptedActions(actions), max_steps=len(actions))
     return twin.frames_table(episode), steps_table(rows, episode, BRANCH_POLICY)

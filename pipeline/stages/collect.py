@@ -152,12 +152,17 @@ def with_branches(frames: dict, steps: dict, branch_runs: list[tuple[dict, dict]
     (pipeline.dataset `branch_episode`)."""
     from pipeline.dataset import branch_episode, concat_columns
 
-    tables = [(frames, steps)] + [
-        tuple(t | {"episode": np.full(len(t["episode"]), branch_episode(parent, n))}
-              for t in run)
-        for n, run in enumerate(branch_runs, start=1)]
-    return (concat_columns([f for f, _ in tables], "frames"),
-            concat_columns([s for _, s in tables], "steps"))
+    all_frames, all_steps = [frames], [steps]
+    for n, (branch_frames, branch_steps) in enumerate(branch_runs, start=1):
+        episode = branch_episode(parent, n)
+        all_frames.append(relabelled(branch_frames, episode))
+        all_steps.append(relabelled(branch_steps, episode))
+    return concat_columns(all_frames, "frames"), concat_columns(all_steps, "steps")
+
+
+def relabelled(table: dict, episode: int) -> dict:
+    """`table` (column arrays) with every row's episode id set to `episode`."""
+    return table | {"episode": np.full(len(table["episode"]), episode)}
 
 
 # ---------------------------------------------------------------- shards
