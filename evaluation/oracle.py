@@ -75,12 +75,19 @@ class OracleLookahead:
 
     def evaluate(self, core, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """returns (K,), crashed (K,) bool and the number of simulated steps."""
-        returns = np.zeros(len(candidates))
-        crashed = np.zeros(len(candidates), dtype=bool)
-        steps = self.expand(core, candidates, np.arange(len(candidates)), 0, returns, crashed)
-        return returns, crashed, steps
+        returns, first, steps = self.first_events(core, candidates)
+        return returns, first < candidates.shape[1], steps
 
-    def expand(self, core, candidates, rows, depth, returns, crashed) -> int:
+    def first_events(self, core, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """returns (K,), first (K,) int64: the 0-based step after which each sequence has
+        first crashed (or met the envelope), F = candidates.shape[1] when never, and the
+        number of simulated steps."""
+        returns = np.zeros(len(candidates))
+        first = np.full(len(candidates), candidates.shape[1], dtype=np.int64)
+        steps = self.expand(core, candidates, np.arange(len(candidates)), 0, returns, first)
+        return returns, first, steps
+
+    def expand(self, core, candidates, rows, depth, returns, first) -> int:
         """Step a copy of `core` for each distinct action at `depth` among `rows` (the
         sequences sharing the prefix that led to `core`), then recurse; returns steps."""
         steps = 0
@@ -91,9 +98,10 @@ class OracleLookahead:
             crash = crash or (self.envelope is not None and intrudes(child, *self.envelope))
             steps += 1
             returns[group] += self.gamma ** depth * reward
-            crashed[group] |= crash
+            if crash:
+                first[group] = np.minimum(first[group], depth)
             if not over and depth + 1 < candidates.shape[1]:
-                steps += self.expand(child, candidates, group, depth + 1, returns, crashed)
+                steps += self.expand(child, candidates, group, depth + 1, returns, first)
         return steps
 
 

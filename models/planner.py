@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.candidates import enumerate_candidates, prune_candidates
+from models.critic import RiskCritic, event_probability, imagined_logits
 from models.risk import extrapolated_risk
 from models.world_model import Imagination, WorldModel
 
@@ -80,10 +81,13 @@ class Planner(nn.Module):
     bootstrap: add `terminal_value` to each candidate's expected return (needs gamma < 1);
     lookahead: with bootstrap, that value also needs surviving this many more steps of
     constant-velocity extrapolation (models/risk.py `extrapolated_risk`); 0: none.
+    critic: a RiskCritic (models/critic.py) whose probability replaces the world model's
+    risk. The return then counts no risk (the reward earned if the maneuver does not end
+    the episode): the risk enters the decision once, through the budget and lambda.
     """
 
     def __init__(self, world_model: WorldModel, gamma: float, bootstrap: bool = False,
-                 lookahead: int = 0):
+                 lookahead: int = 0, critic: RiskCritic | None = None):
         super().__init__()
         if not 0.0 <= gamma <= 1.0 or (bootstrap and gamma >= 1.0):
             raise ValueError(f"gamma must lie in [0, 1] (below 1 with bootstrap), got {gamma}")
@@ -91,6 +95,7 @@ class Planner(nn.Module):
             raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.world_model = world_model
         self.gamma, self.bootstrap, self.lookahead = float(gamma), bool(bootstrap), int(lookahead)
+        self.critic = critic
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
                 noise: torch.Tensor):
@@ -103,10 +108,15 @@ class Planner(nn.Module):
         if hist.dim() != 4 or hist.shape[0] != 1:
             raise ValueError(f"hist must have shape (1, H, N, D), got {tuple(hist.shape)}")
         out = self.world_model.imagine(hist, hist_mask > 0.5, candidates[None], noise[None])
-        collision = collision_within_horizon(out.collision[0], out.cont[0]).mean(dim=1)
-        expected = discounted_return(out.reward[0], out.cont[0], self.gamma)  # (K, S)
+        step_risk, cont = out.collision[0], out.cont[0]  # (K, S, F)
+        if self.critic is None:
+            collision = collision_within_horizon(step_risk, cont).mean(dim=1)
+        else:
+            collision = event_probability(imagined_logits(self.critic, out)[0]).mean(dim=1)
+            step_risk, cont = torch.zeros_like(step_risk), torch.ones_like(cont)
+        expected = discounted_return(out.reward[0], cont, self.gamma)  # (K, S)
         if self.bootstrap:
-            value = terminal_value(out.reward[0], out.collision[0], out.cont[0], self.gamma)
+            value = terminal_value(out.reward[0], step_risk, cont, self.gamma)
             expected = expected + value * self.beyond_survival(out)  # (K, S)
         expected = expected.mean(dim=1)
         uncertainty = out.uncertainty[0].mean(dim=-1)  # (K,)

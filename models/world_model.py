@@ -86,6 +86,9 @@ class Imagination(NamedTuple):
     overlap: torch.Tensor  # (B, K, S, F) probability that forecast boxes overlap
     cont: torch.Tensor  # (B, K, S, F) probability the episode continues after the step
     uncertainty: torch.Tensor  # (B, K, F) ensemble disagreement, mean over samples
+    feats: torch.Tensor  # (B, K, S, F, deter+stoch) the rollout latents [h_t, z_t]
+    last_state: torch.Tensor  # (B, N, 4) [x, y, vx, vy] at t0, physical
+    present: torch.Tensor  # (B, N) bool, the slots present at t0
 
 
 class Rollout(NamedTuple):
@@ -342,8 +345,8 @@ class WorldModel(nn.Module):
         members = torch.arange(s, device=hist.device) % self.ensemble  # (S,)
         members = members[None, None].expand(b, k, -1).reshape(-1)  # (B*K*S,)
         roll = self._rollout(ctx, rows, noise.reshape(-1, f, self.stoch_dim), members)
-        heads = self._heads(roll.feats.reshape(b, -1, f, roll.feats.shape[-1]), ctx)
-        return self._imagination(heads, roll.prior_mean, ctx, b, s)
+        feats = roll.feats.reshape(b, -1, f, roll.feats.shape[-1])  # (B, K*S, F, Cf)
+        return self._imagination(self._heads(feats, ctx), feats, roll.prior_mean, ctx, b, s)
 
     # ------------------------------------------------------------------ internals
 
@@ -435,9 +438,9 @@ class WorldModel(nn.Module):
         """Drop the R = 1 rollout axis: (B, 1, F, ...) -> (B, F, ...)."""
         return Heads(*(x.squeeze(1) for x in heads))
 
-    def _imagination(self, heads: Heads, prior_mean: torch.Tensor, ctx: Context, b: int,
-                     s: int) -> Imagination:
-        """Heads (B, K*S, F, ...) and prior means (E, B*K*S, F, Z) -> Imagination."""
+    def _imagination(self, heads: Heads, feats: torch.Tensor, prior_mean: torch.Tensor,
+                     ctx: Context, b: int, s: int) -> Imagination:
+        """Heads and latents (B, K*S, F, ...), prior means (E, B*K*S, F, Z) -> Imagination."""
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, -1, s, *x.shape[2:])  # (B, K, S, F, ...)
 
@@ -453,4 +456,5 @@ class WorldModel(nn.Module):
             risk = combine_risks(head, overlap)
         return Imagination(split(heads.states_mean), split(heads.states_std), split(presence),
                            split(heads.reward), split(risk), split(head),
-                           split(overlap), torch.sigmoid(split(heads.cont_logit)), uncertainty)
+                           split(overlap), torch.sigmoid(split(heads.cont_logit)), uncertainty,
+                           split(feats), ctx.last_state, ctx.present)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.candidates import enumerate_candidates
+from models.critic import RiskCritic
 from models.planner import Planner
 from models.world_model import WorldModel
 from pipeline.highway_source import ACTION_NAMES
@@ -40,11 +41,15 @@ def example_history(history: int, n_vehicles: int, obs_dim: int, seed: int):
 
 def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, history: int,
                           horizon: int, samples: int, gamma: float = 0.9, seed: int = 0,
-                          frames_per_step: int = 5, opset: int = 17) -> Planner:
-    """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it."""
+                          frames_per_step: int = 5, opset: int = 17,
+                          critic_hidden: int = 0) -> Planner:
+    """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it.
+    critic_hidden > 0: with a risk critic of that width (models/critic.py)."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
-    planner = Planner(model, gamma, bootstrap=True).eval()
+    critic = (RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, critic_hidden)
+              if critic_hidden else None)
+    planner = Planner(model, gamma, bootstrap=True, critic=critic).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
     export_planner(planner, onnx_path, hist, mask, n_candidates=model.n_actions ** horizon,
                    samples=samples, opset=opset, horizon=horizon)
@@ -53,7 +58,7 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                   obs_dim=model.obs_dim, stoch_dim=model.stoch_dim, samples=samples,
                   dt=model.dt, frames_per_step=frames_per_step, gamma=gamma,
                   bootstrap=planner.bootstrap, lookahead=planner.lookahead,
-                  risk=model.risk,
+                  risk=f"critic over {model.risk}" if critic else model.risk,
                   obs_mean=model.encoder.obs_mean.tolist(),
                   obs_std=model.encoder.obs_std.tolist(), input_names=list(INPUT_NAMES),
                   output_names=list(OUTPUT_NAMES), opset=opset, tolerance=1e-4)
@@ -88,9 +93,10 @@ def decision_flops(planner: Planner, inputs: tuple) -> int:
 
 def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, samples: int = 4,
                   horizon: int = 3, history: int = 10, seed: int = 0, rounds: int = 7,
-                  repeats: int = 40) -> dict[str, float]:
+                  repeats: int = 40, critic_hidden: int = 0) -> dict[str, float]:
     """Time one decision over `candidates` K sequences, onnxruntime vs torch eager, in
-    `rounds` alternating rounds of `repeats` decisions each."""
+    `rounds` alternating rounds of `repeats` decisions each (critic_hidden > 0: the planner
+    carries a risk critic of that width)."""
     model_kwargs = dict(model_kwargs or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -98,7 +104,7 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "planner.onnx"
             planner = export_random_planner(onnx_path, model_kwargs, history, horizon,
-                                            samples, seed=seed)
+                                            samples, seed=seed, critic_hidden=critic_hidden)
             scorer = OnnxScorer.load(onnx_path, threads=1, seed=seed)
             result = measure(planner, scorer, candidates, rounds, repeats, seed)
     finally:

@@ -203,6 +203,25 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CriticConfig:
+    """The risk critic (models/critic.py): the planner's collision probability learned from
+    decisions whose every candidate was judged on copies of the true simulator."""
+
+    episodes: int = 0  # labelled episodes per round (0: no critic, the planner uses the
+    # world model's risk)
+    rounds: int = 1  # round 1 is driven by the envelope oracle; each later round by the
+    # planner with the previous round's critic, so its own mistakes get labelled too
+    epsilon: float = 0.1  # per decision: probability of a random first action (else the
+    # envelope oracle drives), so the critic also sees states the oracle avoids
+    epochs: int = 30
+    batch_size: int = 16  # decisions per batch, each with all of its candidates
+    lr: float = 0.002  # peak of the one-cycle schedule (AdamW)
+    hidden: int = 128  # MLP width
+    samples: int = 2  # imagined latent samples per candidate in training
+    val_fraction: float = 0.125  # episodes held out for the validation figures
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """The ONNX planner: the world model scoring K candidate maneuver sequences."""
 
@@ -295,6 +314,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)

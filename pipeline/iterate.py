@@ -85,18 +85,19 @@ def round_config(cfg: Config, k: int) -> Config:
 
 
 def run_round_zero(cfg: Config, tracker: Tracker, force: bool) -> Round:
-    """ingest, train, export, simulate: the stages (and keys) of `drivecast run`."""
-    from pipeline.stages import export, ingest, simulate, train
+    """ingest, train, critic, export, simulate: the stages (and keys) of `drivecast run`."""
+    from pipeline.stages import critic, export, ingest, simulate, train
 
-    stages = [ingest.STAGE, train.STAGE, export.STAGE, simulate.STAGE]
+    stages = [ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, simulate.STAGE]
     forced = [s.name for s in stages] if force else ()
     done = run_until("simulate", stages, round_config(cfg, 0), tracker, force=forced)
     return Round(0, (done["ingest"],), done["train"], done["export"], done["simulate"])
 
 
 def run_next_round(cfg: Config, previous: Round, tracker: Tracker, force: bool) -> Round:
-    """collect with the previous planner, train warm-started on all data, export, simulate."""
-    from pipeline.stages import collect, export, simulate, train
+    """collect with the previous planner, train warm-started on all data, fit the critic
+    (when `critic.episodes`), export, simulate."""
+    from pipeline.stages import collect, critic, export, simulate, train
 
     k = previous.index + 1
     rcfg = round_config(cfg, k)
@@ -104,8 +105,9 @@ def run_next_round(cfg: Config, previous: Round, tracker: Tracker, force: bool) 
     datasets = (*previous.datasets, collected)
     inputs = {f"data_{i}": d for i, d in enumerate(datasets)} | {"init": previous.train}
     trained = run_stage(train.warm_stage(len(datasets)), rcfg, inputs, tracker, force)
-    exported = run_stage(export.STAGE, rcfg, {"ingest": datasets[0], "train": trained},
-                         tracker, force)
+    fitted = run_stage(critic.STAGE, rcfg, {"train": trained}, tracker, force)
+    exported = run_stage(export.STAGE, rcfg, {"ingest": datasets[0], "train": trained,
+                                              "critic": fitted}, tracker, force)
     simulated = run_stage(simulate.STAGE, rcfg, {"export": exported}, tracker, force)
     return Round(k, datasets, trained, exported, simulated, collected)
 
@@ -246,7 +248,7 @@ def loop_stage(rounds: list[Round], rows: list[dict[str, float]],
 
 def check_iterate(cfg: Config) -> None:
     """Every check of the stages the loop runs, before anything is written."""
-    from pipeline.stages import collect, export, ingest, simulate, train
+    from pipeline.stages import collect, critic, export, ingest, simulate, train
 
     if cfg.simulate.planner:
         raise StageError(f"iterate simulates each round's own planner: simulate.planner must "
@@ -255,7 +257,7 @@ def check_iterate(cfg: Config) -> None:
         raise StageError("iterate trains in one process: train.devices and train.num_nodes "
                          "must be 1")
     collect.check(cfg)
-    for stage in (ingest.STAGE, train.STAGE, export.STAGE, simulate.STAGE):
+    for stage in (ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, simulate.STAGE):
         stage.check(cfg)
 
 

@@ -1,7 +1,8 @@
 """The pipeline's stages, in the order `drivecast run` executes them."""
 
-from pipeline.stages import evaluate, export, gridworld, ingest, simulate, train
+from pipeline.stages import critic, evaluate, export, gridworld, ingest, simulate, train
 
-PIPELINE = [ingest.STAGE, train.STAGE, evaluate.STAGE, export.STAGE, simulate.STAGE]
+PIPELINE = [ingest.STAGE, train.STAGE, evaluate.STAGE, critic.STAGE, export.STAGE,
+            simulate.STAGE]
 STAGE_NAMES = [stage.name for stage in PIPELINE]
 GRIDWORLD = gridworld.STAGE

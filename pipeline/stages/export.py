@@ -44,17 +44,18 @@ def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> fl
     return worst
 
 
-def sidecar_fields(cfg: Config, spec: dict, model) -> dict:
-    """Everything the scorer needs besides the graph; `model` is the exported WorldModel."""
+def sidecar_fields(cfg: Config, spec: dict, model, critic: bool = False) -> dict:
+    """Everything the scorer needs besides the graph; `model` is the exported WorldModel,
+    `critic` whether a risk critic gives the collision probability."""
     from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 
+    risk = f"{model.risk} (envelope {model.vehicle_length:g} m x {model.vehicle_width:g} m)"
     return {"action_names": list(ACTION_NAMES), "history": spec["history"],
             "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
             "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
             "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
             "bootstrap": cfg.export.bootstrap, "lookahead": cfg.export.lookahead,
-            "risk": f"{model.risk} (envelope {model.vehicle_length:g} m x "
-                    f"{model.vehicle_width:g} m)",
+            "risk": f"critic over {risk}" if critic else risk,
             "obs_mean": spec["obs_mean"], "obs_std": spec["obs_std"],
             "input_names": list(INPUT_NAMES), "output_names": list(OUTPUT_NAMES),
             "opset": cfg.export.opset, "tolerance": cfg.export.tolerance}
@@ -77,6 +78,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     from models.planner import Planner
     from pipeline.onnx_export import export_planner, time_planner
     from pipeline.scorer import write_sidecar
+    from pipeline.stages.critic import load_critic
     from pipeline.stages.evaluate import held_out_windows
     from pipeline.stages.train import load_model
 
@@ -86,15 +88,16 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model, spec = load_model(inputs["train"])
     model.vehicle_length = cfg.export.envelope_length  # the planner checks the envelope
     model.vehicle_width = cfg.export.envelope_width
-    planner = Planner(model, cfg.export.gamma, cfg.export.bootstrap,
-                      cfg.export.lookahead).eval()
+    critic = load_critic(inputs["critic"])
+    planner = Planner(model, cfg.export.gamma, cfg.export.bootstrap, cfg.export.lookahead,
+                      critic).eval()
     scenes = held_out_windows(cfg, inputs).arrays
     path = work / PLANNER_FILE
     export_planner(planner, path, torch.from_numpy(scenes["hist"][:1]),
                    torch.from_numpy(scenes["hist_mask"][:1]), n_candidates=125,
                    samples=cfg.export.samples, opset=cfg.export.opset, horizon=cfg.export.horizon)
     worst = check_parity_on_scenes(planner, path, cfg, scenes)
-    fields = sidecar_fields(cfg, spec, model)
+    fields = sidecar_fields(cfg, spec, model, critic is not None)
     write_sidecar(path, **fields)
     inputs_125 = next(parity_inputs(cfg, scenes, 125, model.stoch_dim))
     summary = {"parity_max_abs_diff": worst, "tolerance": cfg.export.tolerance,
@@ -115,5 +118,5 @@ def check(cfg: Config) -> None:
                          f"(the value after the horizon is r / (1 - gamma)), got {gamma}")
 
 
-STAGE = Stage("export", sections=("export",), inputs=("ingest", "train"), produce=produce,
-              check=check)
+STAGE = Stage("export", sections=("export",), inputs=("ingest", "train", "critic"),
+              produce=produce, check=check)

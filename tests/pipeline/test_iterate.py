@@ -18,7 +18,7 @@ from pipeline.stages import collect, train
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = str(ROOT / "configs" / "debug.yaml")
-ROUND_ZERO = ("ingest", "train", "export", "simulate")
+ROUND_ZERO = ("ingest", "train", "critic", "export", "simulate")
 
 
 def complete_dirs(workdir: Path, stage: str) -> list[Path]:
@@ -167,16 +167,18 @@ def test_adding_rounds_keeps_the_keys_of_earlier_rounds():
 
 
 def test_round_0_has_the_keys_of_drivecast_run():
-    from pipeline.stages import export, ingest, simulate
+    from pipeline.stages import critic, export, ingest, simulate
 
     def keys(cfg):
         data = artifacts.Artifacts("ingest", key_of(ingest.STAGE, cfg, {}), Path("."), {})
         model = artifacts.Artifacts("train", key_of(train.STAGE, cfg, {"ingest": data}),
                                     Path("."), {})
-        planner = artifacts.Artifacts("export", key_of(export.STAGE, cfg, {"ingest": data,
-                                                                          "train": model}),
-                                      Path("."), {})
-        return data.key, model.key, planner.key, key_of(simulate.STAGE, cfg, {"export": planner})
+        fitted = artifacts.Artifacts("critic", key_of(critic.STAGE, cfg, {"train": model}),
+                                     Path("."), {})
+        planner = artifacts.Artifacts("export", key_of(export.STAGE, cfg, {
+            "ingest": data, "train": model, "critic": fitted}), Path("."), {})
+        return (data.key, model.key, fitted.key, planner.key,
+                key_of(simulate.STAGE, cfg, {"export": planner}))
 
     cfg = load_config(DEBUG)
     assert keys(round_config(cfg, 0)) == keys(cfg)

@@ -34,7 +34,7 @@ def debug_run(tmp_path_factory):
 
 
 def test_debug_run_completes_every_stage(debug_run):
-    for stage in ("ingest", "train", "evaluate", "export", "simulate"):
+    for stage in ("ingest", "train", "evaluate", "critic", "export", "simulate"):
         (path,) = stage_dirs(debug_run, stage)[-1:]
         assert artifacts.is_complete(path), stage
     train = json.loads((stage_dirs(debug_run, "train")[0] / "summary.json").read_text())
@@ -138,6 +138,21 @@ def test_one_epoch_with_ddp_on_two_cpu_processes(debug_run):
     path = Path(done.stdout.strip().splitlines()[-1])
     summary = json.loads((path / "summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["val_fde_1s"])
+
+
+def test_critic_labels_decisions_and_the_export_scores_with_it(debug_run):
+    (critic,) = stage_dirs(debug_run, "critic")
+    summary = json.loads((critic / "summary.json").read_text())
+    labels = np.load(critic / "labels.npz")
+    assert summary["episodes"] == 4 == len(set(labels["episode"].tolist()))  # 2 rounds of 2
+    assert summary["decisions"] == len(labels["episode"]) > 0
+    assert (critic / "round_1.onnx").is_file()  # round 2 was driven by round 1's planner
+    assert summary["labelled_candidates"] == labels["valid"].sum() > 0
+    assert 0.0 <= summary["val_auroc/critic"] <= 1.0 and np.isfinite(summary["val_log_loss/critic"])
+    assert labels["first"].max() <= 2 and labels["hist"].shape[1:3] == (5, 6)
+    assert {"critic.pt", "critic.json"} <= {p.name for p in critic.iterdir()}
+    (export,) = stage_dirs(debug_run, "export")
+    assert json.loads((export / "planner.onnx.json").read_text())["risk"].startswith("critic")
 
 
 def test_export_writes_planner_sidecar_and_registers_it(debug_run):

@@ -1,0 +1,110 @@
+"""Risk critic: the collision probability of a candidate maneuver, learned from the truth.
+
+The world model's own risk (models/risk.py) reads collisions off forecast geometry with a
+margin; its forecasts are least accurate exactly where the planner is tempted (cutting
+in, closing on a leader), so the margin costs speed and still misses crashes. The critic
+is trained on what really happens: for every candidate at a recorded decision, the
+decision step at which the true simulator, stepped on copies, first crashes or brings
+another vehicle into the safety envelope (`pipeline/critic_labels.py`).
+
+It is a per-step hazard on top of the frozen world model's imagination: at step t,
+
+    h_t = sigmoid(mlp([latent_t, scene_{t-1}, scene_t]))
+
+where latent_t is the rollout state [h_t, z_t] and scene_t the forecast ego state and
+every neighbour's offset, relative velocity, position std and presence at the end of step
+t (scene_0 is the last observed frame). P(event within the horizon) = 1 - prod_t (1 - h_t).
+Trained by the exact likelihood of the first-event step (steps after an event have no
+label: the truth stops there).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.encoder import mlp
+
+PRIOR_EPS = 1e-4  # the prior probability is clipped to [eps, 1 - eps] before its logit
+SCENE_SCALE = (10.0, 2.0, 5.0, 1.0)  # m, m, m/s, m/s: offsets and velocities to O(1)
+
+
+def scene_features(states: torch.Tensor, std: torch.Tensor,
+                   presence: torch.Tensor) -> torch.Tensor:
+    """states (..., N, 4) [x, y, vx, vy], std (..., N, 2) position stds, presence (..., N)
+    -> (..., 4 + 7 (N-1)): the ego's state, then each neighbour's offset from the ego,
+    position std and presence (absent neighbours: offsets zeroed)."""
+    scale = states.new_tensor(SCENE_SCALE)
+    ego = states[..., :1, :]
+    present = presence[..., 1:, None]
+    offset = (states[..., 1:, :] - ego) / scale * present
+    spread = std[..., 1:, :] / scale[:2]
+    neighbours = torch.cat([offset, spread * present, present], dim=-1)  # (..., N-1, 7)
+    return torch.cat([ego[..., 0, :] / scale, neighbours.flatten(-2)], dim=-1)
+
+
+class RiskCritic(nn.Module):
+    """Per-step hazard over imagined rollouts; see the module docstring.
+
+    feat_dim: the world model's [h, z] width; n_vehicles N slots; hidden_dim MLP width.
+    """
+
+    def __init__(self, feat_dim: int, n_vehicles: int, hidden_dim: int = 128):
+        super().__init__()
+        if feat_dim < 1 or n_vehicles < 2 or hidden_dim < 1:
+            raise ValueError(f"feat_dim and hidden_dim must be >= 1 and n_vehicles >= 2, got "
+                             f"{feat_dim}, {n_vehicles}, {hidden_dim}")
+        self.feat_dim, self.n_vehicles, self.hidden_dim = feat_dim, n_vehicles, hidden_dim
+        scene_dim = 4 + 7 * (n_vehicles - 1)
+        self.net = mlp(feat_dim + 2 * scene_dim + 1, hidden_dim, 1)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, feats: torch.Tensor, start: torch.Tensor, states: torch.Tensor,
+                std: torch.Tensor, presence: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Hazard logits (..., F): a learned correction of the `prior` per-step
+        probability (..., F) (the world model's own risk), zero at initialisation.
+
+        feats (..., F, feat_dim) rollout latents; start (..., N, 4) the last observed
+        states (broadcast over the leading axes) with every slot present there as
+        presence 1/0 in presence's t0; states (..., F, N, 4) forecast means, std (..., F,
+        N, 2) their position stds, presence (..., F + 1, N) with t0 first.
+        """
+        start = start.expand(*states.shape[:-3], *start.shape[-2:])[..., None, :, :]
+        path = torch.cat([start, states], dim=-3)  # (..., F+1, N, 4)
+        spread = torch.cat([torch.zeros_like(std[..., :1, :, :]), std], dim=-3)
+        scene = scene_features(path, spread, presence)  # (..., F+1, S)
+        prior_logit = torch.logit(prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS))
+        inputs = torch.cat([feats, scene[..., :-1, :], scene[..., 1:, :], prior_logit[..., None]],
+                           dim=-1)
+        return prior_logit + self.net(inputs)[..., 0]
+
+
+def event_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(an event within the horizon) (...) from hazard logits (..., F)."""
+    return 1.0 - torch.prod(torch.sigmoid(-logits), dim=-1)
+
+
+def hazard_loss(logits: torch.Tensor, first: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the first-event step.
+
+    logits (..., F) hazards; first (...) int64, the 0-based step of the first event, F
+    when none; valid (...) bool, the candidates that were labelled. Steps up to the event
+    are binary targets (1 at the event, 0 before); later steps carry no label.
+    """
+    steps = torch.arange(logits.shape[-1], device=logits.device)
+    labelled = (steps <= first[..., None]) & valid[..., None]  # (..., F)
+    target = (steps == first[..., None]).to(logits.dtype)
+    per_step = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    count = valid.sum().clamp(min=1)
+    return (per_step * labelled).sum() / count
+
+
+def imagined_logits(critic: RiskCritic, out) -> torch.Tensor:
+    """Hazard logits (B, K, S, F) of the critic over a world model Imagination `out`."""
+    present = out.present.to(out.presence.dtype)[:, None, None, None]  # (B, 1, 1, 1, N)
+    present = present.expand(*out.presence.shape[:3], 1, -1)
+    presence = torch.cat([present, out.presence], dim=-2)  # (B, K, S, F+1, N)
+    start = out.last_state[:, None, None]  # (B, 1, 1, N, 4)
+    return critic(out.feats, start, out.states_mean, out.states_std[..., :2], presence,
+                  out.collision)

@@ -1,0 +1,126 @@
+"""Fitting the risk critic (models/critic.py) on labelled decisions (the critic stage).
+
+The world model is frozen: each batch of decisions is imagined under every candidate with
+fresh latent noise (`critic.samples` per candidate), and only the critic learns. AdamW
+with a one-cycle schedule; runs on the GPU when `train.accelerator` asks for one and
+there is one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from pipeline.config import Config
+
+EVAL_BATCH = 64  # decisions per evaluation batch
+
+
+def pick_device(accelerator: str):
+    import torch
+
+    wants_gpu = accelerator in ("gpu", "cuda", "auto")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+class LabelBatches:
+    """Imagined rollouts of labelled decisions; the world model runs without gradients."""
+
+    def __init__(self, model, labels: dict[str, np.ndarray], horizon: int, samples: int,
+                 device):
+        import torch
+
+        from models.candidates import enumerate_candidates
+
+        self.model, self.labels, self.samples, self.device = model, labels, samples, device
+        self.candidates = torch.from_numpy(enumerate_candidates(horizon)).to(device)
+
+    def __call__(self, rows: np.ndarray, generator=None):
+        """(Imagination, first (B, K, S), valid (B, K, S)) of decisions `rows`."""
+        import torch
+
+        def tensor(name):
+            return torch.from_numpy(self.labels[name][rows]).to(self.device)
+
+        b, (k, f) = len(rows), self.candidates.shape
+        noise = torch.randn(b, k, self.samples, f, self.model.stoch_dim, generator=generator)
+        with torch.no_grad():
+            out = self.model.imagine(tensor("hist"), tensor("hist_mask"),
+                                     self.candidates[None].expand(b, -1, -1),
+                                     noise.to(self.device))
+        shape = (b, k, self.samples)
+        return (out, tensor("first")[..., None].expand(shape),
+                tensor("valid")[..., None].expand(shape))
+
+
+def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Config, ctx,
+               first_step: int = 0):
+    """Train a RiskCritic on the decisions outside `val` (D,) bool; returns it (CPU, eval
+    mode) and the held-out figures. `model` (the world model, its envelope set) is frozen;
+    MLflow steps of the loss curve start at `first_step`."""
+    import torch
+
+    from models.critic import RiskCritic, hazard_loss, imagined_logits
+
+    c = cfg.critic
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.train.accelerator)
+    model = model.to(device)
+    for weight in model.parameters():
+        weight.requires_grad_(False)
+    critic = RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, c.hidden).to(device)
+    batches = LabelBatches(model, labels, cfg.export.horizon, c.samples, device)
+    train_rows, rng = np.flatnonzero(~val), np.random.default_rng(cfg.seed)
+    per_epoch = max(len(train_rows) // c.batch_size, 1)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, c.lr,
+                                                   total_steps=c.epochs * per_epoch)
+    for epoch in range(c.epochs):
+        start, total = time.perf_counter(), 0.0
+        order = rng.permutation(train_rows)
+        for i in range(per_epoch):
+            out, first, valid = batches(order[i * c.batch_size:(i + 1) * c.batch_size])
+            loss = hazard_loss(imagined_logits(critic, out), first, valid)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+        ctx.tracker.log_metrics({"critic/train_loss": total / per_epoch}, step=first_step + epoch)
+        print(f"[critic] epoch {epoch + 1}/{c.epochs} loss {total / per_epoch:.4f} "
+              f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    critic = critic.cpu().eval()
+    model.cpu()
+    return critic, held_out_figures(critic, model, labels, np.flatnonzero(val), cfg)
+
+
+def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndarray,
+                     cfg: Config) -> dict[str, float]:
+    """Risk AUROC and mean log loss of the first-event step, critic vs the world model's own
+    risk (the critic's prior), on the held-out decisions (fixed noise)."""
+    import torch
+
+    from evaluation.metrics import auroc
+    from models.critic import event_probability, hazard_loss, imagined_logits
+
+    batches = LabelBatches(model, labels, cfg.export.horizon, cfg.critic.samples, "cpu")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    probs = {"critic": [], "model": []}
+    losses = {"critic": 0.0, "model": 0.0}
+    with torch.no_grad():
+        for i in range(0, len(rows), EVAL_BATCH):
+            out, first, valid = batches(rows[i:i + EVAL_BATCH], generator)
+            for name, logits in (("critic", imagined_logits(critic, out)),
+                                 ("model", torch.logit(out.collision.clamp(1e-4, 1 - 1e-4)))):
+                losses[name] += hazard_loss(logits, first, valid).item() * valid.sum().item()
+                probs[name].append(event_probability(logits).mean(dim=2).numpy())
+    valid = labels["valid"][rows]
+    label = labels["first"][rows] < cfg.export.horizon
+    count = valid.sum() * cfg.critic.samples
+    figures = {}
+    for name in probs:
+        figures[f"val_auroc/{name}"] = auroc(np.concatenate(probs[name]), label, valid)
+        figures[f"val_log_loss/{name}"] = losses[name] / max(count, 1)
+    return figures

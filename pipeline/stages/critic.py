@@ -1,0 +1,175 @@
+"""Critic stage: label decisions on the true simulator, then fit the risk critic.
+
+Input: the trained world model (frozen here). With `critic.episodes` 0 the stage writes
+nothing but its summary and the planner keeps the world model's own risk.
+
+Each of `critic.rounds` rounds:
+1. labels `critic.episodes` episodes of `ingest.env_id` (seeds drawn like a collection
+   round's, never an evaluation seed) in `ingest.workers` processes
+   (pipeline/critic_labels.py): every road candidate of every decision, with the first
+   step at which the true simulator crashes or meets the envelope (`export.envelope_*`).
+   Round 1 is driven by the envelope oracle; a later round by the ONNX planner with the
+   previous round's critic (`round_<k>.onnx`, the simulate stage's decision rule), so the
+   states that planner gets itself into are labelled too;
+2. fits a fresh critic (models/critic.py) on the world model's imagination of every
+   label so far; `critic.val_fraction` of the episodes are held out.
+
+Writes `labels.npz` (the labelled decisions), `critic.pt` + `critic.json` (the last
+critic's weights and constructor arguments). Summary: the label counts and, on the
+held-out episodes, the risk AUROC and log loss of the critic and of the world model's own
+risk. Not resumable: a killed stage labels again.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import Artifacts, write_json_atomic
+from pipeline.config import Config
+from pipeline.errors import StageError
+from pipeline.runner import Stage, StageContext
+
+LABELS_FILE = "labels.npz"
+CRITIC_FILE = "critic.pt"
+CRITIC_SPEC = "critic.json"
+
+
+def label_spec(cfg: Config, planner: str):
+    from pipeline.critic_labels import LabelSpec
+
+    e, s = cfg.export, cfg.simulate
+    return LabelSpec(cfg.ingest.env_id, dict(cfg.ingest.env_config), cfg.model.history,
+                     cfg.model.vehicles, e.horizon, (e.envelope_length, e.envelope_width),
+                     e.gamma, cfg.critic.epsilon, planner, s.risk_weight,
+                     s.uncertainty_weight, s.risk_budget)
+
+
+def label_seeds(cfg: Config) -> list[list[int]]:
+    """Each round's episode seeds: round 0 of the collection seed stream (`drivecast
+    iterate` collects from round 1 on), never an evaluation seed."""
+    from pipeline.stages.collect import collection_seeds
+    from pipeline.stages.simulate import evaluation_seeds
+
+    n = cfg.critic.episodes
+    seeds = collection_seeds(cfg.seed, 0, n * cfg.critic.rounds, evaluation_seeds(cfg.simulate))
+    return [seeds[r * n:(r + 1) * n] for r in range(cfg.critic.rounds)]
+
+
+def collect_labels(cfg: Config, seeds: list[int], planner: str, tag: str) -> list[dict]:
+    """Labelled episodes of `seeds`, printing one line per finished episode."""
+    from pipeline.critic_labels import label_episodes
+
+    parts, start = [], time.perf_counter()
+    for part in label_episodes(label_spec(cfg, planner), seeds, cfg.ingest.workers):
+        parts.append(part)
+        print(f"[critic] {tag}: labelled {len(parts)}/{len(seeds)} episodes "
+              f"({sum(len(p['episode']) for p in parts)} decisions, "
+              f"{time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return parts
+
+
+def export_round(model, critic, cfg: Config, spec: dict, labels: dict, path: Path) -> str:
+    """The planner with `critic` as an ONNX file plus sidecar (drives the next round)."""
+    import torch
+
+    from models.planner import Planner
+    from pipeline.onnx_export import export_planner
+    from pipeline.scorer import write_sidecar
+    from pipeline.stages.export import sidecar_fields
+
+    e = cfg.export
+    planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic).eval()
+    export_planner(planner, path, torch.from_numpy(labels["hist"][:1]),
+                   torch.from_numpy(labels["hist_mask"][:1]).float(),
+                   n_candidates=5 ** e.horizon, samples=e.samples, opset=e.opset,
+                   horizon=e.horizon)
+    write_sidecar(path, **sidecar_fields(cfg, spec, model, critic=True))
+    return str(path)
+
+
+def held_out(episodes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(D,) bool: the decisions of a seeded `fraction` of the episodes (at least one, and
+    never all of them when there are two or more)."""
+    unique = np.unique(episodes)
+    count = min(max(1, round(fraction * len(unique))), max(len(unique) - 1, 1))
+    chosen = np.random.default_rng(seed).choice(unique, count, replace=False)
+    return np.isin(episodes, chosen)
+
+
+def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
+            ctx: StageContext) -> dict[str, float]:
+    from pipeline.critic_fit import fit_critic
+    from pipeline.critic_labels import concat_labels
+    from pipeline.stages.train import load_model
+
+    if cfg.critic.episodes == 0:
+        return {"episodes": 0}
+    model, spec = load_model(inputs["train"])
+    model.vehicle_length = cfg.export.envelope_length  # the prior: the planner's own risk
+    model.vehicle_width = cfg.export.envelope_width
+    parts, labels, critic, label_seconds = [], {}, None, 0.0
+    for r, seeds in enumerate(label_seeds(cfg)):
+        planner = "" if critic is None else export_round(model, critic, cfg, spec, labels,
+                                                         work / f"round_{r}.onnx")
+        start = time.perf_counter()
+        parts += collect_labels(cfg, seeds, planner, f"round {r + 1}/{cfg.critic.rounds}")
+        label_seconds += time.perf_counter() - start
+        labels = concat_labels(parts)
+        val = held_out(labels["episode"], cfg.critic.val_fraction, cfg.seed)
+        critic, figures = fit_critic(model, labels, val, cfg, ctx, r * cfg.critic.epochs)
+    np.savez_compressed(work / LABELS_FILE, **labels)
+    import torch
+
+    torch.save(critic.state_dict(), work / CRITIC_FILE)
+    write_json_atomic(work / CRITIC_SPEC, {"feat_dim": critic.feat_dim,
+                                           "n_vehicles": critic.n_vehicles,
+                                           "hidden_dim": critic.hidden_dim})
+    valid = labels["valid"]
+    positive = (labels["first"] < cfg.export.horizon) & valid
+    return {"episodes": len(parts), "decisions": len(labels["episode"]),
+            "labelled_candidates": int(valid.sum()),
+            "positive_rate": float(positive.sum() / max(valid.sum(), 1)),
+            "label_seconds": label_seconds, **figures}
+
+
+def load_critic(critic: Artifacts):
+    """The fitted RiskCritic (eval mode, CPU), or None when the stage fitted none."""
+    import torch
+
+    from models.critic import RiskCritic
+
+    spec, weights = critic.path / CRITIC_SPEC, critic.path / CRITIC_FILE
+    if not spec.is_file():
+        return None
+    try:
+        model = RiskCritic(**json.loads(spec.read_text()))
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageError(f"{critic.path} holds no usable risk critic ({first})") from None
+    return model.eval()
+
+
+def check(cfg: Config) -> None:
+    c = cfg.critic
+    if c.episodes < 0 or min(c.rounds, c.epochs, c.batch_size, c.hidden, c.samples) < 1:
+        raise StageError(f"critic: episodes must be >= 0 and rounds, epochs, batch_size, "
+                         f"hidden and samples >= 1, got {c.episodes}, {c.rounds}, {c.epochs}, "
+                         f"{c.batch_size}, {c.hidden}, {c.samples}")
+    if not 0.0 <= c.epsilon <= 1.0 or not 0.0 < c.val_fraction < 1.0 or c.lr <= 0:
+        raise StageError(f"critic: epsilon must lie in [0, 1], val_fraction in (0, 1) and lr "
+                         f"be positive, got {c.epsilon}, {c.val_fraction}, {c.lr}")
+    if c.episodes and c.episodes * c.rounds < 2:
+        raise StageError("critic: episodes x rounds must be 0 (off) or at least 2 (one "
+                         "episode is held out)")
+
+
+STAGE = Stage("critic", sections=("critic", "export"), inputs=("train",), produce=produce,
+              check=check)

@@ -1,0 +1,132 @@
+"""Risk critic: the hazard likelihood, its start at the world model's risk, planner and ONNX."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.candidates import enumerate_candidates
+from models.critic import (
+    RiskCritic,
+    event_probability,
+    hazard_loss,
+    imagined_logits,
+    scene_features,
+)
+from models.planner import Planner
+from pipeline.onnx_export import check_parity, export_planner
+from tests.models.test_world_model import make_batch, tiny_model
+
+
+def critic_for(model, hidden: int = 16) -> RiskCritic:
+    torch.manual_seed(3)
+    return RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, hidden)
+
+
+def test_hazard_loss_is_the_likelihood_of_the_first_event_step():
+    logits = torch.tensor([[0.3, -1.0, 2.0], [0.5, 0.1, -0.4], [1.0, 1.0, 1.0]])
+    first = torch.tensor([1, 3, 0])  # event after step 1; never; after step 0
+    valid = torch.tensor([True, True, True])
+    h = torch.sigmoid(logits)
+    nll = [-math.log(1 - h[0, 0]) - math.log(h[0, 1]),
+           -sum(math.log(1 - h[1, t]) for t in range(3)),
+           -math.log(h[2, 0])]
+    assert hazard_loss(logits, first, valid).item() == pytest.approx(sum(nll) / 3, rel=1e-5)
+    masked = hazard_loss(logits, first, torch.tensor([True, False, False]))
+    assert masked.item() == pytest.approx(nll[0], rel=1e-5)  # unlabelled rows count nothing
+
+
+def test_event_probability_is_one_minus_surviving_every_step():
+    logits = torch.tensor([[-2.0, 0.0, 1.0]])
+    h = torch.sigmoid(logits)[0]
+    want = 1 - (1 - h[0]) * (1 - h[1]) * (1 - h[2])
+    assert event_probability(logits).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_scene_features_zero_absent_neighbours_and_are_relative_to_the_ego():
+    states = torch.tensor([[[0.0, 0, 25, 0], [12, 4, 20, 0], [99, 99, 9, 9]]])  # (1, 3, 4)
+    std = torch.ones(1, 3, 2)
+    feats = scene_features(states, std, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert feats.shape == (1, 4 + 7 * 2)
+    assert feats[0, 4:8].tolist() == pytest.approx([1.2, 2.0, -1.0, 0.0])  # scaled offset
+    assert feats[0, 11:].abs().sum() == 0  # the absent slot carries nothing
+
+
+def test_a_fresh_critic_returns_the_world_models_own_risk():
+    model = tiny_model(5).eval()
+    batch = make_batch(b=2, n=5)
+    actions = torch.randint(0, 5, (2, 4, 3))
+    noise = torch.randn(2, 4, 2, 3, model.stoch_dim)
+    out = model.imagine(batch["hist"], batch["hist_mask"], actions, noise)
+    logits = imagined_logits(critic_for(model), out)
+    assert logits.shape == (2, 4, 2, 3)
+    prior = out.collision.clamp(1e-4, 1 - 1e-4)
+    assert torch.allclose(torch.sigmoid(logits), prior, atol=1e-6)
+
+
+def test_critic_learns_labels_the_prior_gets_wrong():
+    """Events are decided by the first action (FASTER crashes at step 1), which the
+    untrained world model's geometry does not know: on held-out scenes the fitted critic
+    must beat its prior's log loss."""
+    model = tiny_model(5).eval()
+    critic = critic_for(model, hidden=32)
+    candidates = torch.from_numpy(enumerate_candidates(2))  # (25, 2)
+    first = torch.where(candidates[:, 0] == 3, 1, 2)  # (25,): FASTER -> event after step 1
+
+    def imagined(seed):
+        batch = make_batch(b=8, n=5, seed=seed)
+        with torch.no_grad():
+            return model.imagine(batch["hist"], batch["hist_mask"],
+                                 candidates[None].expand(8, -1, -1),
+                                 torch.randn(8, 25, 1, 2, model.stoch_dim))
+
+    labels = first[None, :, None].expand(8, -1, 1)
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    for step in range(150):
+        loss = hazard_loss(imagined_logits(critic, imagined(step)), labels, valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test = imagined(1000)
+    with torch.no_grad():
+        fitted = hazard_loss(imagined_logits(critic, test), labels, valid).item()
+        prior = hazard_loss(torch.logit(test.collision.clamp(1e-4, 1 - 1e-4)), labels,
+                            valid).item()
+    assert fitted < 0.5 * prior
+
+
+def test_planner_with_a_critic_scores_its_risk_and_a_riskless_return(tmp_path):
+    model = tiny_model(5).eval()
+    critic = critic_for(model)
+    with torch.no_grad():  # away from the prior, so the critic visibly decides
+        critic.net[-1].bias.fill_(-1.5)
+    batch = make_batch(b=1, n=5)
+    candidates = torch.from_numpy(enumerate_candidates(2))
+    noise = torch.randn(25, 2, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
+    args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
+    with_critic = Planner(model, gamma=0.9, bootstrap=True, critic=critic)
+    plain = Planner(model, gamma=0.9, bootstrap=True)
+    with torch.no_grad():
+        risk, ret, _, _ = with_critic(*args)
+        out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
+        want_risk = event_probability(imagined_logits(critic, out)[0]).mean(dim=1)
+        reward = out.reward[0]  # (K, S, F): no survival factor anywhere in the return
+        want_ret = (reward[..., 0] + 0.9 * reward[..., 1]
+                    + 0.9 ** 2 / 0.1 * reward[..., 1]).mean(dim=1)
+        assert torch.allclose(risk, want_risk, atol=1e-6)
+        assert torch.allclose(ret, want_ret, atol=1e-5)
+        assert not torch.allclose(risk, plain(*args)[0])
+    path = tmp_path / "planner.onnx"
+    export_planner(with_critic, path, batch["hist"], batch["hist_mask"].float(),
+                   n_candidates=25, samples=2, horizon=2)
+    assert check_parity(with_critic, path, *args, atol=1e-4) < 1e-4
+
+
+def test_critic_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="n_vehicles >= 2"):
+        RiskCritic(8, 1)
+    with pytest.raises(ValueError, match="hidden_dim must be >= 1"):
+        RiskCritic(8, 3, hidden_dim=0)

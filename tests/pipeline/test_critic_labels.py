@@ -1,0 +1,95 @@
+"""Risk-critic labels: every road candidate judged on simulator copies, reproducibly."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from evaluation.oracle import intrudes, lookahead_step
+from evaluation.policies import road_candidates
+from pipeline.critic_labels import LABEL_ARRAYS, Labeller, LabelSpec, candidate_ids, concat_labels
+
+SPEC = LabelSpec("highway-fast-v0", {"duration": 4, "vehicles_count": 12}, history=4,
+                 vehicles=5, horizon=2, envelope=(8.0, 2.5), gamma=0.9, epsilon=0.3)
+
+
+def replay_first(core, sequence, envelope) -> int:
+    """The step after which `sequence` first crashes or meets the envelope, by hand."""
+    twin = copy.deepcopy(core)
+    for t, action in enumerate(sequence):
+        _, over, crashed = lookahead_step(twin, int(action))
+        if crashed or intrudes(twin, *envelope):
+            return t
+        if over:
+            break
+    return len(sequence)
+
+
+def test_labels_match_a_step_by_step_replay_and_cover_the_road_candidates():
+    labeller = Labeller(SPEC)
+    labeller.env.reset(seed=3)
+    labeller.env.step(3)
+    valid, first, _ = labeller.decision_labels()
+    on_road = road_candidates(labeller.env, labeller.candidates)
+    assert valid.sum() == len(on_road)
+    assert set(candidate_ids(labeller.candidates[valid])) == set(candidate_ids(on_road))
+    assert (first[~valid] == SPEC.horizon).all()
+    for k in np.flatnonzero(valid):
+        want = replay_first(labeller.env.unwrapped, labeller.candidates[k], SPEC.envelope)
+        assert first[k] == want
+    labeller.close()
+
+
+def test_a_wide_envelope_labels_every_candidate_at_its_first_step():
+    labeller = Labeller(replace(SPEC, envelope=(1e4, 1e4)))
+    labeller.env.reset(seed=3)
+    valid, first, _ = labeller.decision_labels()
+    assert (first[valid] == 0).all()
+    labeller.close()
+
+
+def test_episodes_are_reproducible_and_hold_every_decision():
+    labeller = Labeller(SPEC)
+    a, b = labeller.episode(11), labeller.episode(11)
+    c = labeller.episode(12)
+    labeller.close()
+    for name in LABEL_ARRAYS:
+        assert np.array_equal(a[name], b[name]), name
+    d = len(a["episode"])
+    assert a["hist"].shape == (d, 4, 5, a["hist"].shape[-1]) and a["hist"].dtype == np.float32
+    assert a["hist_mask"].shape == (d, 4, 5) and a["valid"].shape == (d, 25)
+    assert (a["episode"] == 11).all() and a["hist_mask"][:, -1, 0].all()  # the ego is there
+    both = concat_labels([c, a])
+    assert both["episode"][0] == 11 and len(both["episode"]) == d + len(c["episode"])
+
+
+def test_candidate_ids_are_distinct_base_five_numbers():
+    from models.candidates import enumerate_candidates
+
+    every = enumerate_candidates(3)
+    assert np.array_equal(candidate_ids(every), np.arange(125))
+
+
+def test_a_missing_or_corrupt_critic_is_refused_in_one_line(tmp_path):
+    import json
+
+    from pipeline.artifacts import Artifacts
+    from pipeline.errors import StageError
+    from pipeline.stages.critic import CRITIC_FILE, CRITIC_SPEC, load_critic
+
+    stage = Artifacts("critic", "k", tmp_path, {})
+    assert load_critic(stage) is None  # critic.episodes 0: no critic, nothing to refuse
+    (tmp_path / CRITIC_SPEC).write_text(json.dumps({"feat_dim": 8, "n_vehicles": 3,
+                                                   "hidden_dim": 4}))
+    with pytest.raises(StageError, match="no usable risk critic") as err:
+        load_critic(stage)
+    assert "\n" not in str(err.value)
+    (tmp_path / CRITIC_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(StageError, match="no usable risk critic"):
+        load_critic(stage)
+    (tmp_path / CRITIC_SPEC).write_text(json.dumps({"feat_dim": 8}))
+    with pytest.raises(StageError, match="no usable risk critic"):
+        load_critic(stage)
