@@ -103,7 +103,7 @@ def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndar
     import torch
 
     from evaluation.metrics import auroc
-    from models.critic import event_probability, hazard_loss, imagined_logits
+    from models.critic import PRIOR_EPS, event_probability, hazard_loss, imagined_logits
 
     batches = LabelBatches(model, labels, cfg.export.horizon, cfg.critic.samples, "cpu")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -113,7 +113,8 @@ def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndar
         for i in range(0, len(rows), EVAL_BATCH):
             out, first, valid = batches(rows[i:i + EVAL_BATCH], generator)
             for name, logits in (("critic", imagined_logits(critic, out)),
-                                 ("model", torch.logit(out.collision.clamp(1e-4, 1 - 1e-4)))):
+                                 ("model", torch.logit(out.collision.clamp(PRIOR_EPS,
+                                                                           1 - PRIOR_EPS)))):
                 losses[name] += hazard_loss(logits, first, valid).item() * valid.sum().item()
                 probs[name].append(event_probability(logits).mean(dim=2).numpy())
     valid = labels["valid"][rows]
