@@ -24,7 +24,7 @@ from models.candidates import (
     LANE_LEFT,
     LANE_RIGHT,
     SLOWER,
-    prune_candidates,
+    on_road_mask,
 )
 
 NUM_ACTIONS = len(ACTION_NAMES)
@@ -197,10 +197,15 @@ def lanes_count(env) -> int:
 def road_candidates(env, candidates: np.ndarray) -> np.ndarray:
     """The candidate sequences (K, F) whose lane changes keep the ego on the road, starting
     from its target lane (all of them if none does): what the planner and the oracle score."""
+    return np.asarray(candidates)[road_mask(env, candidates)]
+
+
+def road_mask(env, candidates: np.ndarray) -> np.ndarray:
+    """(K,) bool: the rows of `candidates` that `road_candidates` keeps."""
     lanes = lanes_count(env)
     lane = min(max(int(env.unwrapped.vehicle.target_lane_index[2]), 0), lanes - 1)
-    kept = prune_candidates(candidates, lane, lanes)
-    return kept if len(kept) else candidates
+    kept = on_road_mask(candidates, lane, lanes)
+    return kept if kept.any() else np.ones_like(kept)
 
 
 def side_lanes(ego) -> list:

@@ -39,11 +39,16 @@ def prune_candidates(candidates: np.ndarray, lane_index: int, lanes_count: int) 
     all-IDLE sequence always survives, so the result is never empty if it was present.
     """
     candidates = np.asarray(candidates)
+    return candidates[on_road_mask(candidates, lane_index, lanes_count)]
+
+
+def on_road_mask(candidates: np.ndarray, lane_index: int, lanes_count: int) -> np.ndarray:
+    """(K,) bool: the sequences (K, F) that `prune_candidates` keeps."""
+    candidates = np.asarray(candidates)
     if candidates.ndim != 2:
         raise ValueError(f"candidates must have shape (K, F), got {candidates.shape}")
     if not 0 <= lane_index < lanes_count:
         raise ValueError(f"lane_index {lane_index} is outside the road's lanes "
                          f"0..{lanes_count - 1}")
     lanes = lane_trajectory(candidates, lane_index)
-    on_road = ((lanes >= 0) & (lanes < lanes_count)).all(axis=1)
-    return candidates[on_road]
+    return ((lanes >= 0) & (lanes < lanes_count)).all(axis=1)

@@ -90,12 +90,11 @@ class Labeller:
 
     def decision_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """valid (K,), first (K,), returns (K,) for the env's current state."""
-        from evaluation.policies import road_candidates
+        from evaluation.policies import road_mask
 
         self.live.update(self.env)
         k, horizon = len(self.candidates), self.spec.horizon
-        valid = np.isin(candidate_ids(self.candidates), candidate_ids(road_candidates(self.env,
-                                                                                      self.candidates)))
+        valid = road_mask(self.env, self.candidates)
         first, returns = np.full(k, horizon, dtype=np.int64), np.zeros(k)
         rows = np.flatnonzero(valid)
         returns[rows], first[rows], _ = self.oracle.first_events(self.env.unwrapped,
@@ -115,11 +114,6 @@ def planner_driver(spec: LabelSpec, candidates: np.ndarray):
     return PlannerPolicy(scorer, candidates, risk_weight=spec.risk_weight,
                          uncertainty_weight=spec.uncertainty_weight,
                          risk_budget=spec.risk_budget)
-
-
-def candidate_ids(candidates: np.ndarray) -> np.ndarray:
-    """Each sequence (K, F) of actions in 0..4 as one base-5 number (K,)."""
-    return candidates @ (5 ** np.arange(candidates.shape[1])[::-1])
 
 
 def stack_rows(rows: list[tuple]) -> dict[str, np.ndarray]:

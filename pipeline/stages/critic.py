@@ -9,7 +9,8 @@ Each of `critic.rounds` rounds:
    (pipeline/critic_labels.py): every road candidate of every decision, with the first
    step at which the true simulator crashes or meets the envelope (`export.envelope_*`).
    Round 1 is driven by the envelope oracle; a later round by the ONNX planner with the
-   previous round's critic (`round_<k>.onnx`, the simulate stage's decision rule), so the
+   previous round's critic (`round_<k>.onnx`, written as export writes its planner, driven
+   with the simulate stage's decision rule), so the
    states that planner gets itself into are labelled too;
 2. fits a fresh critic (models/critic.py) on the world model's imagination of every
    label so far; `critic.val_fraction` of the episodes are held out.
@@ -75,38 +76,22 @@ def collect_labels(cfg: Config, seeds: list[int], planner: str, tag: str) -> lis
     return parts
 
 
-def export_round(model, critic, cfg: Config, spec: dict, labels: dict, path: Path) -> str:
-    """The planner with `critic` as an ONNX file plus sidecar (drives the next round)."""
-    import torch
-
-    from models.planner import Planner
-    from pipeline.onnx_export import export_planner
-    from pipeline.scorer import write_sidecar
-    from pipeline.stages.export import sidecar_fields
-
-    e = cfg.export
-    planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic).eval()
-    export_planner(planner, path, torch.from_numpy(labels["hist"][:1]),
-                   torch.from_numpy(labels["hist_mask"][:1]).float(),
-                   n_candidates=5 ** e.horizon, samples=e.samples, opset=e.opset,
-                   horizon=e.horizon)
-    write_sidecar(path, **sidecar_fields(cfg, spec, model, critic=True))
-    return str(path)
-
-
 def held_out(episodes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """(D,) bool: the decisions of a seeded `fraction` of the episodes (at least one, and
-    never all of them when there are two or more)."""
-    unique = np.unique(episodes)
-    count = min(max(1, round(fraction * len(unique))), max(len(unique) - 1, 1))
-    chosen = np.random.default_rng(seed).choice(unique, count, replace=False)
-    return np.isin(episodes, chosen)
+    """(D,) bool: the decisions of the validation episodes, as training splits them
+    (pipeline/windows.py `split_ids`, no test split)."""
+    from pipeline.windows import split_ids
+
+    val = split_ids(np.unique(episodes), fraction, 0.0, seed, "labelled episodes")["val"]
+    return np.isin(episodes, val)
 
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
+    import torch
+
     from pipeline.critic_fit import fit_critic
     from pipeline.critic_labels import concat_labels
+    from pipeline.stages.export import write_planner
     from pipeline.stages.train import load_model
 
     if cfg.critic.episodes == 0:
@@ -116,8 +101,11 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model.vehicle_width = cfg.export.envelope_width
     parts, labels, critic, label_seconds = [], {}, None, 0.0
     for r, seeds in enumerate(label_seeds(cfg)):
-        planner = "" if critic is None else export_round(model, critic, cfg, spec, labels,
-                                                         work / f"round_{r}.onnx")
+        planner = ""
+        if critic is not None:  # this round is driven by the previous round's planner
+            planner = str(work / f"round_{r}.onnx")
+            write_planner(model, critic, cfg, spec, labels["hist"][:1], labels["hist_mask"][:1],
+                          Path(planner))
         start = time.perf_counter()
         parts += collect_labels(cfg, seeds, planner, f"round {r + 1}/{cfg.critic.rounds}")
         label_seconds += time.perf_counter() - start
@@ -125,8 +113,6 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         val = held_out(labels["episode"], cfg.critic.val_fraction, cfg.seed)
         critic, figures = fit_critic(model, labels, val, cfg, ctx, r * cfg.critic.epochs)
     np.savez_compressed(work / LABELS_FILE, **labels)
-    import torch
-
     torch.save(critic.state_dict(), work / CRITIC_FILE)
     write_json_atomic(work / CRITIC_SPEC, {"feat_dim": critic.feat_dim,
                                            "n_vehicles": critic.n_vehicles,

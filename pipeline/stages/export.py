@@ -61,6 +61,26 @@ def sidecar_fields(cfg: Config, spec: dict, model, critic: bool = False) -> dict
             "opset": cfg.export.opset, "tolerance": cfg.export.tolerance}
 
 
+def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
+                  hist_mask: np.ndarray, path: Path):
+    """The planner over `model` (its envelope set) and the optional `critic`, written to
+    `path` as ONNX (traced on the example scene hist (1, H, N, D), hist_mask (1, H, N)) with
+    its sidecar; returns (the torch planner, the sidecar fields)."""
+    import torch
+
+    from models.planner import Planner
+    from pipeline.onnx_export import export_planner
+    from pipeline.scorer import write_sidecar
+
+    e = cfg.export
+    planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic).eval()
+    export_planner(planner, path, torch.from_numpy(hist), torch.from_numpy(hist_mask),
+                   n_candidates=125, samples=e.samples, opset=e.opset, horizon=e.horizon)
+    fields = sidecar_fields(cfg, spec, model, critic is not None)
+    write_sidecar(path, **fields)
+    return planner, fields
+
+
 def register(path: Path, fields: dict, cfg: Config) -> int:
     """Log the planner with MLflow's ONNX flavor (sidecar in the metadata) and register it."""
     import mlflow
@@ -73,11 +93,7 @@ def register(path: Path, fields: dict, cfg: Config) -> int:
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
-    import torch
-
-    from models.planner import Planner
-    from pipeline.onnx_export import export_planner, time_planner
-    from pipeline.scorer import write_sidecar
+    from pipeline.onnx_export import time_planner
     from pipeline.stages.critic import load_critic
     from pipeline.stages.evaluate import held_out_windows
     from pipeline.stages.train import load_model
@@ -88,17 +104,11 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model, spec = load_model(inputs["train"])
     model.vehicle_length = cfg.export.envelope_length  # the planner checks the envelope
     model.vehicle_width = cfg.export.envelope_width
-    critic = load_critic(inputs["critic"])
-    planner = Planner(model, cfg.export.gamma, cfg.export.bootstrap, cfg.export.lookahead,
-                      critic).eval()
     scenes = held_out_windows(cfg, inputs).arrays
     path = work / PLANNER_FILE
-    export_planner(planner, path, torch.from_numpy(scenes["hist"][:1]),
-                   torch.from_numpy(scenes["hist_mask"][:1]), n_candidates=125,
-                   samples=cfg.export.samples, opset=cfg.export.opset, horizon=cfg.export.horizon)
+    planner, fields = write_planner(model, load_critic(inputs["critic"]), cfg, spec,
+                                    scenes["hist"][:1], scenes["hist_mask"][:1], path)
     worst = check_parity_on_scenes(planner, path, cfg, scenes)
-    fields = sidecar_fields(cfg, spec, model, critic is not None)
-    write_sidecar(path, **fields)
     inputs_125 = next(parity_inputs(cfg, scenes, 125, model.stoch_dim))
     summary = {"parity_max_abs_diff": worst, "tolerance": cfg.export.tolerance,
                "onnx_median_ms_k125": time_planner(path, *inputs_125),

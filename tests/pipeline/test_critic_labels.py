@@ -10,7 +10,7 @@ import pytest
 
 from evaluation.oracle import intrudes, lookahead_step
 from evaluation.policies import road_candidates
-from pipeline.critic_labels import LABEL_ARRAYS, Labeller, LabelSpec, candidate_ids, concat_labels
+from pipeline.critic_labels import LABEL_ARRAYS, Labeller, LabelSpec, concat_labels
 
 SPEC = LabelSpec("highway-fast-v0", {"duration": 4, "vehicles_count": 12}, history=4,
                  vehicles=5, horizon=2, envelope=(8.0, 2.5), gamma=0.9, epsilon=0.3)
@@ -34,8 +34,8 @@ def test_labels_match_a_step_by_step_replay_and_cover_the_road_candidates():
     labeller.env.step(3)
     valid, first, _ = labeller.decision_labels()
     on_road = road_candidates(labeller.env, labeller.candidates)
-    assert valid.sum() == len(on_road)
-    assert set(candidate_ids(labeller.candidates[valid])) == set(candidate_ids(on_road))
+    assert len(on_road) < len(valid)  # some lane changes leave the road here
+    assert np.array_equal(labeller.candidates[valid], on_road)
     assert (first[~valid] == SPEC.horizon).all()
     for k in np.flatnonzero(valid):
         want = replay_first(labeller.env.unwrapped, labeller.candidates[k], SPEC.envelope)
@@ -64,13 +64,6 @@ def test_episodes_are_reproducible_and_hold_every_decision():
     assert (a["episode"] == 11).all() and a["hist_mask"][:, -1, 0].all()  # the ego is there
     both = concat_labels([c, a])
     assert both["episode"][0] == 11 and len(both["episode"]) == d + len(c["episode"])
-
-
-def test_candidate_ids_are_distinct_base_five_numbers():
-    from models.candidates import enumerate_candidates
-
-    every = enumerate_candidates(3)
-    assert np.array_equal(candidate_ids(every), np.arange(125))
 
 
 def test_a_missing_or_corrupt_critic_is_refused_in_one_line(tmp_path):
