@@ -29,18 +29,44 @@ PRIOR_EPS = 1e-4  # the prior probability is clipped to [eps, 1 - eps] before it
 SCENE_SCALE = (10.0, 2.0, 5.0, 1.0)  # m, m, m/s, m/s: offsets and velocities to O(1)
 
 
-def scene_features(states: torch.Tensor, std: torch.Tensor,
-                   presence: torch.Tensor) -> torch.Tensor:
+def scene_maps(n_vehicles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The linear maps of `scene_features` for N slots: values (7N, W), gate (N, W) and
+    gate_bias (W,), W = 4 + 7 (N-1).
+
+    Each feature is a fixed linear function of [states, stds, presence] (the ego's scaled
+    state; a neighbour's scaled offset from the ego, scaled std, presence flag) times a
+    presence gate (1 for the ego's state and the flags, the neighbour's presence
+    otherwise). As matrix products the features need no broadcast over small inner axes,
+    which onnxruntime runs element by element.
+    """
+    n, width = n_vehicles, 4 + 7 * (n_vehicles - 1)
+    values, gate, gate_bias = torch.zeros(7 * n, width), torch.zeros(n, width), torch.zeros(width)
+    inverse = [1.0 / s for s in SCENE_SCALE]
+    gate_bias[:4] = 1.0
+    for k in range(4):
+        values[k, k] = inverse[k]
+    for i in range(1, n):
+        base = 4 + 7 * (i - 1)
+        for k in range(4):
+            values[4 * i + k, base + k] = inverse[k]  # the neighbour's state ...
+            values[k, base + k] = -inverse[k]  # ... minus the ego's
+        for k in range(2):
+            values[4 * n + 2 * i + k, base + 4 + k] = inverse[k]
+        values[6 * n + i, base + 6] = 1.0
+        gate[i, base:base + 6] = 1.0
+        gate_bias[base + 6] = 1.0
+    return values, gate, gate_bias
+
+
+def scene_features(states: torch.Tensor, std: torch.Tensor, presence: torch.Tensor,
+                   maps: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """states (..., N, 4) [x, y, vx, vy], std (..., N, 2) position stds, presence (..., N)
     -> (..., 4 + 7 (N-1)): the ego's state, then each neighbour's offset from the ego,
-    position std and presence (absent neighbours: offsets zeroed)."""
-    scale = states.new_tensor(SCENE_SCALE)
-    ego = states[..., :1, :]
-    present = presence[..., 1:, None]
-    offset = (states[..., 1:, :] - ego) / scale * present
-    spread = std[..., 1:, :] / scale[:2]
-    neighbours = torch.cat([offset, spread * present, present], dim=-1)  # (..., N-1, 7)
-    return torch.cat([ego[..., 0, :] / scale, neighbours.flatten(-2)], dim=-1)
+    position std and presence (absent neighbours: offsets and stds zeroed). maps:
+    `scene_maps(N)` (built here when None)."""
+    values, gate, gate_bias = maps if maps is not None else scene_maps(states.shape[-2])
+    raw = torch.cat([states.flatten(-2), std.flatten(-2), presence], dim=-1)  # (..., 7N)
+    return (raw @ values) * (presence @ gate + gate_bias)
 
 
 class RiskCritic(nn.Module):
@@ -59,6 +85,9 @@ class RiskCritic(nn.Module):
         self.net = mlp(feat_dim + 2 * scene_dim + 1, hidden_dim, 1)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        for name, tensor in zip(("values", "gate", "gate_bias"), scene_maps(n_vehicles),
+                                strict=True):
+            self.register_buffer(f"scene_{name}", tensor, persistent=False)
 
     def forward(self, feats: torch.Tensor, start: torch.Tensor, states: torch.Tensor,
                 std: torch.Tensor, presence: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -73,7 +102,8 @@ class RiskCritic(nn.Module):
         start = start.expand(*states.shape[:-3], *start.shape[-2:])[..., None, :, :]
         path = torch.cat([start, states], dim=-3)  # (..., F+1, N, 4)
         spread = torch.cat([torch.zeros_like(std[..., :1, :, :]), std], dim=-3)
-        scene = scene_features(path, spread, presence)  # (..., F+1, S)
+        maps = (self.scene_values, self.scene_gate, self.scene_gate_bias)
+        scene = scene_features(path, spread, presence, maps)  # (..., F+1, S)
         prior_logit = torch.logit(prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS))
         inputs = torch.cat([feats, scene[..., :-1, :], scene[..., 1:, :], prior_logit[..., None]],
                            dim=-1)
@@ -108,3 +138,4 @@ def imagined_logits(critic: RiskCritic, out) -> torch.Tensor:
     start = out.last_state[:, None, None]  # (B, 1, 1, N, 4)
     return critic(out.feats, start, out.states_mean, out.states_std[..., :2], presence,
                   out.collision)
+

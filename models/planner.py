@@ -120,7 +120,7 @@ class Planner(nn.Module):
             expected = expected + value * self.beyond_survival(out)  # (K, S)
         expected = expected.mean(dim=1)
         uncertainty = out.uncertainty[0].mean(dim=-1)  # (K,)
-        positions = out.states_mean[0, ..., :2].mean(dim=1)  # (K, F, N, 2)
+        positions = out.states_mean[0].mean(dim=1)[..., :2]  # (K, F, N, 2)
         return collision, expected, uncertainty, positions
 
     def beyond_survival(self, out: Imagination) -> torch.Tensor | float:

@@ -62,10 +62,27 @@ def export_planner(planner: Planner, path: str | os.PathLike, example_hist: torc
                               output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
                               opset_version=opset, dynamo=False)
         planner.train(was_training)
+        fold_static_shapes(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fold_static_shapes(path: str | os.PathLike) -> None:
+    """Rewrite the ONNX file at `path` with the tracer's shape arithmetic folded.
+
+    The tracer computes every reshape target from Shape nodes, even on axes that are fixed
+    (all but K): about a third of the graph's nodes. With symbolic shapes inferred (K as a
+    symbol) onnxscript's optimizer folds those on fixed axes into constants, which saves
+    onnxruntime about 5% of a decision and changes no value (the parity check runs after).
+    """
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxscript import optimizer
+
+    model = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=True)
+    onnx.save(optimizer.optimize(model), str(path))
 
 
 def planner_session(onnx_path: str | os.PathLike, threads: int = 1):

@@ -45,6 +45,8 @@ class Stage:
     resumable: Callable[[Config], bool] = lambda cfg: False
     # refuses a config this stage cannot run with, before any stage writes anything
     check: Callable[[Config], None] = lambda cfg: None
+    # settings outside `sections` that its output depends on (hashed into the key too)
+    extra_key: Callable[[Config], dict] = lambda cfg: {}
 
 
 def is_ddp_worker() -> bool:
@@ -69,6 +71,9 @@ def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:
             tree.pop(field_name, None)
         sections[name] = tree
     sections["seed"] = cfg.seed
+    extra = stage.extra_key(cfg)
+    if extra:
+        sections["extra"] = extra
     return artifacts.stage_key(sections, {name: inputs[name].key for name in stage.inputs})
 
 

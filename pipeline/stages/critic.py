@@ -18,15 +18,20 @@ Each of `critic.rounds` rounds:
 Writes `labels.npz` (the labelled decisions), `critic.pt` + `critic.json` (the last
 critic's weights and constructor arguments). Summary: the label counts and, on the
 held-out episodes, the risk AUROC and log loss of the critic and of the world model's own
-risk. Not resumable: a killed stage labels again.
+risk. Every labelled episode is also kept in `<workdir>/<experiment>/critic_labels/<spec
+key>/<seed>.npz` (`label_cache`): refitting with other `critic.*` fitting settings, or
+with more episodes, labels only what is new, and a killed stage resumes its labelling there
+(fitting starts again). Delete that directory to label from scratch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -63,12 +68,61 @@ def label_seeds(cfg: Config) -> list[list[int]]:
     return [seeds[r * n:(r + 1) * n] for r in range(cfg.critic.rounds)]
 
 
-def collect_labels(cfg: Config, seeds: list[int], planner: str, tag: str) -> list[dict]:
-    """Labelled episodes of `seeds`, printing one line per finished episode."""
-    from pipeline.critic_labels import label_episodes
+LABEL_VERSION = 1  # bump when labelling changes what an episode's labels are
 
-    parts, start = [], time.perf_counter()
-    for part in label_episodes(label_spec(cfg, planner), seeds, cfg.ingest.workers):
+
+def label_cache(cfg: Config, spec, planner: str) -> Path:
+    """The directory of labelled episodes for this labelling spec: one `<seed>.npz` each.
+
+    Keyed by the spec (and the bytes of the planner that drives, if any), not by the
+    stage's key: changing how the critic is fitted, or adding episodes, labels only what
+    is new, and a killed stage resumes at the episodes it had not finished.
+    """
+    from pipeline.runner import experiment_root
+
+    fields = dict(vars(spec), planner="", version=LABEL_VERSION)
+    if planner:
+        fields["planner"] = hashlib.sha256(Path(planner).read_bytes()).hexdigest()
+    else:  # the oracle drives: the planner's decision rule plays no part
+        for name in ("risk_weight", "uncertainty_weight", "risk_budget"):
+            fields.pop(name)
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return experiment_root(cfg) / "critic_labels" / key
+
+
+def cached_episode(path: Path) -> dict | None:
+    """The labels of one cached episode, or None when the file is missing or unreadable
+    (a damaged file is labelled again, with a warning)."""
+    from pipeline.critic_labels import LABEL_ARRAYS
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in LABEL_ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        print(f"[critic] {path} is unreadable ({type(err).__name__}): labelling it again",
+              file=sys.stderr, flush=True)
+        return None
+
+
+def collect_labels(cfg: Config, seeds: list[int], planner: str, tag: str) -> list[dict]:
+    """Labelled episodes of `seeds` (cached ones read back), one progress line each."""
+    from pipeline.critic_labels import label_episodes
+    from pipeline.dataset import atomic_write_bytes
+
+    spec = label_spec(cfg, planner)
+    cache = label_cache(cfg, spec, planner)
+    cache.mkdir(parents=True, exist_ok=True)
+    parts = [part for part in (cached_episode(cache / f"{s}.npz") for s in seeds) if part]
+    done = {int(part["episode"][0]) for part in parts}
+    if done:
+        print(f"[critic] {tag}: {len(done)}/{len(seeds)} episodes read from {cache}",
+              file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    for part in label_episodes(spec, [s for s in seeds if s not in done], cfg.ingest.workers):
+        atomic_write_bytes(cache / f"{int(part['episode'][0])}.npz",
+                           lambda handle, part=part: np.savez_compressed(handle, **part))
         parts.append(part)
         print(f"[critic] {tag}: labelled {len(parts)}/{len(seeds)} episodes "
               f"({sum(len(p['episode']) for p in parts)} decisions, "
@@ -157,5 +211,15 @@ def check(cfg: Config) -> None:
                          "episode is held out)")
 
 
+def decision_rule(cfg: Config) -> dict:
+    """With `critic.rounds` > 1 later rounds are driven by the planner with the simulate
+    stage's decision rule, so the labels depend on it (not on the rest of `simulate`)."""
+    if cfg.critic.episodes == 0 or cfg.critic.rounds == 1:
+        return {}
+    s = cfg.simulate
+    return {"risk_weight": s.risk_weight, "uncertainty_weight": s.uncertainty_weight,
+            "risk_budget": s.risk_budget}
+
+
 STAGE = Stage("critic", sections=("critic", "export"), inputs=("train",), produce=produce,
-              check=check)
+              check=check, extra_key=decision_rule)

@@ -50,7 +50,9 @@ def test_scene_features_zero_absent_neighbours_and_are_relative_to_the_ego():
     std = torch.ones(1, 3, 2)
     feats = scene_features(states, std, torch.tensor([[1.0, 1.0, 0.0]]))
     assert feats.shape == (1, 4 + 7 * 2)
+    assert feats[0, :4].tolist() == pytest.approx([0.0, 0.0, 5.0, 0.0])  # the ego, scaled
     assert feats[0, 4:8].tolist() == pytest.approx([1.2, 2.0, -1.0, 0.0])  # scaled offset
+    assert feats[0, 8:11].tolist() == pytest.approx([0.1, 0.5, 1.0])  # scaled std, presence
     assert feats[0, 11:].abs().sum() == 0  # the absent slot carries nothing
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from evaluation.oracle import intrudes, lookahead_step
 from evaluation.policies import road_candidates
+from pipeline import artifacts
 from pipeline.critic_labels import LABEL_ARRAYS, Labeller, LabelSpec, concat_labels
 
 SPEC = LabelSpec("highway-fast-v0", {"duration": 4, "vehicles_count": 12}, history=4,
@@ -86,3 +87,25 @@ def test_a_missing_or_corrupt_critic_is_refused_in_one_line(tmp_path):
     (tmp_path / CRITIC_SPEC).write_text(json.dumps({"feat_dim": 8}))
     with pytest.raises(StageError, match="no usable risk critic"):
         load_critic(stage)
+
+
+def test_the_decision_rule_keys_the_critic_only_when_a_planner_labels(tmp_path):
+    """Rounds after the first are driven by the planner's decision rule (simulate.*), so
+    it is in the critic's key then; a single oracle-driven round ignores it, and so does
+    the oracle round's label cache."""
+    from pipeline.config import load_config
+    from pipeline.runner import key_of
+    from pipeline.stages import critic
+
+    inputs = {"train": artifacts.Artifacts("train", "abc", tmp_path, {})}
+
+    def key_and_cache(*overrides):
+        cfg = load_config(None, [f"workdir={tmp_path}", "critic.episodes=4", *overrides])
+        return key_of(critic.STAGE, cfg, inputs), critic.label_cache(
+            cfg, critic.label_spec(cfg, ""), "")
+
+    one_round = key_and_cache()
+    assert key_and_cache("simulate.risk_budget=0.5") == one_round
+    two_rounds = key_and_cache("critic.rounds=2")
+    other_rule = key_and_cache("critic.rounds=2", "simulate.risk_weight=3")
+    assert other_rule[0] != two_rounds[0] and other_rule[1] == two_rounds[1] == one_round[1]

@@ -40,6 +40,22 @@ def test_parity_with_a_different_number_of_candidates(tmp_path):
     assert isinstance(session.get_inputs()[2].shape[0], str)  # K is symbolic
 
 
+def test_export_folds_the_shape_arithmetic_of_fixed_axes(tmp_path, monkeypatch):
+    import onnx
+
+    import pipeline.onnx_export as onnx_export
+
+    def op_counts(path):
+        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+        return len(ops), ops.count("Shape")
+
+    _, folded, _ = exported(tmp_path / "folded")
+    monkeypatch.setattr(onnx_export, "fold_static_shapes", lambda path: None)
+    _, traced, _ = exported(tmp_path / "traced")
+    (nodes, shapes), (raw_nodes, raw_shapes) = op_counts(folded), op_counts(traced)
+    assert nodes < 0.8 * raw_nodes and shapes < raw_shapes / 2
+
+
 def test_other_scene_and_deterministic_variant(tmp_path):
     planner, path, _ = exported(tmp_path, variant="deterministic", samples=2)
     scene = make_batch(b=1, n=6, seed=11)

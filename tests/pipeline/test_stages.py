@@ -155,6 +155,34 @@ def test_critic_labels_decisions_and_the_export_scores_with_it(debug_run):
     assert json.loads((export / "planner.onnx.json").read_text())["risk"].startswith("critic")
 
 
+def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, capsys):
+    """Another fitting setting is another critic key, but the oracle-driven round's
+    episodes are not labelled again; a damaged cached episode is labelled again, the same."""
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(debug_run, workdir)
+    from pipeline.stages.critic import label_cache, label_seeds, label_spec
+
+    cfg = load_config(DEBUG, [f"workdir={workdir}"])
+    cache = label_cache(cfg, label_spec(cfg, ""), "")  # round 1: the oracle drives
+    damaged = cache / f"{label_seeds(cfg)[0][0]}.npz"
+    intact = dict(np.load(damaged))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["critic", DEBUG, f"workdir={workdir}", "critic.epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert "round 1/2: 1/2 episodes read from" in err and "labelling it again" in err
+    relabelled = dict(np.load(damaged))
+    assert all(np.array_equal(intact[name], relabelled[name]) for name in intact)
+    before, after = (np.load(d / "labels.npz") for d in (stage_dirs(debug_run, "critic")[0],
+                                                         stage_dirs(workdir, "critic")[-1]))
+    first_round = np.isin(before["episode"], [int(p.stem) for p in cache.glob("*.npz")])
+    assert first_round.any()
+    assert np.array_equal(before["first"][first_round],
+                          after["first"][np.isin(after["episode"], before["episode"][first_round])])
+
+
 def test_export_writes_planner_sidecar_and_registers_it(debug_run):
     (export,) = stage_dirs(debug_run, "export")
     assert (export / "planner.onnx").stat().st_size > 1000
