@@ -138,4 +138,3 @@ def imagined_logits(critic: RiskCritic, out) -> torch.Tensor:
     start = out.last_state[:, None, None]  # (B, 1, 1, N, 4)
     return critic(out.feats, start, out.states_mean, out.states_std[..., :2], presence,
                   out.collision)
-

@@ -69,6 +69,8 @@ def label_seeds(cfg: Config) -> list[list[int]]:
 
 
 LABEL_VERSION = 1  # bump when labelling changes what an episode's labels are
+# the simulate stage's decision rule: it drives the planner-driven rounds (critic.rounds > 1)
+DECISION_RULE = ("risk_weight", "uncertainty_weight", "risk_budget")
 
 
 def label_cache(cfg: Config, spec, planner: str) -> Path:
@@ -84,7 +86,7 @@ def label_cache(cfg: Config, spec, planner: str) -> Path:
     if planner:
         fields["planner"] = hashlib.sha256(Path(planner).read_bytes()).hexdigest()
     else:  # the oracle drives: the planner's decision rule plays no part
-        for name in ("risk_weight", "uncertainty_weight", "risk_budget"):
+        for name in DECISION_RULE:
             fields.pop(name)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     return experiment_root(cfg) / "critic_labels" / key
@@ -114,13 +116,14 @@ def collect_labels(cfg: Config, seeds: list[int], planner: str, tag: str) -> lis
     spec = label_spec(cfg, planner)
     cache = label_cache(cfg, spec, planner)
     cache.mkdir(parents=True, exist_ok=True)
-    parts = [part for part in (cached_episode(cache / f"{s}.npz") for s in seeds) if part]
-    done = {int(part["episode"][0]) for part in parts}
-    if done:
-        print(f"[critic] {tag}: {len(done)}/{len(seeds)} episodes read from {cache}",
+    cached = {seed: cached_episode(cache / f"{seed}.npz") for seed in seeds}
+    parts = [part for part in cached.values() if part is not None]
+    if parts:
+        print(f"[critic] {tag}: {len(parts)}/{len(seeds)} episodes read from {cache}",
               file=sys.stderr, flush=True)
     start = time.perf_counter()
-    for part in label_episodes(spec, [s for s in seeds if s not in done], cfg.ingest.workers):
+    todo = [seed for seed, part in cached.items() if part is None]
+    for part in label_episodes(spec, todo, cfg.ingest.workers):
         atomic_write_bytes(cache / f"{int(part['episode'][0])}.npz",
                            lambda handle, part=part: np.savez_compressed(handle, **part))
         parts.append(part)
@@ -216,9 +219,7 @@ def decision_rule(cfg: Config) -> dict:
     stage's decision rule, so the labels depend on it (not on the rest of `simulate`)."""
     if cfg.critic.episodes == 0 or cfg.critic.rounds == 1:
         return {}
-    s = cfg.simulate
-    return {"risk_weight": s.risk_weight, "uncertainty_weight": s.uncertainty_weight,
-            "risk_budget": s.risk_budget}
+    return {name: getattr(cfg.simulate, name) for name in DECISION_RULE}
 
 
 STAGE = Stage("critic", sections=("critic", "export"), inputs=("train",), produce=produce,
