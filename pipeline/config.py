@@ -220,6 +220,9 @@ class CriticConfig:
     # decision, but drove highway.yaml into 8% collisions vs 5%: within noise, not adopted)
     samples: int = 2  # imagined latent samples per candidate in training
     val_fraction: float = 0.125  # episodes held out for the validation figures
+    commit: int = 0  # steps of each candidate its label holds the planner to: 0 = all F
+    # (the candidate's own first event); k < F = the first event under the best
+    # continuation of its first k actions (pipeline/critic_labels.py `contingent_first`)
 
 
 @dataclass(frozen=True)

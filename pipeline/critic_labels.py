@@ -13,8 +13,10 @@ must judge states the oracle would not drive into, too. No torch on this path.
 
 Arrays per decision (D decisions, K = 5^F candidates in `enumerate_candidates` order):
 hist (D, H, N, D_obs) float32, hist_mask (D, H, N) bool, valid (D, K) bool (the
-candidate stays on the road; others are unlabelled), first (D, K) int64, episode (D,)
-int64 (the env seed), speed (D,) float32 (the ego's at the decision).
+candidate stays on the road; others are unlabelled), first (D, K) int64, returns (D, K)
+float32 (the true discounted reward sum over the candidate, stopped at a crash or the
+episode's end; 0 when unlabelled), episode (D,) int64 (the env seed), speed (D,) float32
+(the ego's at the decision).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LABEL_ARRAYS = ("hist", "hist_mask", "valid", "first", "episode", "speed")
+LABEL_ARRAYS = ("hist", "hist_mask", "valid", "first", "returns", "episode", "speed")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class Labeller:
         while not over:
             valid, first, returns = self.decision_labels()
             hist, hist_mask, _ = self.live.window()
-            rows.append((hist, hist_mask, valid, first, seed, self.env.unwrapped.vehicle.speed))
+            rows.append((hist, hist_mask, valid, first, returns, seed,
+                         self.env.unwrapped.vehicle.speed))
             on_road = np.flatnonzero(valid)
             if rng.random() < self.spec.epsilon:
                 action = int(self.candidates[rng.choice(on_road), 0])
@@ -117,9 +120,10 @@ def planner_driver(spec: LabelSpec, candidates: np.ndarray):
 
 
 def stack_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
-    hist, mask, valid, first, episode, speed = zip(*rows, strict=True)
+    hist, mask, valid, first, returns, episode, speed = zip(*rows, strict=True)
     return {"hist": np.stack(hist).astype(np.float32), "hist_mask": np.stack(mask).astype(bool),
             "valid": np.stack(valid), "first": np.stack(first).astype(np.int64),
+            "returns": np.stack(returns).astype(np.float32),
             "episode": np.asarray(episode, dtype=np.int64),
             "speed": np.asarray(speed, dtype=np.float32)}
 
@@ -139,3 +143,34 @@ def concat_labels(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Episodes in seed order, one array per name."""
     parts = sorted(parts, key=lambda part: int(part["episode"][0]))
     return {name: np.concatenate([part[name] for part in parts]) for name in LABEL_ARRAYS}
+
+
+def contingent_first(first: np.ndarray, valid: np.ndarray, candidates: np.ndarray,
+                     commit: int) -> np.ndarray:
+    """first (D, K) and valid (D, K) of candidates (K, F) -> (D, K): each valid candidate's
+    first-event step replaced by the latest one among the valid candidates that share its
+    first `commit` actions (F when one of them never meets an event).
+
+    The planner executes one step and then plans again, so it is not held to a whole
+    sequence: a fixed sequence carries every uncertain future, a contingent label only
+    what no continuation of the committed actions avoids.
+    """
+    out = first.copy()
+    prefixes, group_of = np.unique(candidates[:, :commit], axis=0, return_inverse=True)
+    for g in range(len(prefixes)):
+        group = group_of.reshape(-1) == g  # (K,)
+        best = np.where(valid[:, group], first[:, group], -1).max(axis=1)  # (D,)
+        out[:, group] = np.where(valid[:, group], best[:, None], first[:, group])
+    return out
+
+
+def fitting_labels(labels: dict[str, np.ndarray], commit: int, horizon: int) -> dict:
+    """`labels` with `first` as the critic learns it: the candidate's own (`commit` 0 or
+    >= horizon), or under the best continuation of its first `commit` actions."""
+    if commit == 0 or commit >= horizon:
+        return labels
+    from models.candidates import enumerate_candidates
+
+    candidates = enumerate_candidates(horizon)
+    return {**labels, "first": contingent_first(labels["first"], labels["valid"], candidates,
+                                                commit)}

@@ -13,10 +13,14 @@ Each of `critic.rounds` rounds:
    with the simulate stage's decision rule), so the
    states that planner gets itself into are labelled too;
 2. fits a fresh critic (models/critic.py) on the world model's imagination of every
-   label so far; `critic.val_fraction` of the episodes are held out.
+   label so far; `critic.val_fraction` of the episodes are held out. `critic.commit`
+   says what it learns: each candidate's own first event (0), or the first event under
+   the best continuation of the candidate's first `commit` actions
+   (pipeline/critic_labels.py `contingent_first`).
 
 Writes `labels.npz` (the labelled decisions), `critic.pt` + `critic.json` (the last
-critic's weights and constructor arguments). Summary: the label counts and, on the
+critic's weights and constructor arguments). Summary: the label counts, the share of
+positive labels (`positive_rate`, and `positive_rate/target` as fitted) and, on the
 held-out episodes, the risk AUROC and log loss of the critic and of the world model's own
 risk. Every labelled episode is also kept in `<workdir>/<experiment>/critic_labels/<spec
 key>/<seed>.npz` (`label_cache`): refitting with other `critic.*` fitting settings, or
@@ -68,7 +72,7 @@ def label_seeds(cfg: Config) -> list[list[int]]:
     return [seeds[r * n:(r + 1) * n] for r in range(cfg.critic.rounds)]
 
 
-LABEL_VERSION = 1  # bump when labelling changes what an episode's labels are
+LABEL_VERSION = 2  # bump when labelling changes what an episode's labels are
 # the simulate stage's decision rule: it drives the planner-driven rounds (critic.rounds > 1)
 DECISION_RULE = ("risk_weight", "uncertainty_weight", "risk_budget")
 
@@ -147,7 +151,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     import torch
 
     from pipeline.critic_fit import fit_critic
-    from pipeline.critic_labels import concat_labels
+    from pipeline.critic_labels import concat_labels, fitting_labels
     from pipeline.stages.export import write_planner
     from pipeline.stages.train import load_model
 
@@ -168,18 +172,24 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         label_seconds += time.perf_counter() - start
         labels = concat_labels(parts)
         val = held_out(labels["episode"], cfg.critic.val_fraction, cfg.seed)
-        critic, figures = fit_critic(model, labels, val, cfg, ctx, r * cfg.critic.epochs)
+        target = fitting_labels(labels, cfg.critic.commit, cfg.export.horizon)
+        critic, figures = fit_critic(model, target, val, cfg, ctx, r * cfg.critic.epochs)
     np.savez_compressed(work / LABELS_FILE, **labels)
     torch.save(critic.state_dict(), work / CRITIC_FILE)
     write_json_atomic(work / CRITIC_SPEC, {"feat_dim": critic.feat_dim,
                                            "n_vehicles": critic.n_vehicles,
                                            "hidden_dim": critic.hidden_dim})
     valid = labels["valid"]
-    positive = (labels["first"] < cfg.export.horizon) & valid
     return {"episodes": len(parts), "decisions": len(labels["episode"]),
             "labelled_candidates": int(valid.sum()),
-            "positive_rate": float(positive.sum() / max(valid.sum(), 1)),
+            "positive_rate": positive_rate(labels["first"], valid, cfg.export.horizon),
+            "positive_rate/target": positive_rate(target["first"], valid, cfg.export.horizon),
             "label_seconds": label_seconds, **figures}
+
+
+def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:
+    """The share of the labelled candidates that meet an event within the horizon."""
+    return float(((first < horizon) & valid).sum() / max(valid.sum(), 1))
 
 
 def load_critic(critic: Artifacts):
@@ -209,6 +219,9 @@ def check(cfg: Config) -> None:
     if not 0.0 <= c.epsilon <= 1.0 or not 0.0 < c.val_fraction < 1.0 or c.lr <= 0:
         raise StageError(f"critic: epsilon must lie in [0, 1], val_fraction in (0, 1) and lr "
                          f"be positive, got {c.epsilon}, {c.val_fraction}, {c.lr}")
+    if not 0 <= c.commit <= cfg.export.horizon:
+        raise StageError(f"critic.commit must lie in [0, export.horizon = "
+                         f"{cfg.export.horizon}], got {c.commit}")
     if c.episodes and c.episodes * c.rounds < 2:
         raise StageError("critic: episodes x rounds must be 0 (off) or at least 2 (one "
                          "episode is held out)")

@@ -10,37 +10,49 @@ import pytest
 
 from evaluation.oracle import intrudes, lookahead_step
 from evaluation.policies import road_candidates
+from models.candidates import enumerate_candidates
 from pipeline import artifacts
-from pipeline.critic_labels import LABEL_ARRAYS, Labeller, LabelSpec, concat_labels
+from pipeline.critic_labels import (
+    LABEL_ARRAYS,
+    Labeller,
+    LabelSpec,
+    concat_labels,
+    contingent_first,
+    fitting_labels,
+)
 
 SPEC = LabelSpec("highway-fast-v0", {"duration": 4, "vehicles_count": 12}, history=4,
                  vehicles=5, horizon=2, envelope=(8.0, 2.5), gamma=0.9, epsilon=0.3)
 
 
-def replay_first(core, sequence, envelope) -> int:
-    """The step after which `sequence` first crashes or meets the envelope, by hand."""
-    twin = copy.deepcopy(core)
+def replay(core, sequence, envelope, gamma) -> tuple[int, float]:
+    """The step after which `sequence` first crashes or meets the envelope, and its
+    discounted reward sum (stopped at a crash or the episode's end), by hand."""
+    twin, first, total = copy.deepcopy(core), len(sequence), 0.0
     for t, action in enumerate(sequence):
-        _, over, crashed = lookahead_step(twin, int(action))
-        if crashed or intrudes(twin, *envelope):
-            return t
-        if over:
+        reward, over, crashed = lookahead_step(twin, int(action))
+        total += gamma ** t * reward
+        if (crashed or intrudes(twin, *envelope)) and first == len(sequence):
+            first = t
+        if over or crashed:
             break
-    return len(sequence)
+    return first, total
 
 
 def test_labels_match_a_step_by_step_replay_and_cover_the_road_candidates():
     labeller = Labeller(SPEC)
     labeller.env.reset(seed=3)
     labeller.env.step(3)
-    valid, first, _ = labeller.decision_labels()
+    valid, first, returns = labeller.decision_labels()
     on_road = road_candidates(labeller.env, labeller.candidates)
     assert len(on_road) < len(valid)  # some lane changes leave the road here
     assert np.array_equal(labeller.candidates[valid], on_road)
-    assert (first[~valid] == SPEC.horizon).all()
+    assert (first[~valid] == SPEC.horizon).all() and (returns[~valid] == 0).all()
     for k in np.flatnonzero(valid):
-        want = replay_first(labeller.env.unwrapped, labeller.candidates[k], SPEC.envelope)
-        assert first[k] == want
+        want_first, want_return = replay(labeller.env.unwrapped, labeller.candidates[k],
+                                         SPEC.envelope, SPEC.gamma)
+        assert first[k] == want_first
+        assert returns[k] == pytest.approx(want_return, abs=1e-9)
     labeller.close()
 
 
@@ -65,6 +77,31 @@ def test_episodes_are_reproducible_and_hold_every_decision():
     assert (a["episode"] == 11).all() and a["hist_mask"][:, -1, 0].all()  # the ego is there
     both = concat_labels([c, a])
     assert both["episode"][0] == 11 and len(both["episode"]) == d + len(c["episode"])
+
+
+def test_contingent_labels_take_the_best_continuation_of_the_committed_actions():
+    candidates = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])  # (K, F), F = 2
+    first = np.array([[0, 1, 2, 0, 1],  # action 0: at best step 1; action 1: never
+                      [2, 0, 1, 1, 0]])  # (D, K)
+    valid = np.array([[True, True, True, True, True],
+                      [False, True, True, True, True]])  # an unlabelled candidate
+    want = np.array([[1, 1, 2, 2, 1],
+                     [2, 0, 1, 1, 0]])  # the unlabelled one neither counts nor changes
+    assert np.array_equal(contingent_first(first, valid, candidates, 1), want)
+    assert np.array_equal(contingent_first(first, valid, candidates, 2), first)
+    assert np.array_equal(first[0], [0, 1, 2, 0, 1])  # the truth is not overwritten
+
+
+def test_fitting_labels_keep_the_truth_unless_fewer_steps_are_committed():
+    candidates = enumerate_candidates(3)  # (125, 3)
+    first = np.where(candidates[:, 2] == 4, 3, candidates.sum(axis=1) % 3)[None]  # (1, K)
+    labels, truth = {"first": first, "valid": np.ones((1, 125), bool)}, first.copy()
+    assert fitting_labels(labels, 0, 3) is labels and fitting_labels(labels, 3, 3) is labels
+    assert (fitting_labels(labels, 2, 3)["first"] == 3).all()  # SLOWER last is always safe
+    one = fitting_labels(labels, 1, 3)["first"]
+    assert (one == 3).all() and np.array_equal(labels["first"], truth)
+    first[0, candidates[:, 0] == 0] = 0  # LANE_LEFT first: an event at once, whatever next
+    assert (fitting_labels(labels, 1, 3)["first"][0, candidates[:, 0] == 0] == 0).all()
 
 
 def test_a_missing_or_corrupt_critic_is_refused_in_one_line(tmp_path):
@@ -109,3 +146,14 @@ def test_the_decision_rule_keys_the_critic_only_when_a_planner_labels(tmp_path):
     two_rounds = key_and_cache("critic.rounds=2")
     other_rule = key_and_cache("critic.rounds=2", "simulate.risk_weight=3")
     assert other_rule[0] != two_rounds[0] and other_rule[1] == two_rounds[1] == one_round[1]
+
+
+@pytest.mark.parametrize("commit", [-1, 4])
+def test_a_commit_outside_the_horizon_is_refused(commit):
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.stages.critic import check
+
+    cfg = load_config(None, ["critic.episodes=4", f"critic.commit={commit}"])
+    with pytest.raises(StageError, match=r"critic.commit must lie in \[0, export.horizon = 3\]"):
+        check(cfg)
