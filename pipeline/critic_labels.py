@@ -149,7 +149,8 @@ def contingent_first(first: np.ndarray, valid: np.ndarray, candidates: np.ndarra
                      commit: int) -> np.ndarray:
     """first (D, K) and valid (D, K) of candidates (K, F) -> (D, K): each valid candidate's
     first-event step replaced by the latest one among the valid candidates that share its
-    first `commit` actions (F when one of them never meets an event).
+    first `commit` >= 1 actions (F when one of them never meets an event). (`critic.commit`
+    0 means the whole sequence: `fitting_labels` then leaves the labels as they are.)
 
     The planner executes one step and then plans again, so it is not held to a whole
     sequence: a fixed sequence carries every uncertain future, a contingent label only
