@@ -157,9 +157,10 @@ def contingent_first(first: np.ndarray, valid: np.ndarray, candidates: np.ndarra
     what no continuation of the committed actions avoids.
     """
     out = first.copy()
-    prefixes, group_of = np.unique(candidates[:, :commit], axis=0, return_inverse=True)
-    for g in range(len(prefixes)):
-        group = group_of.reshape(-1) == g  # (K,)
+    _, group_of = np.unique(candidates[:, :commit], axis=0, return_inverse=True)
+    group_of = group_of.reshape(-1)  # (K,) the index of each candidate's prefix
+    for g in range(group_of.max() + 1):
+        group = group_of == g  # (K,)
         best = np.where(valid[:, group], first[:, group], -1).max(axis=1)  # (D,)
         out[:, group] = np.where(valid[:, group], best[:, None], first[:, group])
     return out
