@@ -13,7 +13,10 @@ It is a per-step hazard on top of the frozen world model's imagination: at step 
 
 where latent_t is the rollout state [h_t, z_t] and scene_t the forecast ego state and
 every neighbour's offset, relative velocity, position std and presence at the end of step
-t (scene_0 is the last observed frame). P(event within the horizon) = 1 - prod_t (1 - h_t).
+t (scene_0 is the last observed frame); with `context` the MLP also reads the candidate's
+actions and the observed scene's lane summary (models/lane_scene.py: each lane's nearest
+leader and follower, the geometry a distance-ordered slot list hides), the same at every
+step. P(event within the horizon) = 1 - prod_t (1 - h_t).
 Trained by the exact likelihood of the first-event step (steps after an event have no
 label: the truth stops there).
 """
@@ -23,7 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.candidates import ACTION_NAMES
 from models.encoder import mlp
+from models.lane_scene import WIDTH as LANE_WIDTH
+from models.lane_scene import lane_scene
 
 PRIOR_EPS = 1e-4  # the prior probability is clipped to [eps, 1 - eps] before its logit
 SCENE_SCALE = (10.0, 2.0, 5.0, 1.0)  # m, m, m/s, m/s: offsets and velocities to O(1)
@@ -72,17 +78,27 @@ def scene_features(states: torch.Tensor, std: torch.Tensor, presence: torch.Tens
 class RiskCritic(nn.Module):
     """Per-step hazard over imagined rollouts; see the module docstring.
 
-    feat_dim: the world model's [h, z] width; n_vehicles N slots; hidden_dim MLP width.
+    feat_dim: the world model's [h, z] width; n_vehicles N slots; hidden_dim MLP width;
+    context: the hazard also reads the observed scene's lane summary
+    (models/lane_scene.py) and the candidate's actions (one-hot, `horizon` steps).
     """
 
-    def __init__(self, feat_dim: int, n_vehicles: int, hidden_dim: int = 128):
+    def __init__(self, feat_dim: int, n_vehicles: int, hidden_dim: int = 128,
+                 context: bool = False, horizon: int = 0):
         super().__init__()
         if feat_dim < 1 or n_vehicles < 2 or hidden_dim < 1:
             raise ValueError(f"feat_dim and hidden_dim must be >= 1 and n_vehicles >= 2, got "
                              f"{feat_dim}, {n_vehicles}, {hidden_dim}")
+        if context and horizon < 1:
+            raise ValueError(f"a critic with context needs the horizon (>= 1), got {horizon}")
         self.feat_dim, self.n_vehicles, self.hidden_dim = feat_dim, n_vehicles, hidden_dim
+        self.context, self.horizon = bool(context), int(horizon) if context else 0
         scene_dim = 4 + 7 * (n_vehicles - 1)
         self.net = mlp(feat_dim + 2 * scene_dim + 1, hidden_dim, 1)
+        # the context is the same at every step and sample: its share of the first layer
+        # is computed once per candidate and added (a Linear over the concatenation)
+        self.context_in = (nn.Linear(LANE_WIDTH + len(ACTION_NAMES) * self.horizon, hidden_dim,
+                                     bias=False) if context else None)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
         for name, tensor in zip(("values", "gate", "gate_bias"), scene_maps(n_vehicles),
@@ -90,14 +106,17 @@ class RiskCritic(nn.Module):
             self.register_buffer(f"scene_{name}", tensor, persistent=False)
 
     def forward(self, feats: torch.Tensor, start: torch.Tensor, states: torch.Tensor,
-                std: torch.Tensor, presence: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+                std: torch.Tensor, presence: torch.Tensor, prior: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Hazard logits (..., F): a learned correction of the `prior` per-step
         probability (..., F) (the world model's own risk), zero at initialisation.
 
         feats (..., F, feat_dim) rollout latents; start (..., N, 4) the last observed
         states (broadcast over the leading axes) with every slot present there as
         presence 1/0 in presence's t0; states (..., F, N, 4) forecast means, std (..., F,
-        N, 2) their position stds, presence (..., F + 1, N) with t0 first.
+        N, 2) their position stds, presence (..., F + 1, N) with t0 first; context (...,
+        C) (`critic_context`; needed when the critic has context), the same at every step,
+        its leading axes broadcast to feats' (a context of (B, K, 1, C) serves S samples).
         """
         start = start.expand(*states.shape[:-3], *start.shape[-2:])[..., None, :, :]
         path = torch.cat([start, states], dim=-3)  # (..., F+1, N, 4)
@@ -107,7 +126,13 @@ class RiskCritic(nn.Module):
         prior_logit = torch.logit(prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS))
         inputs = torch.cat([feats, scene[..., :-1, :], scene[..., 1:, :], prior_logit[..., None]],
                            dim=-1)
-        return prior_logit + self.net(inputs)[..., 0]
+        first = self.net[0](inputs)  # (..., F, hidden)
+        if self.context_in is not None:
+            if context is None:
+                raise ValueError("this critic reads a context: pass hist, hist_mask and "
+                                 "candidates (imagined_logits) or critic_context(...)")
+            first = first + self.context_in(context)[..., None, :]
+        return prior_logit + self.net[1:](first)[..., 0]
 
 
 def event_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -130,11 +155,30 @@ def hazard_loss(logits: torch.Tensor, first: torch.Tensor, valid: torch.Tensor) 
     return (per_step * labelled).sum() / count
 
 
-def imagined_logits(critic: RiskCritic, out) -> torch.Tensor:
-    """Hazard logits (B, K, S, F) of the critic over a world model Imagination `out`."""
+def critic_context(hist: torch.Tensor, hist_mask: torch.Tensor,
+                   candidates: torch.Tensor) -> torch.Tensor:
+    """(B, K, 1, C) context of a critic with context (the same for every sample): the lane
+    summary of hist (B, H, N, D) / hist_mask (B, H, N), and each candidate's one-hot
+    actions, candidates (B, K, F)."""
+    lanes = lane_scene(hist, hist_mask.to(hist.dtype))  # (B, W)
+    actions = torch.arange(len(ACTION_NAMES), device=candidates.device)
+    one_hot = (candidates[..., None] == actions).to(hist.dtype).flatten(-2)  # (B, K, F * A)
+    lanes = lanes[:, None, :].expand(*one_hot.shape[:2], lanes.shape[-1])
+    return torch.cat([lanes, one_hot], dim=-1)[:, :, None, :]
+
+
+def imagined_logits(critic: RiskCritic, out, hist: torch.Tensor | None = None,
+                    hist_mask: torch.Tensor | None = None,
+                    candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Hazard logits (B, K, S, F) of the critic over a world model Imagination `out` of
+    hist (B, H, N, D), hist_mask (B, H, N) under candidates (B, K, F) (those three only
+    needed by a critic with context)."""
     present = out.present.to(out.presence.dtype)[:, None, None, None]  # (B, 1, 1, 1, N)
     present = present.expand(*out.presence.shape[:3], 1, -1)
     presence = torch.cat([present, out.presence], dim=-2)  # (B, K, S, F+1, N)
     start = out.last_state[:, None, None]  # (B, 1, 1, N, 4)
+    context = None
+    if critic.context and hist is not None and hist_mask is not None and candidates is not None:
+        context = critic_context(hist, hist_mask, candidates)
     return critic(out.feats, start, out.states_mean, out.states_std[..., :2], presence,
-                  out.collision)
+                  out.collision, context)

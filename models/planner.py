@@ -107,12 +107,14 @@ class Planner(nn.Module):
         """
         if hist.dim() != 4 or hist.shape[0] != 1:
             raise ValueError(f"hist must have shape (1, H, N, D), got {tuple(hist.shape)}")
-        out = self.world_model.imagine(hist, hist_mask > 0.5, candidates[None], noise[None])
+        present = hist_mask > 0.5
+        out = self.world_model.imagine(hist, present, candidates[None], noise[None])
         step_risk, cont = out.collision[0], out.cont[0]  # (K, S, F)
         if self.critic is None:
             collision = collision_within_horizon(step_risk, cont).mean(dim=1)
         else:
-            collision = event_probability(imagined_logits(self.critic, out)[0]).mean(dim=1)
+            collision = event_probability(imagined_logits(self.critic, out, hist, present,
+                                                            candidates[None])[0]).mean(dim=1)
             step_risk, cont = torch.zeros_like(step_risk), torch.ones_like(cont)
         expected = discounted_return(out.reward[0], cont, self.gamma)  # (K, S)
         if self.bootstrap:

@@ -24,7 +24,8 @@ def planner(cfg: Config) -> dict[str, float]:
     return bench_planner(model_kwargs(cfg.model, dt=1.0), candidates=5 ** cfg.export.horizon,
                          samples=cfg.export.samples, horizon=cfg.export.horizon,
                          history=cfg.model.history, seed=cfg.seed,
-                         critic_hidden=cfg.critic.hidden if cfg.critic.episodes else 0)
+                         critic_hidden=cfg.critic.hidden if cfg.critic.episodes else 0,
+                         critic_context=cfg.critic.context)
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

@@ -42,13 +42,14 @@ def example_history(history: int, n_vehicles: int, obs_dim: int, seed: int):
 def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, history: int,
                           horizon: int, samples: int, gamma: float = 0.9, seed: int = 0,
                           frames_per_step: int = 5, opset: int = 17,
-                          critic_hidden: int = 0) -> Planner:
+                          critic_hidden: int = 0, critic_context: bool = False) -> Planner:
     """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it.
-    critic_hidden > 0: with a risk critic of that width (models/critic.py)."""
+    critic_hidden > 0: with a risk critic of that width (models/critic.py), reading the
+    lane context when critic_context."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
-    critic = (RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, critic_hidden)
-              if critic_hidden else None)
+    critic = (RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, critic_hidden,
+                         critic_context, horizon) if critic_hidden else None)
     planner = Planner(model, gamma, bootstrap=True, critic=critic).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
     export_planner(planner, onnx_path, hist, mask, n_candidates=model.n_actions ** horizon,
@@ -93,10 +94,11 @@ def decision_flops(planner: Planner, inputs: tuple) -> int:
 
 def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, samples: int = 4,
                   horizon: int = 3, history: int = 10, seed: int = 0, rounds: int = 7,
-                  repeats: int = 40, critic_hidden: int = 0) -> dict[str, float]:
+                  repeats: int = 40, critic_hidden: int = 0,
+                  critic_context: bool = False) -> dict[str, float]:
     """Time one decision over `candidates` K sequences, onnxruntime vs torch eager, in
     `rounds` alternating rounds of `repeats` decisions each (critic_hidden > 0: the planner
-    carries a risk critic of that width)."""
+    carries a risk critic of that width, with the lane context when critic_context)."""
     model_kwargs = dict(model_kwargs or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -104,7 +106,8 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "planner.onnx"
             planner = export_random_planner(onnx_path, model_kwargs, history, horizon,
-                                            samples, seed=seed, critic_hidden=critic_hidden)
+                                            samples, seed=seed, critic_hidden=critic_hidden,
+                                            critic_context=critic_context)
             scorer = OnnxScorer.load(onnx_path, threads=1, seed=seed)
             result = measure(planner, scorer, candidates, rounds, repeats, seed)
     finally:

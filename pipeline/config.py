@@ -223,6 +223,10 @@ class CriticConfig:
     commit: int = 0  # steps of each candidate its label holds the planner to: 0 = all F
     # (the candidate's own first event); k < F = the first event under the best
     # continuation of its first k actions (pipeline/critic_labels.py `contingent_first`)
+    context: bool = False  # the hazard also reads the observed scene's lane summary (each
+    # lane's nearest leader and follower, models/lane_scene.py) and the candidate's actions
+    mirror: bool = False  # also fit on the training decisions seen in a mirror across the
+    # road (left and right swapped: pipeline/critic_labels.py `mirrored`), twice the scenes
 
 
 @dataclass(frozen=True)

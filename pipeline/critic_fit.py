@@ -38,7 +38,8 @@ class LabelBatches:
         self.candidates = torch.from_numpy(enumerate_candidates(horizon)).to(device)
 
     def __call__(self, rows: np.ndarray, generator=None):
-        """(Imagination, first (B, K, S), valid (B, K, S)) of decisions `rows`."""
+        """(Imagination, first (B, K, S), valid (B, K, S), scene) of decisions `rows`;
+        scene (hist, hist_mask, candidates (B, K, F)) is what a critic with context reads."""
         import torch
 
         def tensor(name):
@@ -46,13 +47,12 @@ class LabelBatches:
 
         b, (k, f) = len(rows), self.candidates.shape
         noise = torch.randn(b, k, self.samples, f, self.model.stoch_dim, generator=generator)
+        scene = (tensor("hist"), tensor("hist_mask"), self.candidates[None].expand(b, -1, -1))
         with torch.no_grad():
-            out = self.model.imagine(tensor("hist"), tensor("hist_mask"),
-                                     self.candidates[None].expand(b, -1, -1),
-                                     noise.to(self.device))
+            out = self.model.imagine(*scene, noise.to(self.device))
         shape = (b, k, self.samples)
         return (out, tensor("first")[..., None].expand(shape),
-                tensor("valid")[..., None].expand(shape))
+                tensor("valid")[..., None].expand(shape), scene)
 
 
 def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Config, ctx,
@@ -70,7 +70,8 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
     model = model.to(device)
     for weight in model.parameters():
         weight.requires_grad_(False)
-    critic = RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, c.hidden).to(device)
+    critic = RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, c.hidden,
+                        c.context, cfg.export.horizon).to(device)
     batches = LabelBatches(model, labels, cfg.export.horizon, c.samples, device)
     train_rows, rng = np.flatnonzero(~val), np.random.default_rng(cfg.seed)
     per_epoch = max(len(train_rows) // c.batch_size, 1)
@@ -81,8 +82,8 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
         start, total = time.perf_counter(), 0.0
         order = rng.permutation(train_rows)
         for i in range(per_epoch):
-            out, first, valid = batches(order[i * c.batch_size:(i + 1) * c.batch_size])
-            loss = hazard_loss(imagined_logits(critic, out), first, valid)
+            out, first, valid, scene = batches(order[i * c.batch_size:(i + 1) * c.batch_size])
+            loss = hazard_loss(imagined_logits(critic, out, *scene), first, valid)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -111,8 +112,8 @@ def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndar
     losses = {"critic": 0.0, "model": 0.0}
     with torch.no_grad():
         for i in range(0, len(rows), EVAL_BATCH):
-            out, first, valid = batches(rows[i:i + EVAL_BATCH], generator)
-            for name, logits in (("critic", imagined_logits(critic, out)),
+            out, first, valid, scene = batches(rows[i:i + EVAL_BATCH], generator)
+            for name, logits in (("critic", imagined_logits(critic, out, *scene)),
                                  ("model", torch.logit(out.collision.clamp(PRIOR_EPS,
                                                                            1 - PRIOR_EPS)))):
                 losses[name] += hazard_loss(logits, first, valid).item() * valid.sum().item()

@@ -176,3 +176,42 @@ def fitting_labels(labels: dict[str, np.ndarray], commit: int, horizon: int) -> 
     candidates = enumerate_candidates(horizon)
     return {**labels, "first": contingent_first(labels["first"], labels["valid"], candidates,
                                                 commit)}
+
+
+MIRRORED_FEATURES = ("y", "vy", "sin_heading")  # the ego-frame features that change sign
+
+
+def mirror_permutation(candidates: np.ndarray) -> np.ndarray:
+    """(K,) index of each candidate's mirror image (LANE_LEFT and LANE_RIGHT swapped) among
+    `candidates` (K, F), which must hold every mirror image."""
+    from models.candidates import LANE_LEFT, LANE_RIGHT
+
+    swapped = candidates.copy()
+    swapped[candidates == LANE_LEFT], swapped[candidates == LANE_RIGHT] = LANE_RIGHT, LANE_LEFT
+    index = {tuple(row): k for k, row in enumerate(candidates.tolist())}
+    try:
+        return np.array([index[tuple(row)] for row in swapped.tolist()], dtype=np.int64)
+    except KeyError as err:
+        raise ValueError(f"the candidate set lacks the mirror image {err.args[0]}") from None
+
+
+def mirrored(labels: dict[str, np.ndarray], lanes: int, candidates: np.ndarray) -> dict:
+    """The labelled decisions seen in a mirror across the road's centre line, for a road
+    of `lanes` lanes: lateral positions, speeds and headings change sign, lane i becomes
+    lanes - 1 - i, and each candidate trades labels with its mirror image (left and right
+    lane changes swapped). highway-env's traffic obeys the same rules on either side
+    (IDM and MOBIL look at both neighbouring lanes alike), so the mirrored `valid` and
+    `first` are what the simulator would label in the mirrored scene. `returns` only
+    trade places: the right-lane bonus in them is not mirrored (the critic fits none)."""
+    from pipeline.features import FEATURE_NAMES
+
+    hist = labels["hist"].copy()
+    for name in MIRRORED_FEATURES:
+        hist[..., FEATURE_NAMES.index(name)] *= -1.0
+    lane = FEATURE_NAMES.index("lane")
+    hist[..., lane] = np.where(labels["hist_mask"], lanes - 1 - hist[..., lane], 0.0)
+    swap = mirror_permutation(candidates)
+    out = {**labels, "hist": hist}
+    for name in ("valid", "first", "returns"):
+        out[name] = labels[name][:, swap]
+    return out

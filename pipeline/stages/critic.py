@@ -16,7 +16,8 @@ Each of `critic.rounds` rounds:
    label so far; `critic.val_fraction` of the episodes are held out. `critic.commit`
    says what it learns: each candidate's own first event (0), or the first event under
    the best continuation of the candidate's first `commit` actions
-   (pipeline/critic_labels.py `contingent_first`).
+   (pipeline/critic_labels.py `contingent_first`). With `critic.mirror` the training
+   decisions' mirror images (left and right swapped, `mirrored`) are fitted too.
 
 Writes `labels.npz` (the labelled decisions), `critic.pt` + `critic.json` (the last
 critic's weights and constructor arguments). Summary: the label counts, the share of
@@ -173,18 +174,47 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         labels = concat_labels(parts)
         val = held_out(labels["episode"], cfg.critic.val_fraction, cfg.seed)
         target = fitting_labels(labels, cfg.critic.commit, cfg.export.horizon)
-        critic, figures = fit_critic(model, target, val, cfg, ctx, r * cfg.critic.epochs)
+        critic, figures = fit_critic(model, *with_mirror(target, val, cfg), cfg, ctx,
+                                     r * cfg.critic.epochs)
     np.savez_compressed(work / LABELS_FILE, **labels)
     torch.save(critic.state_dict(), work / CRITIC_FILE)
     write_json_atomic(work / CRITIC_SPEC, {"feat_dim": critic.feat_dim,
                                            "n_vehicles": critic.n_vehicles,
-                                           "hidden_dim": critic.hidden_dim})
+                                           "hidden_dim": critic.hidden_dim,
+                                           "context": critic.context,
+                                           "horizon": critic.horizon})
     valid = labels["valid"]
     return {"episodes": len(parts), "decisions": len(labels["episode"]),
             "labelled_candidates": int(valid.sum()),
             "positive_rate": positive_rate(labels["first"], valid, cfg.export.horizon),
             "positive_rate/target": positive_rate(target["first"], valid, cfg.export.horizon),
             "label_seconds": label_seconds, **figures}
+
+
+def with_mirror(labels: dict, val: np.ndarray, cfg: Config) -> tuple[dict, np.ndarray]:
+    """(labels, val) to fit on: with `critic.mirror`, the training decisions' mirror images
+    (pipeline/critic_labels.py `mirrored`) are added to the training rows; the held-out
+    rows stay as they were labelled."""
+    if not cfg.critic.mirror:
+        return labels, val
+    from models.candidates import enumerate_candidates
+    from pipeline.critic_labels import mirrored
+
+    train = {name: array[~val] for name, array in labels.items()}
+    images = mirrored(train, road_lanes(cfg), enumerate_candidates(cfg.export.horizon))
+    both = {name: np.concatenate([labels[name], images[name]]) for name in labels}
+    return both, np.concatenate([val, np.zeros(len(images["episode"]), dtype=bool)])
+
+
+def road_lanes(cfg: Config) -> int:
+    """The number of lanes of `ingest.env_id` with its `env_config`."""
+    from pipeline.highway_source import make_env
+
+    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
+    try:
+        return int(env.unwrapped.config["lanes_count"])
+    finally:
+        env.close()
 
 
 def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:

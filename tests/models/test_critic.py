@@ -20,9 +20,10 @@ from pipeline.onnx_export import check_parity, export_planner
 from tests.models.test_world_model import make_batch, tiny_model
 
 
-def critic_for(model, hidden: int = 16) -> RiskCritic:
+def critic_for(model, hidden: int = 16, context: bool = False, horizon: int = 0) -> RiskCritic:
     torch.manual_seed(3)
-    return RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, hidden)
+    return RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, hidden, context,
+                      horizon)
 
 
 def test_hazard_loss_is_the_likelihood_of_the_first_event_step():
@@ -100,11 +101,14 @@ def test_critic_learns_labels_the_prior_gets_wrong():
     assert fitted < 0.5 * prior
 
 
-def test_planner_with_a_critic_scores_its_risk_and_a_riskless_return(tmp_path):
+@pytest.mark.parametrize("context", [False, True])
+def test_planner_with_a_critic_scores_its_risk_and_a_riskless_return(tmp_path, context):
     model = tiny_model(5).eval()
-    critic = critic_for(model)
+    critic = critic_for(model, context=context, horizon=2)
     with torch.no_grad():  # away from the prior, so the critic visibly decides
         critic.net[-1].bias.fill_(-1.5)
+        if context:  # the context visibly matters too
+            critic.net[-1].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(4))
     batch = make_batch(b=1, n=5)
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(25, 2, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
@@ -114,7 +118,8 @@ def test_planner_with_a_critic_scores_its_risk_and_a_riskless_return(tmp_path):
     with torch.no_grad():
         risk, ret, _, _ = with_critic(*args)
         out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
-        want_risk = event_probability(imagined_logits(critic, out)[0]).mean(dim=1)
+        logits = imagined_logits(critic, out, batch["hist"], batch["hist_mask"], candidates[None])
+        want_risk = event_probability(logits[0]).mean(dim=1)
         reward = out.reward[0]  # (K, S, F): no survival factor anywhere in the return
         want_ret = (reward[..., 0] + 0.9 * reward[..., 1]
                     + 0.9 ** 2 / 0.1 * reward[..., 1]).mean(dim=1)
@@ -132,3 +137,29 @@ def test_critic_refuses_bad_sizes():
         RiskCritic(8, 1)
     with pytest.raises(ValueError, match="hidden_dim must be >= 1"):
         RiskCritic(8, 3, hidden_dim=0)
+    with pytest.raises(ValueError, match="needs the horizon"):
+        RiskCritic(8, 3, context=True)
+
+
+def test_a_critic_with_context_reads_the_lanes_and_the_actions():
+    model = tiny_model(5).eval()
+    critic = critic_for(model, context=True, horizon=2)
+    with torch.no_grad():
+        critic.net[-1].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(4))
+    batch = make_batch(b=1, n=5)
+    candidates = torch.from_numpy(enumerate_candidates(2))[None]
+    noise = torch.zeros(1, 25, 2, 2, model.stoch_dim)
+    moved = batch["hist"].clone()
+    moved[0, -1, 1, 6] += 1.0  # the nearest neighbour now on the next lane
+
+    def logits(hist):
+        with torch.no_grad():
+            out = model.imagine(hist, batch["hist_mask"], candidates, noise)
+            return imagined_logits(critic, out, hist, batch["hist_mask"], candidates)
+
+    base = logits(batch["hist"])
+    assert not torch.allclose(base, logits(moved))
+    assert not torch.allclose(base[0, 0], base[0, 1])  # the candidates differ by their actions
+    with pytest.raises(ValueError, match="reads a context"), torch.no_grad():
+        out = model.imagine(batch["hist"], batch["hist_mask"], candidates, noise)
+        imagined_logits(critic, out)

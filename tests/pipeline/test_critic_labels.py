@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from evaluation.oracle import intrudes, lookahead_step
-from evaluation.policies import road_candidates
+from evaluation.oracle import OracleLookahead, intrudes, lookahead_step
+from evaluation.policies import road_candidates, road_mask
 from models.candidates import enumerate_candidates
 from pipeline import artifacts
 from pipeline.critic_labels import (
@@ -19,7 +19,10 @@ from pipeline.critic_labels import (
     concat_labels,
     contingent_first,
     fitting_labels,
+    mirror_permutation,
+    mirrored,
 )
+from pipeline.highway_source import make_env
 
 SPEC = LabelSpec("highway-fast-v0", {"duration": 4, "vehicles_count": 12}, history=4,
                  vehicles=5, horizon=2, envelope=(8.0, 2.5), gamma=0.9, epsilon=0.3)
@@ -157,3 +160,68 @@ def test_a_commit_outside_the_horizon_is_refused(commit):
     cfg = load_config(None, ["critic.episodes=4", f"critic.commit={commit}"])
     with pytest.raises(StageError, match=r"critic.commit must lie in \[0, export.horizon = 3\]"):
         check(cfg)
+
+
+def mirror_core(core):
+    """A copy of a highway-env state seen in a mirror across the road's centre line."""
+    twin, net = copy.deepcopy(core), core.road.network
+    lanes = core.config["lanes_count"]
+    outer = net.get_lane(("0", "1", 0)).position(0, 0)[1] + net.get_lane(
+        ("0", "1", lanes - 1)).position(0, 0)[1]
+
+    def flip(index):
+        return (index[0], index[1], lanes - 1 - index[2])
+
+    for vehicle in twin.road.vehicles:
+        vehicle.position = np.array([vehicle.position[0], outer - vehicle.position[1]])
+        vehicle.heading = -vehicle.heading
+        vehicle.lane_index = flip(vehicle.lane_index)
+        vehicle.lane = net.get_lane(vehicle.lane_index)
+        vehicle.target_lane_index = flip(vehicle.target_lane_index)
+    return twin
+
+
+def test_the_simulator_labels_a_mirrored_scene_with_the_mirrored_candidates():
+    candidates = enumerate_candidates(2)
+    swap = mirror_permutation(candidates)
+    oracle = OracleLookahead(candidates, 0.9, (8.0, 2.5))
+    env = make_env("highway-fast-v0", {"vehicles_count": 20})
+    env.reset(seed=7)
+    compared, events = 0, 0
+    for _ in range(5):
+        core = env.unwrapped
+        rows = np.flatnonzero(road_mask(env, candidates))
+        _, first, _ = oracle.first_events(core, candidates[rows])
+        _, image, _ = oracle.first_events(mirror_core(core), candidates[swap[rows]])
+        np.testing.assert_array_equal(first, image)
+        compared, events = compared + len(rows), events + int((first < 2).sum())
+        env.step(1)
+    env.close()
+    assert compared > 50 and 0 < events < compared  # both safe and intruding candidates
+
+
+def test_mirror_permutation_swaps_left_and_right_lane_changes():
+    candidates = enumerate_candidates(2)
+    swap = mirror_permutation(candidates)
+    np.testing.assert_array_equal(swap[swap], np.arange(len(candidates)))
+    assert candidates[swap[0 * 5 + 3]].tolist() == [2, 3]  # row 5 a + b holds (a, b)
+    assert swap[1 * 5 + 4] == 1 * 5 + 4  # (IDLE, SLOWER) is its own image
+    with pytest.raises(ValueError, match="lacks the mirror image"):
+        mirror_permutation(candidates[:3])
+
+
+def test_mirrored_decisions_flip_the_lateral_features_and_trade_labels():
+    candidates = enumerate_candidates(1)  # LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER
+    hist = np.zeros((1, 1, 2, 7), dtype=np.float32)
+    hist[0, 0, 0] = [0, 0, 25, 1, 0.99, 0.1, 0]  # the ego on lane 0, drifting right
+    hist[0, 0, 1] = [10, 4, 20, 0, 1, 0, 1]
+    labels = {"hist": hist, "hist_mask": np.array([[[True, False]]]),
+              "valid": np.array([[False, True, True, True, True]]),
+              "first": np.array([[1, 3, 0, 2, 3]]), "returns": np.zeros((1, 5), np.float32),
+              "episode": np.array([5]), "speed": np.array([25.0], np.float32)}
+    image = mirrored(labels, 3, candidates)
+    assert image["hist"][0, 0, 0].tolist() == pytest.approx([0, 0, 25, -1, 0.99, -0.1, 2])
+    assert image["hist"][0, 0, 1, 6] == 0  # an absent slot stays empty
+    assert image["valid"].tolist() == [[True, True, False, True, True]]
+    assert image["first"].tolist() == [[0, 3, 1, 2, 3]]
+    assert labels["first"].tolist() == [[1, 3, 0, 2, 3]]  # the original is untouched
