@@ -207,14 +207,19 @@ def with_mirror(labels: dict, val: np.ndarray, cfg: Config) -> tuple[dict, np.nd
 
 
 def road_lanes(cfg: Config) -> int:
-    """The number of lanes of `ingest.env_id` with its `env_config`."""
+    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError for an
+    env without a `lanes_count`: its road has no mirror image the labels know of)."""
     from pipeline.highway_source import make_env
 
     env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
     try:
-        return int(env.unwrapped.config["lanes_count"])
+        lanes = env.unwrapped.config.get("lanes_count")
     finally:
         env.close()
+    if not isinstance(lanes, int) or lanes < 1:
+        raise StageError(f"critic.mirror needs a straight road with `lanes_count` lanes; "
+                         f"{cfg.ingest.env_id} has none")
+    return lanes
 
 
 def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:

@@ -225,3 +225,13 @@ def test_mirrored_decisions_flip_the_lateral_features_and_trade_labels():
     assert image["valid"].tolist() == [[True, True, False, True, True]]
     assert image["first"].tolist() == [[0, 3, 1, 2, 3]]
     assert labels["first"].tolist() == [[1, 3, 0, 2, 3]]  # the original is untouched
+
+
+def test_mirror_is_refused_for_a_road_without_lanes_count():
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.stages.critic import road_lanes
+
+    assert road_lanes(load_config(None, ["ingest.env_config={lanes_count: 4}"])) == 4
+    with pytest.raises(StageError, match="critic.mirror needs a straight road"):
+        road_lanes(load_config(None, ["ingest.env_id=merge-v0"]))
