@@ -26,9 +26,9 @@ WIDTH = EGO_LANES + 3 + 2 * len(LANE_OFFSETS) * PER_VEHICLE
 def lane_scene(hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
     """hist (B, H, N, 7) ego-frame features (pipeline/features.py FEATURE_NAMES), hist_mask
     (B, H, N) -> (B, WIDTH) float32; see the module docstring."""
-    now, before = hist[:, -1], hist[:, max(hist.shape[1] - 1 - LAG, 0)]
-    present = hist_mask[:, -1, 1:] > 0
-    earlier = hist_mask[:, max(hist.shape[1] - 1 - LAG, 0), 1:] > 0
+    back = max(hist.shape[1] - 1 - LAG, 0)  # the frame the acceleration looks back to
+    now, before = hist[:, -1], hist[:, back]
+    present, earlier = hist_mask[:, -1, 1:] > 0, hist_mask[:, back, 1:] > 0
     ego, others = now[:, 0], now[:, 1:]
     lane = torch.round(ego[:, 6])
     ego_lane = torch.clamp(lane, 0, EGO_LANES - 1).long()

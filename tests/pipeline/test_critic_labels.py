@@ -164,7 +164,8 @@ def test_a_commit_outside_the_horizon_is_refused(commit):
 
 def mirror_core(core):
     """A copy of a highway-env state seen in a mirror across the road's centre line."""
-    twin, net = copy.deepcopy(core), core.road.network
+    twin = copy.deepcopy(core)
+    net = twin.road.network
     lanes = core.config["lanes_count"]
     outer = net.get_lane(("0", "1", 0)).position(0, 0)[1] + net.get_lane(
         ("0", "1", lanes - 1)).position(0, 0)[1]
