@@ -40,14 +40,26 @@ def lane_scene(hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
                           torch.where(earlier, others[..., 2] - before[:, 1:, 2],
                                       torch.zeros_like(dx)) / 5.0,
                           1.0 / (1.0 + dx.abs() / 10.0)], dim=-1)  # (B, N-1, 6)
-    rel_lane = torch.round(others[..., 6]) - lane[:, None]
-    for offset in LANE_OFFSETS:
-        on_lane = present & (rel_lane == offset)
-        for ahead in (dx > 0, dx <= 0):
-            gap = torch.where(on_lane & ahead, dx.abs(), torch.full_like(dx, FAR))
-            nearest = torch.argmin(gap, dim=1, keepdim=True)  # (B, 1)
-            found = (torch.gather(gap, 1, nearest) < FAR).to(hist.dtype)  # (B, 1)
-            index = nearest[..., None].expand(-1, -1, fields.shape[-1])
-            picked = torch.gather(fields, 1, index)[:, 0] * found  # (B, 6)
-            parts += [found, picked]
+    rel_lane = torch.round(others[..., 6]) - lane[:, None]  # (B, N-1)
+    parts.append(nearest_per_side(present, rel_lane, dx, fields))
     return torch.cat(parts, dim=-1)
+
+
+def nearest_per_side(present: torch.Tensor, rel_lane: torch.Tensor, dx: torch.Tensor,
+                     fields: torch.Tensor) -> torch.Tensor:
+    """present, rel_lane, dx (B, N-1), fields (B, N-1, 6) -> (B, 2L * PER_VEHICLE): per
+    lane offset (LANE_OFFSETS order), ahead then behind, [found, the nearest's fields].
+
+    All 2L lane sides at once (one ArgMin and two Gathers, not 2L of each: onnxruntime
+    pays per node far more than per element here)."""
+    sides = torch.tensor([[offset, ahead] for offset in LANE_OFFSETS for ahead in (1, 0)],
+                         dtype=dx.dtype, device=dx.device)  # (2L, 2): [offset, ahead]
+    on_side = (present[:, None] & (rel_lane[:, None] == sides[:, 0, None])
+               & ((dx[:, None] > 0) == (sides[:, 1, None] > 0)))  # (B, 2L, N-1)
+    gap = torch.where(on_side, dx.abs()[:, None], torch.full_like(dx, FAR)[:, None])
+    nearest = torch.argmin(gap, dim=-1, keepdim=True)  # (B, 2L, 1)
+    found = (torch.gather(gap, -1, nearest) < FAR).to(dx.dtype)  # (B, 2L, 1)
+    rows = fields[:, None].expand(-1, len(sides), -1, -1)  # (B, 2L, N-1, 6)
+    index = nearest[..., None].expand(-1, -1, -1, fields.shape[-1])  # (B, 2L, 1, 6)
+    picked = torch.gather(rows, 2, index)[:, :, 0] * found  # (B, 2L, 6)
+    return torch.cat([found, picked], dim=-1).flatten(1)

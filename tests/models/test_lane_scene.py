@@ -50,3 +50,16 @@ def test_the_summary_ignores_slot_order():
     mask = [[1.0] * 4] * 6
     swapped = [cars[0], cars[3], cars[1], cars[2]]
     assert torch.equal(summary_of([cars] * 6, mask), summary_of([swapped] * 6, mask))
+
+
+def test_a_batch_is_summarised_scene_by_scene():
+    generator = torch.Generator().manual_seed(3)
+    hist = torch.randn(4, 6, 5, 7, generator=generator)
+    hist[..., 0] *= 30.0
+    hist[..., 6] = torch.randint(0, 3, (4, 6, 5), generator=generator).float()
+    mask = (torch.rand(4, 6, 5, generator=generator) > 0.2).float()
+    batched = lane_scene(hist, mask)
+    one_by_one = torch.cat([lane_scene(hist[i:i + 1], mask[i:i + 1]) for i in range(4)])
+    assert torch.equal(batched, one_by_one)
+    assert batched[:, :EGO_LANES].sum(dim=1).tolist() == [1.0] * 4
+    assert not torch.equal(batched[0], batched[1])
