@@ -3,6 +3,8 @@
     drivecast run CONFIG [key.sub=value ...] [--force]      all stages in order
     drivecast ingest|train|... CONFIG [overrides] [--force] one stage (and what it needs)
     drivecast iterate CONFIG [overrides] [--force]          the loop: collect, retrain, repeat
+    drivecast replay CONFIG [overrides] [--force]           the decision rule on held-out
+                                                            labelled decisions
     drivecast gridworld [CONFIG] [overrides]                 the counting world-model example
     drivecast bench ingest|planner [options]                 benchmarks
 
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         _stage_args(sub.add_parser(name, help=f"run the {name} stage (and the stages it needs)"))
     _stage_args(sub.add_parser("iterate", help="the model-based loop: collect with the "
                                "planner, retrain, repeat (iterate.rounds rounds)"))
+    _stage_args(sub.add_parser("replay", help="the decision rule on the critic's held-out "
+                               "labelled decisions, for a grid of risk budgets and lambdas"))
     grid = sub.add_parser("gridworld", help="the slippery-gridworld counting example")
     grid.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in)")
     grid.add_argument("overrides", nargs="*", help="dotted overrides, e.g. gridworld.rounds=4")
@@ -64,6 +68,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return commands.gridworld(args.config, args.overrides, args.force)
     if args.command == "iterate":
         return commands.iterate(args.config, args.overrides, args.force)
+    if args.command == "replay":
+        return commands.replay(args.config, args.overrides, args.force)
     return commands.stages(args.command, args.config, args.overrides, args.force)
 
 

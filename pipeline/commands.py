@@ -42,6 +42,24 @@ def iterate(config_path: str, overrides: list[str], force: bool) -> int:
     return 0
 
 
+def replay(config_path: str, overrides: list[str], force: bool) -> int:
+    """The stages up to export (reused when complete), then the replay (pipeline/stages/
+    replay.py); `force` recomputes the replay only. Prints its table."""
+    from pipeline.runner import run_stage
+    from pipeline.stages import PIPELINE, REPLAY
+
+    cfg = load_config(config_path, overrides)
+    check_config("export", PIPELINE, cfg)
+    REPLAY.check(cfg)
+    tracker = Tracker(cfg)
+    with tracker.run("replay", _all_params(cfg)):
+        tracker.set_tags({"drivecast.command": "replay", "drivecast.config": str(config_path)})
+        done = run_until("export", PIPELINE, cfg, tracker)
+        result = run_stage(REPLAY, cfg, done, tracker, force=force)
+    print((result.path / "replay.md").read_text(), end="")
+    return 0
+
+
 def gridworld(config_path: str | None, overrides: list[str], force: bool) -> int:
     from pipeline.runner import run_stage
     from pipeline.stages import GRIDWORLD

@@ -284,6 +284,15 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """`drivecast replay`: the decision rule on the critic's held-out labelled decisions
+    (evaluation/replay.py), one row per lambda and budget; beta is simulate's."""
+
+    risk_weights: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    risk_budgets: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2])
+
+
+@dataclass(frozen=True)
 class IterateConfig:
     """The model-based loop (`drivecast iterate`, pipeline/iterate.py). Round 0 is the
     ordinary pipeline (ingest, train, export, simulate); each round k >= 1 collects episodes
@@ -325,6 +334,7 @@ class Config:
     critic: CriticConfig = field(default_factory=CriticConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gridworld: GridworldConfig = field(default_factory=GridworldConfig)

@@ -155,6 +155,31 @@ def test_critic_labels_decisions_and_the_export_scores_with_it(debug_run):
     assert json.loads((export / "planner.onnx.json").read_text())["risk"].startswith("critic")
 
 
+def test_replay_judges_the_rule_on_the_held_out_labelled_decisions(debug_run, capsys):
+    from pipeline.stages.critic import held_out
+
+    cfg = load_config(DEBUG)
+    assert main(["replay", DEBUG, f"workdir={debug_run}", "replay.risk_weights=[1, 3]",
+                 "replay.risk_budgets=[0.1]"]) == 0
+    out = capsys.readouterr().out
+    (replay,) = stage_dirs(debug_run, "replay")
+    (critic,) = stage_dirs(debug_run, "critic")
+    labels = np.load(critic / "labels.npz")
+    rows = held_out(labels["episode"], cfg.critic.val_fraction, cfg.seed)
+    summary = json.loads((replay / "summary.json").read_text())
+    assert summary["decisions"] == (labels["valid"][rows].any(axis=1)).sum() > 0
+    assert 0.0 <= summary["chosen_event_rate"] <= 1.0
+    assert summary["true_risk/chosen_event_rate"] <= summary["no_safe_rate"]
+    grid = json.loads((replay / "replay.json").read_text())["rows"]
+    assert [r["rule"] for r in grid] == ["planner", "planner", "true risk", "truth"]
+    assert (replay / "replay.md").read_text() in out
+
+
+def test_replay_without_labelled_decisions_is_refused(debug_run, capsys):
+    assert main(["replay", DEBUG, f"workdir={debug_run}", "critic.episodes=0"]) == 2
+    assert "replay needs labelled decisions" in capsys.readouterr().err
+
+
 def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, capsys):
     """Other fitting settings (here a contingent target, the lane context and mirrored
     decisions) are another critic key, but the oracle-driven round's episodes are not
