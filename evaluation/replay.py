@@ -113,14 +113,14 @@ def replay(scored: list[Scored], risk_weight: float, risk_budget: float,
 
 def replay_grid(scored: list[Scored], risk_weights: Iterable[float],
                 risk_budgets: Iterable[float], uncertainty_weight: float = 0.0) -> list[dict]:
-    """One row per (lambda, budget) setting, then the two references at each budget."""
-    rows = []
-    for reference in ("", *REFERENCES):
-        for weight in (risk_weights if not reference else [1.0]):
-            for budget in risk_budgets:
-                figures = replay(scored, weight, budget, uncertainty_weight, reference)
-                rows.append({"rule": reference or "planner", "risk_weight": weight,
-                             "risk_budget": budget, **figures})
+    """One row per (lambda, budget) setting, then one per reference, taken at lambda 1 and
+    budget 0.5: with a true 0/1 risk any budget below 1 and any lambda choose the same."""
+    rows = [{"rule": "planner", "risk_weight": weight, "risk_budget": budget,
+             **replay(scored, weight, budget, uncertainty_weight)}
+            for weight in risk_weights for budget in risk_budgets]
+    for reference in REFERENCES:
+        rows.append({"rule": reference, "risk_weight": 1.0, "risk_budget": 0.5,
+                     **replay(scored, 1.0, 0.5, reference=reference)})
     return rows
 
 
@@ -134,7 +134,8 @@ def replay_markdown(rows: list[dict]) -> str:
            "slower % | faster % | lane change % |"
     lines = [head, "|" + "---|" * 10]
     for row in rows:
-        cells = [row["rule"], f"{row['risk_weight']:g}", f"{row['risk_budget']:g}"]
+        setting = [f"{row['risk_weight']:g}", f"{row['risk_budget']:g}"]
+        cells = [row["rule"], *(setting if row["rule"] == "planner" else ["any", "any"])]
         for name in COLUMNS:
             value = row[name]
             rate = name not in ("return_regret", "chosen_return")

@@ -52,14 +52,14 @@ def test_the_grid_has_every_setting_and_both_references():
     rows = replay_grid(DECISIONS, [1.0, 3.0], [0.05, 0.5])
     assert [(r["rule"], r["risk_weight"], r["risk_budget"]) for r in rows] == [
         ("planner", 1.0, 0.05), ("planner", 1.0, 0.5), ("planner", 3.0, 0.05),
-        ("planner", 3.0, 0.5), ("true risk", 1.0, 0.05), ("true risk", 1.0, 0.5),
-        ("truth", 1.0, 0.05), ("truth", 1.0, 0.5)]
+        ("planner", 3.0, 0.5), ("true risk", 1.0, 0.5), ("truth", 1.0, 0.5)]
     # a budget of 0.5 lets lambda decide the second decision: 1 x 0.5 risk is worth
     # candidate 0's higher return, 3 x 0.5 is not
     assert (rows[1]["chosen_event_rate"], rows[3]["chosen_event_rate"]) == (1.0, 0.5)
     table = replay_markdown(rows)
     assert len(table.strip().splitlines()) == 2 + len(rows)
-    assert "| planner | 3 | 0.05 | 50.0 |" in table
+    assert "| planner | 3 | 0.05 | 50.0 |" in table and "| truth | any | any | 0.0 |" in table
+    assert rows[-2]["chosen_event_rate"] == 0.0 and rows[-1]["return_regret"] == 0.0
 
 
 def test_nothing_to_replay_or_an_unknown_reference_is_refused():

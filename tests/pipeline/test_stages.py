@@ -172,6 +172,7 @@ def test_replay_judges_the_rule_on_the_held_out_labelled_decisions(debug_run, ca
     assert summary["true_risk/chosen_event_rate"] <= summary["no_safe_rate"]
     grid = json.loads((replay / "replay.json").read_text())["rows"]
     assert [r["rule"] for r in grid] == ["planner", "planner", "true risk", "truth"]
+    assert [r["risk_weight"] for r in grid[:2]] == [1.0, 3.0]
     assert (replay / "replay.md").read_text() in out
 
 
