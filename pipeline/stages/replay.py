@@ -12,6 +12,7 @@ screen, not a substitute (evaluation/replay.py says why).
 from __future__ import annotations
 
 import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pipeline.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext
+
+NEEDED = ("hist", "hist_mask", "valid", "first", "returns", "episode")
 
 
 def check(cfg: Config) -> None:
@@ -43,9 +46,10 @@ def held_out_labels(cfg: Config, critic: Artifacts) -> tuple[dict, np.ndarray]:
     try:
         with np.load(path) as data:
             labels = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise StageError(f"critic labels {path} cannot be read ({error})") from None
-    missing = {"hist", "hist_mask", "valid", "first", "returns", "episode"} - set(labels)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise StageError(f"critic labels {path} cannot be read, they are missing, corrupt or "
+                         f"truncated ({type(error).__name__})") from None
+    missing = set(NEEDED) - set(labels)
     if missing:
         raise StageError(f"critic labels {path} lack {sorted(missing)}: relabel with this "
                          f"version (drivecast critic --force)")
@@ -66,6 +70,10 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     candidates = enumerate_candidates(scorer.horizon)
     print(f"[replay] scoring {len(rows)} held-out decisions", file=sys.stderr)
     scored = score_decisions(scorer, labels, rows, candidates)
+    if not scored:
+        raise StageError(f"no held-out labelled decision with a road candidate in "
+                         f"{inputs['critic'].path}: raise critic.episodes or "
+                         f"critic.val_fraction")
     grid = replay_grid(scored, cfg.replay.risk_weights, cfg.replay.risk_budgets,
                        cfg.simulate.uncertainty_weight)
     write_text_atomic(work / "replay.md", replay_markdown(grid))
