@@ -23,9 +23,9 @@ import numpy as np
 
 from evaluation.counterfactual import Decision, counterfactual_summary
 from evaluation.decision import choose
+from models.candidates import FASTER, LANE_LEFT, LANE_RIGHT, SLOWER
 
-SLOWER, FASTER = 4, 3
-LANE_CHANGES = (0, 2)
+LANE_CHANGES = (LANE_LEFT, LANE_RIGHT)
 REFERENCES = ("true risk", "truth")  # the model's return with the true risk; both true
 
 
