@@ -87,8 +87,8 @@ def own_setting(scored, cfg: Config) -> dict[str, float]:
 
     rule = cfg.simulate
     own = replay(scored, rule.risk_weight, rule.risk_budget, rule.uncertainty_weight)
-    truth = replay(scored, rule.risk_weight, rule.risk_budget, reference="true risk")
-    return own | {f"true_risk/{k}": v for k, v in truth.items() if k != "decisions"}
+    true_risk = replay(scored, rule.risk_weight, rule.risk_budget, reference="true risk")
+    return own | {f"true_risk/{k}": v for k, v in true_risk.items() if k != "decisions"}
 
 
 def decision_rule(cfg: Config) -> dict:
