@@ -1,8 +1,9 @@
 """Closed-loop episodes in highway-env and their summary (no torch on this path).
 
 ``run_episodes`` drives one fresh policy per episode (``policy_factory()``), reset with
-the same per-seed random stream as data collection, and keeps what a policy exposes of
-the optional per-episode stats: ``latencies_ms`` (per decision), ``surprises`` (per
+the same per-seed random stream as data collection, records how an episode's collision
+happened (``crash_kind``), and keeps what a policy exposes of the optional per-episode
+stats: ``latencies_ms`` (per decision), ``surprises`` (per
 checked decision) and ``fallback_steps``. Optionally the first episodes are rendered
 offscreen (``render_mode="rgb_array"``, one image per decision step) into a GIF written
 atomically.
@@ -23,7 +24,8 @@ from pipeline.highway_source import check_action, make_env, policy_rng
 
 @dataclass(frozen=True)
 class EpisodeResult:
-    """One episode: `steps` decisions; `speeds` the ego speed (m/s) after each of them.
+    """One episode: `steps` decisions; `speeds` the ego speed (m/s) after each of them;
+    `crash` how the ego collided (`crash_kind`; "" without a collision).
 
     latencies_ms, surprises, fallback_steps are None when the policy does not expose them.
     """
@@ -38,6 +40,31 @@ class EpisodeResult:
     latencies_ms: tuple[float, ...] | None = None
     surprises: tuple[float, ...] | None = None
     fallback_steps: int | None = None
+    crash: str = ""
+
+
+CRASH_KINDS = ("front", "rear", "side", "other")
+SIDE_OFFSET = 1.0  # m: a partner this far to the side (vehicles are 2 m wide) is lateral
+
+
+def crash_kind(core) -> str:
+    """How the crashed ego of the highway-env `core` met the nearest other crashed
+    vehicle, in the frame of the ego's lane: "front" (the ego ran into it: ahead, less
+    than SIDE_OFFSET to the side), "rear" (it ran into the ego from behind), "side" (a
+    lateral contact: a lane change by either); "" when the ego did not crash, "other"
+    when no crashed partner is on the road (an obstacle, say)."""
+    ego = core.vehicle
+    if not ego.crashed:
+        return ""
+    others = [v for v in core.road.vehicles if v is not ego and v.crashed]
+    if not others:
+        return "other"
+    partner = min(others, key=lambda v: float(np.linalg.norm(v.position - ego.position)))
+    ego_s, ego_r = ego.lane.local_coordinates(ego.position)
+    partner_s, partner_r = ego.lane.local_coordinates(partner.position)
+    if abs(partner_r - ego_r) >= SIDE_OFFSET:
+        return "side"
+    return "front" if partner_s > ego_s else "rear"
 
 
 def run_episodes(env_id: str, env_config: dict | None, policy_factory: Callable[[], object],
@@ -93,7 +120,8 @@ def run_episode(env, policy, seed: int, max_steps: int | None = None,
     return EpisodeResult(
         seed=seed, steps=len(actions), collided=bool(core.vehicle.crashed),
         truncated=bool(truncated) or not terminated, total_return=total,
-        speeds=tuple(speeds), actions=tuple(actions), **policy_stats(policy))
+        speeds=tuple(speeds), actions=tuple(actions), crash=crash_kind(core),
+        **policy_stats(policy))
 
 
 def policy_stats(policy) -> dict:
@@ -109,7 +137,8 @@ def policy_stats(policy) -> dict:
 
 def summarise(results: Sequence[EpisodeResult]) -> dict[str, float]:
     """Flat figures over episodes: episodes, collision_rate, mean_speed (m/s, over all
-    decision steps), mean_return, mean_length (decisions); plus fallback_rate (fallback
+    decision steps), mean_return, mean_length (decisions), crash/<kind> (the share of the
+    episodes whose collision was of each of CRASH_KINDS); plus fallback_rate (fallback
     steps / steps), latency_p50_ms, latency_p99_ms and surprise_mean when exposed."""
     if not results:
         raise ValueError("cannot summarise zero episodes")
@@ -121,6 +150,8 @@ def summarise(results: Sequence[EpisodeResult]) -> dict[str, float]:
         "mean_return": float(np.mean([r.total_return for r in results])),
         "mean_length": float(np.mean([r.steps for r in results])),
     }
+    for kind in CRASH_KINDS:
+        summary[f"crash/{kind}"] = float(np.mean([r.crash == kind for r in results]))
     return {**summary, **policy_summary(results)}
 
 
@@ -138,6 +169,26 @@ def policy_summary(results: Sequence[EpisodeResult]) -> dict[str, float]:
     if np.isfinite(surprises).any():
         summary["surprise_mean"] = float(np.nanmean(surprises))
     return summary
+
+
+EPISODE_COLUMNS = ("policy", "seed", "steps", "collided", "crash", "last_action", "mean_speed",
+                   "return", "fallback_steps")
+
+
+def episodes_csv(results: dict[str, Sequence[EpisodeResult]]) -> str:
+    """One CSV row per episode of each policy (`results`: policy name -> its episodes):
+    EPISODE_COLUMNS, `last_action` the name of the episode's last action."""
+    from models.candidates import ACTION_NAMES
+
+    lines = [",".join(EPISODE_COLUMNS)]
+    for name, episodes in results.items():
+        for r in episodes:
+            speed = f"{np.mean(r.speeds):.3f}" if r.speeds else ""
+            last = ACTION_NAMES[r.actions[-1]] if r.actions else ""
+            fallback = "" if r.fallback_steps is None else str(r.fallback_steps)
+            lines.append(",".join([name, str(r.seed), str(r.steps), str(int(r.collided)),
+                                   r.crash, last, speed, f"{r.total_return:.4f}", fallback]))
+    return "\n".join(lines) + "\n"
 
 
 def write_gif(path: str | os.PathLike, images: list[np.ndarray], fps: float) -> Path:

@@ -2,7 +2,10 @@
 
 Imports no torch: the scorer needs numpy, onnxruntime and the simulator only. The same
 seeds are driven by the baselines (`idle`, `random`, the rule-based TTC policy and the
-oracle lookahead that deep-copies the true simulator).
+oracle lookahead that deep-copies the true simulator). Writes closed_loop.md (the table),
+episodes.csv (one row per episode of each policy: its collision and how it happened,
+evaluation/closed_loop.py `crash_kind`), simulate.gif and, with counterfactual episodes,
+counterfactual.md.
 """
 
 from __future__ import annotations
@@ -110,20 +113,20 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
-    from evaluation.closed_loop import run_episodes, summarise
+    from evaluation.closed_loop import episodes_csv, run_episodes, summarise
 
     env_id, env_config = env_of(cfg)
     seeds = evaluation_seeds(cfg.simulate)
     path = planner_path(cfg, inputs, work)
     factory = planner_factory(cfg, path)
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
-    results = {"planner": summarise(run_episodes(env_id, env_config, factory, seeds,
-                                                 gif_path=gif,
-                                                 gif_episodes=cfg.simulate.gif_episodes))}
+    episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
+                                        gif_episodes=cfg.simulate.gif_episodes)}
     for name in cfg.simulate.baselines:
         print(f"[simulate] baseline {name} on {len(seeds)} episodes", file=sys.stderr)
-        results[name] = summarise(run_episodes(env_id, env_config, baseline_factory(name, cfg),
-                                               seeds))
+        episodes[name] = run_episodes(env_id, env_config, baseline_factory(name, cfg), seeds)
+    results = {name: summarise(runs) for name, runs in episodes.items()}
+    write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
     write_text_atomic(work / "closed_loop.md", table(results))
     summary = dict(results["planner"])
     for name in cfg.simulate.baselines:

@@ -9,9 +9,17 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from evaluation.closed_loop import EpisodeResult, run_episodes, summarise
+from evaluation.closed_loop import (
+    CRASH_KINDS,
+    EpisodeResult,
+    crash_kind,
+    episodes_csv,
+    run_episodes,
+    summarise,
+)
 from evaluation.policies import IdlePolicy, RandomPolicy
 from pipeline.bench_planner import export_random_planner
+from pipeline.highway_source import make_env
 
 SHORT = {"duration": 5}
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +44,43 @@ def test_idle_episodes_and_their_summary():
     assert summary["mean_speed"] == pytest.approx(speeds.mean())
     assert summary["mean_length"] == np.mean([r.steps for r in results])
     assert "fallback_rate" not in summary and "latency_p50_ms" not in summary
+
+
+def test_idle_collisions_are_told_apart_by_kind():
+    results = run_episodes("highway-fast-v0", {"duration": 15}, IdlePolicy, range(1000, 1006))
+    assert any(r.collided for r in results)  # idle crashes in most episodes
+    for r in results:
+        assert (r.crash in CRASH_KINDS) == r.collided and (r.crash == "") == (not r.collided)
+    summary = summarise(results)
+    assert sum(summary[f"crash/{kind}"] for kind in CRASH_KINDS) == summary["collision_rate"]
+
+
+@pytest.mark.parametrize(("offset", "kind"), [((6.0, 0.0), "front"), ((-4.5, 0.3), "rear"),
+                                              ((2.0, 1.8), "side"), ((-3.0, -2.0), "side")])
+def test_crash_kind_reads_where_the_partner_is(offset, kind):
+    env = make_env("highway-fast-v0", {})
+    env.reset(seed=3)
+    core = env.unwrapped
+    ego, partner = core.vehicle, core.road.vehicles[1]
+    assert crash_kind(core) == ""
+    ego.crashed = True
+    assert crash_kind(core) == "other"  # no crashed partner on the road
+    partner.position = ego.position + np.array(offset)
+    partner.crashed = True
+    far = core.road.vehicles[2]  # a crashed pair further away is not the ego's partner
+    far.position, far.crashed = ego.position + np.array([-60.0, 4.0]), True
+    assert crash_kind(core) == kind
+    env.close()
+
+
+def test_episode_rows_name_the_policy_crash_and_last_action():
+    rows = episodes_csv({"planner": [result(2, True, 1.5, [20, 22], fallback_steps=1,
+                                                crash="rear")],
+                         "idle": [result(3, False, 2.0, [25] * 3)]}).splitlines()
+    assert rows[0].startswith("policy,seed,steps,collided,crash")
+    assert rows[1].split(",")[:5] == ["planner", "0", "2", "1", "rear"]
+    assert rows[1].split(",")[5:] == ["IDLE", "21.000", "1.5000", "1"]
+    assert rows[2].split(",")[-1] == "" and len(rows) == 3
 
 
 def test_random_policy_is_reproducible_per_seed_and_max_steps_truncates():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.closed_loop import CRASH_KINDS
 from pipeline import artifacts
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -236,6 +237,16 @@ def test_simulate_reports_planner_and_every_baseline(debug_run):
         assert summary[f"{baseline}/mean_speed"] > 0
     assert (simulate / "simulate.gif").stat().st_size > 1000
     assert "| oracle |" in (simulate / "closed_loop.md").read_text()
+    rows = [row.split(",") for row in (simulate / "episodes.csv").read_text().splitlines()[1:]]
+    episodes = int(summary["episodes"])
+    assert [row[0] for row in rows] == [name for name in ("planner", "idle", "random", "rule",
+                                                          "oracle") for _ in range(episodes)]
+    for name in ("planner", "idle"):
+        crashed = [row for row in rows if row[0] == name and row[3] == "1"]
+        prefix = "" if name == "planner" else f"{name}/"
+        assert len(crashed) == round(summary[f"{prefix}collision_rate"] * episodes)
+        assert sum(summary[f"{prefix}crash/{kind}"] for kind in CRASH_KINDS) == pytest.approx(
+            summary[f"{prefix}collision_rate"])
     assert summary["counterfactual/decisions"] >= 1
     assert summary["counterfactual/candidates"] >= summary["counterfactual/decisions"]
     for key in ("crash_rate", "chosen_crash_rate"):
