@@ -282,6 +282,8 @@ class SimulateConfig:
     # driven on simulator copies, to check the planner's risk on the maneuvers it rejects
     # (evaluation/counterfactual.py; about 1.8 s per decision at export.horizon 3)
     threads: int = 1  # onnxruntime intra-op threads
+    workers: int = 1  # processes for the baselines' episodes (the planner always runs in
+    # one, so its latency is measured alone; the oracle at H=3 takes ~1.4 s per decision)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ def experiment_root(cfg: Config) -> Path:
 
 
 # Settings that change how a stage runs but not what it produces stay out of the key.
-KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers")}
+KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
+              "simulate": ("workers",)}
 
 
 def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:

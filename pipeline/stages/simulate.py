@@ -82,6 +82,39 @@ def baseline_factory(name: str, cfg: Config):
     return lambda: make_policy(name)  # names were checked by `check` before any stage ran
 
 
+def baseline_worker(name: str, cfg: Config):
+    """A worker's env and the factory of baseline `name` (module level: pickled)."""
+    from pipeline.highway_source import make_env
+
+    return make_env(*env_of(cfg)), baseline_factory(name, cfg)
+
+
+def baseline_episode(worker, seed: int):
+    from evaluation.closed_loop import run_episode
+
+    env, factory = worker
+    return run_episode(env, factory(), seed)
+
+
+def baseline_episodes(cfg: Config, name: str, seeds: range) -> list:
+    """The episodes of baseline `name` on `seeds` in `simulate.workers` processes, in seed
+    order (each is reset by its seed: the results do not depend on the workers), with a
+    progress line every tenth of them."""
+    import time
+
+    from pipeline.collect import run_pool
+
+    start, step, results = time.perf_counter(), max(1, len(seeds) // 10), []
+    print(f"[simulate] baseline {name} on {len(seeds)} episodes", file=sys.stderr, flush=True)
+    for result in run_pool(list(seeds), cfg.simulate.workers, baseline_episode,
+                           baseline_worker, (name, cfg)):
+        results.append(result)
+        if len(results) % step == 0 and len(results) < len(seeds):
+            print(f"[simulate] baseline {name}: {len(results)}/{len(seeds)} episodes "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return sorted(results, key=lambda result: result.seed)
+
+
 def planner_factory(cfg: Config, path: Path, policy=None):
     """A factory of fresh planner policies (`policy`: a PlannerPolicy class, default
     PlannerPolicy) over one scorer of the ONNX `path`."""
@@ -123,8 +156,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
                                         gif_episodes=cfg.simulate.gif_episodes)}
     for name in cfg.simulate.baselines:
-        print(f"[simulate] baseline {name} on {len(seeds)} episodes", file=sys.stderr)
-        episodes[name] = run_episodes(env_id, env_config, baseline_factory(name, cfg), seeds)
+        episodes[name] = baseline_episodes(cfg, name, seeds)
     results = {name: summarise(runs) for name, runs in episodes.items()}
     write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
     write_text_atomic(work / "closed_loop.md", table(results))
@@ -166,8 +198,9 @@ def check(cfg: Config) -> None:
     for name in cfg.simulate.baselines:
         if name not in BASELINES:
             raise StageError(f"simulate.baselines: '{name}' is not one of {', '.join(BASELINES)}")
-    if cfg.simulate.episodes < 1:
-        raise StageError(f"simulate.episodes must be at least 1, got {cfg.simulate.episodes}")
+    if cfg.simulate.episodes < 1 or cfg.simulate.workers < 1:
+        raise StageError(f"simulate.episodes and simulate.workers must be at least 1, got "
+                         f"{cfg.simulate.episodes}, {cfg.simulate.workers}")
     if not 0 <= cfg.simulate.counterfactual_episodes <= cfg.simulate.episodes:
         raise StageError(f"simulate.counterfactual_episodes must lie in 0..simulate.episodes "
                          f"({cfg.simulate.episodes}), got {cfg.simulate.counterfactual_episodes}")
