@@ -118,6 +118,11 @@ class RiskCritic(nn.Module):
         C) (`critic_context`; needed when the critic has context), the same at every step,
         its leading axes broadcast to feats' (a context of (B, K, 1, C) serves S samples).
         """
+        inputs, prior_logit = self.step_inputs(feats, start, states, std, presence, prior)
+        return self.hazard(inputs, prior_logit, context)
+
+    def step_inputs(self, feats, start, states, std, presence, prior):
+        """(inputs (..., F, feat_dim + 2 scene + 1), prior logits (..., F)) of `forward`."""
         start = start.expand(*states.shape[:-3], *start.shape[-2:])[..., None, :, :]
         path = torch.cat([start, states], dim=-3)  # (..., F+1, N, 4)
         spread = torch.cat([torch.zeros_like(std[..., :1, :, :]), std], dim=-3)
@@ -126,6 +131,11 @@ class RiskCritic(nn.Module):
         prior_logit = torch.logit(prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS))
         inputs = torch.cat([feats, scene[..., :-1, :], scene[..., 1:, :], prior_logit[..., None]],
                            dim=-1)
+        return inputs, prior_logit
+
+    def hazard(self, inputs: torch.Tensor, prior_logit: torch.Tensor,
+               context: torch.Tensor | None) -> torch.Tensor:
+        """The hazard logits (..., F) of `step_inputs`' output and the context."""
         first = self.net[0](inputs)  # (..., F, hidden)
         if self.context_in is not None:
             if context is None:
@@ -135,13 +145,59 @@ class RiskCritic(nn.Module):
         return prior_logit + self.net[1:](first)[..., 0]
 
 
+class CriticEnsemble(nn.Module):
+    """`members` RiskCritics of the same shape (RiskCritic's arguments), each initialised
+    apart and fitted on the same batches; the hazard logits are the members' mean.
+
+    Called like a RiskCritic. The step inputs (the scene features) are computed once for
+    all members; only the MLPs are repeated. While `each` is True (fitting) the call
+    returns every member's logits (M, ..., F) instead, so each member is fitted alone.
+    """
+
+    def __init__(self, members: int, feat_dim: int, n_vehicles: int, hidden_dim: int = 128,
+                 context: bool = False, horizon: int = 0):
+        super().__init__()
+        if members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        self.members = nn.ModuleList(RiskCritic(feat_dim, n_vehicles, hidden_dim, context,
+                                                horizon) for _ in range(members))
+        first = self.members[0]
+        self.feat_dim, self.n_vehicles, self.hidden_dim = feat_dim, n_vehicles, hidden_dim
+        self.context, self.horizon = first.context, first.horizon
+        self.each = False
+
+    def forward(self, feats, start, states, std, presence, prior, context=None):
+        inputs, prior_logit = self.members[0].step_inputs(feats, start, states, std, presence,
+                                                          prior)
+        logits = torch.stack([m.hazard(inputs, prior_logit, context) for m in self.members])
+        return logits if self.each else logits.mean(dim=0)
+
+
+def make_critic(members: int = 1, **kwargs) -> RiskCritic | CriticEnsemble:
+    """A RiskCritic (members 1) or a CriticEnsemble of `members`; kwargs: RiskCritic's."""
+    if members < 1:
+        raise ValueError(f"a critic needs at least 1 member, got {members}")
+    return RiskCritic(**kwargs) if members == 1 else CriticEnsemble(members, **kwargs)
+
+
+def critic_spec(critic: RiskCritic | CriticEnsemble) -> dict:
+    """The `make_critic` arguments that rebuild `critic` (critic.json)."""
+    spec = {"feat_dim": critic.feat_dim, "n_vehicles": critic.n_vehicles,
+            "hidden_dim": critic.hidden_dim, "context": critic.context,
+            "horizon": critic.horizon}
+    if isinstance(critic, CriticEnsemble):
+        spec["members"] = len(critic.members)
+    return spec
+
+
 def event_probability(logits: torch.Tensor) -> torch.Tensor:
     """P(an event within the horizon) (...) from hazard logits (..., F)."""
     return 1.0 - torch.prod(torch.sigmoid(-logits), dim=-1)
 
 
 def hazard_loss(logits: torch.Tensor, first: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the first-event step.
+    """Mean negative log-likelihood of the first-event step (summed over any extra leading
+    axes of `logits`: a CriticEnsemble's members while fitting).
 
     logits (..., F) hazards; first (...) int64, the 0-based step of the first event, F
     when none; valid (...) bool, the candidates that were labelled. Steps up to the event
@@ -149,7 +205,7 @@ def hazard_loss(logits: torch.Tensor, first: torch.Tensor, valid: torch.Tensor) 
     """
     steps = torch.arange(logits.shape[-1], device=logits.device)
     labelled = (steps <= first[..., None]) & valid[..., None]  # (..., F)
-    target = (steps == first[..., None]).to(logits.dtype)
+    target = (steps == first[..., None]).to(logits.dtype).expand_as(logits)
     per_step = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     count = valid.sum().clamp(min=1)
     return (per_step * labelled).sum() / count

@@ -25,7 +25,7 @@ def planner(cfg: Config) -> dict[str, float]:
                          samples=cfg.export.samples, horizon=cfg.export.horizon,
                          history=cfg.model.history, seed=cfg.seed,
                          critic_hidden=cfg.critic.hidden if cfg.critic.episodes else 0,
-                         critic_context=cfg.critic.context)
+                         critic_context=cfg.critic.context, critic_members=cfg.critic.members)
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

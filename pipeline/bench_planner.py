@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.candidates import enumerate_candidates
-from models.critic import RiskCritic
+from models.critic import make_critic
 from models.planner import Planner
 from models.world_model import WorldModel
 from pipeline.highway_source import ACTION_NAMES
@@ -42,14 +42,16 @@ def example_history(history: int, n_vehicles: int, obs_dim: int, seed: int):
 def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, history: int,
                           horizon: int, samples: int, gamma: float = 0.9, seed: int = 0,
                           frames_per_step: int = 5, opset: int = 17,
-                          critic_hidden: int = 0, critic_context: bool = False) -> Planner:
+                          critic_hidden: int = 0, critic_context: bool = False,
+                          critic_members: int = 1) -> Planner:
     """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it.
     critic_hidden > 0: with a risk critic of that width (models/critic.py), reading the
-    lane context when critic_context."""
+    lane context when critic_context, an ensemble of critic_members > 1."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
-    critic = (RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, critic_hidden,
-                         critic_context, horizon) if critic_hidden else None)
+    critic = (make_critic(critic_members, feat_dim=model.deter_dim + model.stoch_dim,
+                          n_vehicles=model.n_vehicles, hidden_dim=critic_hidden,
+                          context=critic_context, horizon=horizon) if critic_hidden else None)
     planner = Planner(model, gamma, bootstrap=True, critic=critic).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
     export_planner(planner, onnx_path, hist, mask, n_candidates=model.n_actions ** horizon,
@@ -94,11 +96,12 @@ def decision_flops(planner: Planner, inputs: tuple) -> int:
 
 def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, samples: int = 4,
                   horizon: int = 3, history: int = 10, seed: int = 0, rounds: int = 7,
-                  repeats: int = 40, critic_hidden: int = 0,
-                  critic_context: bool = False) -> dict[str, float]:
+                  repeats: int = 40, critic_hidden: int = 0, critic_context: bool = False,
+                  critic_members: int = 1) -> dict[str, float]:
     """Time one decision over `candidates` K sequences, onnxruntime vs torch eager, in
     `rounds` alternating rounds of `repeats` decisions each (critic_hidden > 0: the planner
-    carries a risk critic of that width, with the lane context when critic_context)."""
+    carries a risk critic of that width, with the lane context when critic_context, an
+    ensemble of critic_members > 1)."""
     model_kwargs = dict(model_kwargs or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -107,7 +110,8 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
             onnx_path = Path(tmp) / "planner.onnx"
             planner = export_random_planner(onnx_path, model_kwargs, history, horizon,
                                             samples, seed=seed, critic_hidden=critic_hidden,
-                                            critic_context=critic_context)
+                                            critic_context=critic_context,
+                                            critic_members=critic_members)
             scorer = OnnxScorer.load(onnx_path, threads=1, seed=seed)
             result = measure(planner, scorer, candidates, rounds, repeats, seed)
     finally:

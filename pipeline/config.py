@@ -227,6 +227,8 @@ class CriticConfig:
     # lane's nearest leader and follower, models/lane_scene.py) and the candidate's actions
     mirror: bool = False  # also fit on the training decisions seen in a mirror across the
     # road (left and right swapped: pipeline/critic_labels.py `mirrored`), twice the scenes
+    members: int = 1  # critics fitted side by side on the same batches, each initialised
+    # apart; the planner averages their hazard logits (models/critic.py CriticEnsemble)
 
 
 @dataclass(frozen=True)

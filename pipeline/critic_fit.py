@@ -62,7 +62,7 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
     MLflow steps of the loss curve start at `first_step`."""
     import torch
 
-    from models.critic import RiskCritic, hazard_loss, imagined_logits
+    from models.critic import CriticEnsemble, hazard_loss, imagined_logits, make_critic
 
     c = cfg.critic
     torch.manual_seed(cfg.seed)
@@ -70,8 +70,11 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
     model = model.to(device)
     for weight in model.parameters():
         weight.requires_grad_(False)
-    critic = RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, c.hidden,
-                        c.context, cfg.export.horizon).to(device)
+    critic = make_critic(c.members, feat_dim=model.deter_dim + model.stoch_dim,
+                         n_vehicles=model.n_vehicles, hidden_dim=c.hidden, context=c.context,
+                         horizon=cfg.export.horizon).to(device)
+    if isinstance(critic, CriticEnsemble):
+        critic.each = True  # every member is fitted on its own logits
     batches = LabelBatches(model, labels, cfg.export.horizon, c.samples, device)
     train_rows, rng = np.flatnonzero(~val), np.random.default_rng(cfg.seed)
     per_epoch = max(len(train_rows) // c.batch_size, 1)
@@ -92,6 +95,8 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
         ctx.tracker.log_metrics({"critic/train_loss": total / per_epoch}, step=first_step + epoch)
         print(f"[critic] epoch {epoch + 1}/{c.epochs} loss {total / per_epoch:.4f} "
               f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    if isinstance(critic, CriticEnsemble):
+        critic.each = False  # from here on the members' mean
     critic = critic.cpu().eval()
     model.cpu()
     return critic, held_out_figures(critic, model, labels, np.flatnonzero(val), cfg)

@@ -20,13 +20,15 @@ Each of `critic.rounds` rounds:
    decisions' mirror images (left and right swapped, `mirrored`) are fitted too.
 
 Writes `labels.npz` (the labelled decisions), `critic.pt` + `critic.json` (the last
-critic's weights and constructor arguments). Summary: the label counts, the share of
-positive labels (`positive_rate`, and `positive_rate/target` as fitted) and, on the
-held-out episodes, the risk AUROC and log loss of the critic and of the world model's own
-risk. Every labelled episode is also kept in `<workdir>/<experiment>/critic_labels/<spec
-key>/<seed>.npz` (`label_cache`): refitting with other `critic.*` fitting settings, or
-with more episodes, labels only what is new, and a killed stage resumes its labelling there
-(fitting starts again). Delete that directory to label from scratch.
+critic's weights and `models.critic.make_critic` arguments; with `critic.members` > 1 an
+ensemble of critics fitted side by side, whose hazard logits the planner averages).
+Summary: the label counts, the share of positive labels (`positive_rate`, and
+`positive_rate/target` as fitted) and, on the held-out episodes, the risk AUROC and log
+loss of the critic and of the world model's own risk. Every labelled episode is also
+kept in `<workdir>/<experiment>/critic_labels/<spec key>/<seed>.npz` (`label_cache`):
+refitting with other `critic.*` fitting settings, or with more episodes, labels only
+what is new, and a killed stage resumes its labelling there (fitting starts again).
+Delete that directory to label from scratch.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     import torch
 
+    from models.critic import critic_spec
     from pipeline.critic_fit import fit_critic
     from pipeline.critic_labels import concat_labels, fitting_labels
     from pipeline.stages.export import write_planner
@@ -178,11 +181,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
                                      r * cfg.critic.epochs)
     np.savez_compressed(work / LABELS_FILE, **labels)
     torch.save(critic.state_dict(), work / CRITIC_FILE)
-    write_json_atomic(work / CRITIC_SPEC, {"feat_dim": critic.feat_dim,
-                                           "n_vehicles": critic.n_vehicles,
-                                           "hidden_dim": critic.hidden_dim,
-                                           "context": critic.context,
-                                           "horizon": critic.horizon})
+    write_json_atomic(work / CRITIC_SPEC, critic_spec(critic))
     valid = labels["valid"]
     return {"episodes": len(parts), "decisions": len(labels["episode"]),
             "labelled_candidates": int(valid.sum()),
@@ -231,13 +230,13 @@ def load_critic(critic: Artifacts):
     """The fitted RiskCritic (eval mode, CPU), or None when the stage fitted none."""
     import torch
 
-    from models.critic import RiskCritic
+    from models.critic import make_critic
 
     spec, weights = critic.path / CRITIC_SPEC, critic.path / CRITIC_FILE
     if not spec.is_file():
         return None
     try:
-        model = RiskCritic(**json.loads(spec.read_text()))
+        model = make_critic(**json.loads(spec.read_text()))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -247,10 +246,11 @@ def load_critic(critic: Artifacts):
 
 def check(cfg: Config) -> None:
     c = cfg.critic
-    if c.episodes < 0 or min(c.rounds, c.epochs, c.batch_size, c.hidden, c.samples) < 1:
+    if c.episodes < 0 or min(c.rounds, c.epochs, c.batch_size, c.hidden, c.samples,
+                             c.members) < 1:
         raise StageError(f"critic: episodes must be >= 0 and rounds, epochs, batch_size, "
-                         f"hidden and samples >= 1, got {c.episodes}, {c.rounds}, {c.epochs}, "
-                         f"{c.batch_size}, {c.hidden}, {c.samples}")
+                         f"hidden, samples and members >= 1, got {c.episodes}, {c.rounds}, "
+                         f"{c.epochs}, {c.batch_size}, {c.hidden}, {c.samples}, {c.members}")
     if not 0.0 <= c.epsilon <= 1.0 or not 0.0 < c.val_fraction < 1.0 or c.lr <= 0:
         raise StageError(f"critic: epsilon must lie in [0, 1], val_fraction in (0, 1) and lr "
                          f"be positive, got {c.epsilon}, {c.val_fraction}, {c.lr}")

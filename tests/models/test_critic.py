@@ -9,10 +9,13 @@ import torch
 
 from models.candidates import enumerate_candidates
 from models.critic import (
+    CriticEnsemble,
     RiskCritic,
+    critic_spec,
     event_probability,
     hazard_loss,
     imagined_logits,
+    make_critic,
     scene_features,
 )
 from models.planner import Planner
@@ -165,3 +168,64 @@ def test_a_critic_with_context_reads_the_lanes_and_the_actions():
     with pytest.raises(ValueError, match="reads a context"), torch.no_grad():
         out = model.imagine(batch["hist"], batch["hist_mask"], candidates, noise)
         imagined_logits(critic, out)
+
+
+def shaken_ensemble(model, members: int = 3) -> CriticEnsemble:
+    """An ensemble of context critics whose members visibly disagree."""
+    torch.manual_seed(5)
+    ensemble = make_critic(members, feat_dim=model.deter_dim + model.stoch_dim,
+                           n_vehicles=model.n_vehicles, hidden_dim=16, context=True, horizon=2)
+    with torch.no_grad():
+        for k, member in enumerate(ensemble.members):
+            member.net[-1].weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(k))
+    return ensemble
+
+
+def test_an_ensemble_averages_its_members_hazard_logits():
+    model = tiny_model(5).eval()
+    ensemble = shaken_ensemble(model)
+    batch = make_batch(b=2, n=5)
+    candidates = torch.from_numpy(enumerate_candidates(2))[None].expand(2, -1, -1)
+    scene = (batch["hist"], batch["hist_mask"], candidates)
+    with torch.no_grad():
+        out = model.imagine(*scene, torch.randn(2, 25, 2, 2, model.stoch_dim))
+        each = [imagined_logits(member, out, *scene) for member in ensemble.members]
+        mean = imagined_logits(ensemble, out, *scene)
+        ensemble.each = True
+        stacked = imagined_logits(ensemble, out, *scene)
+    assert mean.shape == each[0].shape == (2, 25, 2, 2) and stacked.shape == (3, 2, 25, 2, 2)
+    assert not torch.allclose(each[0], each[1])  # the members differ ...
+    assert torch.allclose(mean, torch.stack(each).mean(dim=0), atol=1e-6)  # ... and are averaged
+    assert torch.allclose(stacked, torch.stack(each), atol=1e-6)
+    first = torch.full((2, 25, 2), 2)
+    valid = torch.ones_like(first, dtype=torch.bool)
+    total = sum(hazard_loss(logits, first, valid) for logits in each)
+    assert hazard_loss(stacked, first, valid).item() == pytest.approx(total.item(), rel=1e-5)
+
+
+def test_an_ensemble_is_rebuilt_from_its_spec_and_exports_with_parity(tmp_path):
+    model = tiny_model(5).eval()
+    ensemble = shaken_ensemble(model, members=2)
+    again = make_critic(**critic_spec(ensemble))
+    again.load_state_dict(ensemble.state_dict())
+    assert isinstance(again, CriticEnsemble) and len(again.members) == 2
+    assert isinstance(make_critic(**critic_spec(critic_for(model))), RiskCritic)
+    batch = make_batch(b=1, n=5)
+    candidates = torch.from_numpy(enumerate_candidates(2))
+    noise = torch.randn(25, 1, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
+    args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
+    planner = Planner(model, gamma=0.9, bootstrap=True, critic=again.eval())
+    with torch.no_grad():
+        one = Planner(model, gamma=0.9, bootstrap=True, critic=ensemble.members[0])(*args)[0]
+        assert not torch.allclose(planner(*args)[0], one)  # not just its first member
+    path = tmp_path / "planner.onnx"
+    export_planner(planner, path, batch["hist"], batch["hist_mask"].float(), n_candidates=25,
+                   samples=1, horizon=2)
+    assert check_parity(planner, path, *args, atol=1e-4) < 1e-4
+
+
+def test_an_ensemble_needs_two_members_and_a_critic_one():
+    with pytest.raises(ValueError, match="at least 2 members"):
+        CriticEnsemble(1, 8, 3)
+    with pytest.raises(ValueError, match="at least 1 member"):
+        make_critic(0, feat_dim=8, n_vehicles=3)

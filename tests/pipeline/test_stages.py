@@ -183,9 +183,10 @@ def test_replay_without_labelled_decisions_is_refused(debug_run, capsys):
 
 
 def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, capsys):
-    """Other fitting settings (here a contingent target, the lane context and mirrored
-    decisions) are another critic key, but the oracle-driven round's episodes are not
-    labelled again; a damaged cached episode is labelled again, the same."""
+    """Other fitting settings (here a contingent target, the lane context, mirrored
+    decisions and an ensemble of two critics, which drives round 2) are another critic
+    key, but the oracle-driven round's episodes are not labelled again; a damaged cached
+    episode is labelled again, the same."""
     import shutil
 
     workdir = tmp_path / "copy"
@@ -199,7 +200,8 @@ def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, cap
     damaged.write_bytes(damaged.read_bytes()[:100])
     capsys.readouterr()
     assert main(["critic", DEBUG, f"workdir={workdir}", "critic.epochs=1",
-                 "critic.commit=1", "critic.context=true", "critic.mirror=true"]) == 0
+                 "critic.commit=1", "critic.context=true", "critic.mirror=true",
+                 "critic.members=2"]) == 0
     err = capsys.readouterr().err
     assert "round 1/2: 1/2 episodes read from" in err and "labelling it again" in err
     relabelled = dict(np.load(damaged))
@@ -209,7 +211,9 @@ def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, cap
     before, after = (np.load(d / "labels.npz") for d in (old, refit))
     summary = json.loads((refit / "summary.json").read_text())
     assert summary["positive_rate/target"] <= summary["positive_rate"]  # some continuation
-    assert json.loads((refit / "critic.json").read_text())["context"] is True
+    spec = json.loads((refit / "critic.json").read_text())
+    assert spec["context"] is True and spec["members"] == 2
+    assert (refit / "round_1.onnx").is_file()  # the ensemble's planner drove round 2
     first_round = np.isin(before["episode"], [int(p.stem) for p in cache.glob("*.npz")])
     assert first_round.any()
     assert np.array_equal(before["first"][first_round],
