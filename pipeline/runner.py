@@ -62,6 +62,9 @@ def experiment_root(cfg: Config) -> Path:
 # Settings that change how a stage runs but not what it produces stay out of the key.
 KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
               "simulate": ("workers",)}
+# Settings added after stage keys were in use: at this value (their default, which is how
+# those stages ran) they stay out of the key, so the existing stages are still reused.
+KEY_DEFAULTS = {"critic": {"members": 1}}
 
 
 def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:
@@ -70,6 +73,9 @@ def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:
         tree = to_dict(getattr(cfg, name))
         for field_name in KEY_EXEMPT.get(name, ()):
             tree.pop(field_name, None)
+        for field_name, value in KEY_DEFAULTS.get(name, {}).items():
+            if tree.get(field_name) == value:
+                tree.pop(field_name)
         sections[name] = tree
     sections["seed"] = cfg.seed
     extra = stage.extra_key(cfg)

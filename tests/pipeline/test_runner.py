@@ -70,6 +70,19 @@ def test_key_depends_on_config_and_inputs_but_not_on_worker_count(cfg):
     assert key_of(STAGE_B, cfg, {"a": a1}) != key_of(STAGE_B, cfg, {"a": a2})
 
 
+def test_a_setting_added_later_keys_a_stage_only_away_from_its_default(cfg):
+    """critic.members came after critic keys were in use: at 1 the key is the one computed
+    without the field, so those stages are reused; 2 is another critic."""
+    from pipeline.config import to_dict
+
+    stage = Stage("c", sections=("critic",), inputs=(), produce=produce_a)
+    sections = {"critic": {k: v for k, v in to_dict(cfg.critic).items() if k != "members"},
+                "seed": cfg.seed}
+    assert key_of(stage, cfg, {}) == artifacts.stage_key(sections, {})
+    two = load_config(None, [f"workdir={cfg.workdir}", "critic.members=2"])
+    assert key_of(stage, two, {}) != key_of(stage, cfg, {})
+
+
 def test_killed_stage_leaves_nothing_that_looks_complete(cfg):
     stage = Stage("a", sections=("ingest",), inputs=(), produce=produce_killed)
     with pytest.raises(KeyboardInterrupt):
