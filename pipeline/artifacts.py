@@ -4,18 +4,23 @@ A stage writes into `<workdir>/<experiment>/<stage>/<key>/`. The key hashes the 
 config and its inputs' keys. Work happens in `<stage>/.partial-<key>/`, which is renamed
 to `<key>` only once `config.yaml` and `summary.json` are written, so a killed stage never
 leaves a directory that looks complete. Stages that can resume (ingest) keep what the
-partial directory already holds; the others start from an empty one.
+partial directory already holds; the others start from an empty one. Two processes that
+reach the same stage and key take turns (`stage_lock`): the second waits, then reuses
+what the first completed, instead of both writing into one partial directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,25 @@ def is_complete(path: Path) -> bool:
 def load_complete(stage: str, key: str, path: Path) -> Artifacts:
     summary = json.loads((path / SUMMARY).read_text())
     return Artifacts(stage, key, path, summary, reused=True)
+
+
+@contextmanager
+def stage_lock(root: Path, stage: str, key: str) -> Iterator[None]:
+    """Hold `<stage>/.lock-<key>` exclusively (an advisory file lock, released when the
+    process ends however it ends); wait, saying so, while another process holds it."""
+    path = root / stage / f".lock-{key}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[{stage}] another drivecast process is computing {key}: waiting for it",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_partial(root: Path, stage: str, key: str, keep: bool) -> Path:

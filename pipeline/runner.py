@@ -6,6 +6,7 @@ module gives it a key, a working directory, an MLflow run, and makes its result 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Collection, Mapping
@@ -101,17 +102,26 @@ def run_stage(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracke
         params.update(config_params(getattr(cfg, name), name))
     with tracker.run(stage.name, params, nested=True) as run_id:
         tracker.set_tags({"drivecast.stage": stage.name, "drivecast.key": key})
-        if artifacts.is_complete(final) and not force:
-            result = artifacts.load_complete(stage.name, key, final)
-            print(f"[{stage.name}] reusing complete {final}", file=sys.stderr)
-        else:
-            result = _compute(stage, cfg, inputs, tracker, run_id, key, force)
+        with stage_turn(root, stage.name, key):
+            if artifacts.is_complete(final) and not force:
+                result = artifacts.load_complete(stage.name, key, final)
+                print(f"[{stage.name}] reusing complete {final}", file=sys.stderr)
+            else:
+                result = _compute(stage, cfg, inputs, tracker, run_id, key, force)
         tracker.set_tags({"drivecast.reused": str(result.reused).lower()})
         tracker.log_metrics(result.summary)
         if not result.reused:  # a reused stage's files were logged by the run that made them
             tracker.log_dir(result.path)
     print(result.path, flush=True)
     return result
+
+
+def stage_turn(root: Path, stage: str, key: str):
+    """This process's turn at a stage key (`artifacts.stage_lock`); the workers of one
+    distributed run share the turn of their launcher."""
+    if is_ddp_worker():
+        return contextlib.nullcontext()
+    return artifacts.stage_lock(root, stage, key)
 
 
 def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker: Tracker,

@@ -83,6 +83,27 @@ def test_a_setting_added_later_keys_a_stage_only_away_from_its_default(cfg):
     assert key_of(stage, two, {}) != key_of(stage, cfg, {})
 
 
+def test_a_second_process_at_the_same_stage_waits_and_reuses_its_result(cfg, capsys):
+    """While another holds the stage's turn, run_stage waits; it then reuses what the
+    other completed instead of computing it again in the same partial directory."""
+    import threading
+    import time
+
+    root, key = Path(cfg.workdir) / "t", key_of(STAGE_A, cfg, {})
+    results = []
+    with artifacts.stage_lock(root, "a", key):
+        waiting = threading.Thread(
+            target=lambda: results.append(run_stage(STAGE_A, cfg, {}, Tracker(cfg))))
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive() and CALLS == []  # it waits its turn
+        work = artifacts.open_partial(root, "a", key, keep=False)
+        artifacts.commit(work, artifacts.final_dir(root, "a", key), "done", {"value": 7.0})
+    waiting.join(timeout=30)
+    assert CALLS == [] and results[0].reused and results[0].summary == {"value": 7.0}
+    assert "another drivecast process is computing" in capsys.readouterr().err
+
+
 def test_killed_stage_leaves_nothing_that_looks_complete(cfg):
     stage = Stage("a", sections=("ingest",), inputs=(), produce=produce_killed)
     with pytest.raises(KeyboardInterrupt):
