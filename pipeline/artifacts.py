@@ -66,9 +66,10 @@ def load_complete(stage: str, key: str, path: Path) -> Artifacts:
 
 @contextmanager
 def stage_lock(root: Path, stage: str, key: str) -> Iterator[None]:
-    """Hold `<stage>/.lock-<key>` exclusively (an advisory file lock, released when the
-    process ends however it ends); wait, saying so, while another process holds it."""
-    path = root / stage / f".lock-{key}"
+    """Hold `<root>/.locks/<stage>-<key>` exclusively (an advisory file lock, released
+    when the process ends however it ends); wait, saying so, while another process holds
+    it. The locks live apart so that a stage's directory holds only its keyed results."""
+    path = root / ".locks" / f"{stage}-{key}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         try:
