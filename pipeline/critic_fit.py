@@ -73,8 +73,9 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
     critic = make_critic(c.members, feat_dim=model.deter_dim + model.stoch_dim,
                          n_vehicles=model.n_vehicles, hidden_dim=c.hidden, context=c.context,
                          horizon=cfg.export.horizon).to(device)
-    if isinstance(critic, CriticEnsemble):
-        critic.each = True  # every member is fitted on its own logits
+    members = len(critic.members) if isinstance(critic, CriticEnsemble) else 1
+    if members > 1:
+        critic.each = True  # every member is fitted on its own logits (their losses summed)
     batches = LabelBatches(model, labels, cfg.export.horizon, c.samples, device)
     train_rows, rng = np.flatnonzero(~val), np.random.default_rng(cfg.seed)
     per_epoch = max(len(train_rows) // c.batch_size, 1)
@@ -91,11 +92,11 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += loss.item()
+            total += loss.item() / members  # logged per member
         ctx.tracker.log_metrics({"critic/train_loss": total / per_epoch}, step=first_step + epoch)
         print(f"[critic] epoch {epoch + 1}/{c.epochs} loss {total / per_epoch:.4f} "
               f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    if isinstance(critic, CriticEnsemble):
+    if members > 1:
         critic.each = False  # from here on the members' mean
     critic = critic.cpu().eval()
     model.cpu()

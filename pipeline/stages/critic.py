@@ -227,7 +227,8 @@ def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:
 
 
 def load_critic(critic: Artifacts):
-    """The fitted RiskCritic (eval mode, CPU), or None when the stage fitted none."""
+    """The fitted critic (a RiskCritic, or a CriticEnsemble with `members` in its spec; eval
+    mode, CPU), or None when the stage fitted none."""
     import torch
 
     from models.critic import make_critic
