@@ -281,6 +281,20 @@ def auroc(prob, label, mask=None) -> float:
     return float("nan") if _one_class(label) else float(skmetrics.roc_auc_score(label, prob))
 
 
+def decision_auroc(prob, label, mask) -> float:
+    """Mean over the rows (decisions) of the AUROC among each row's valid entries, rows
+    with only one class skipped (nan when none has both): how well a risk orders the
+    candidates of one decision, which the pooled `auroc` mixes with the order across
+    scenes. prob, label, mask (D, K)."""
+    prob, label, mask = (np.asarray(a) for a in (prob, label, mask))
+    _require(prob.ndim == 2 and prob.shape == label.shape == mask.shape,
+             f"prob, label and mask must be (D, K) of one shape, got {prob.shape}, "
+             f"{label.shape}, {mask.shape}.")
+    rows = [auroc(p, y, m) for p, y, m in zip(prob, label, mask, strict=True)]
+    rows = [r for r in rows if not np.isnan(r)]
+    return float(np.mean(rows)) if rows else float("nan")
+
+
 def average_precision(prob, label, mask=None) -> float:
     """Average precision over valid entries (nan when only one class is present)."""
     prob, label = _valid_prob_label(prob, label, mask)

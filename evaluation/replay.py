@@ -23,6 +23,7 @@ import numpy as np
 
 from evaluation.counterfactual import Decision, counterfactual_summary
 from evaluation.decision import choose
+from evaluation.metrics import auroc, decision_auroc
 from models.candidates import FASTER, LANE_LEFT, LANE_RIGHT, SLOWER
 
 LANE_CHANGES = (LANE_LEFT, LANE_RIGHT)
@@ -122,6 +123,21 @@ def replay_grid(scored: list[Scored], risk_weights: Iterable[float],
         rows.append({"rule": reference, "risk_weight": 1.0, "risk_budget": 0.5,
                      **replay(scored, 1.0, 0.5, reference=reference)})
     return rows
+
+
+def risk_order(scored: list[Scored]) -> dict[str, float]:
+    """AUROC of the planner's risk against the true events over every replayed candidate
+    (risk_auroc) and within each decision on average (risk_decision_auroc: the order the
+    rule acts on)."""
+    width = max(len(d.risk) for d in scored)
+
+    def padded(name):
+        return np.stack([np.pad(getattr(d, name), (0, width - len(d.risk))) for d in scored])
+
+    valid = np.stack([np.arange(width) < len(d.risk) for d in scored])
+    risk, event = padded("risk"), padded("event")
+    return {"risk_auroc": auroc(risk, event, valid),
+            "risk_decision_auroc": decision_auroc(risk, event, valid)}
 
 
 COLUMNS = ("chosen_event_rate", "return_regret", "best_rejected_rate", "chosen_return",

@@ -211,6 +211,32 @@ def hazard_loss(logits: torch.Tensor, first: torch.Tensor, valid: torch.Tensor) 
     return (per_step * labelled).sum() / count
 
 
+def event_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 - P)) (...) of P(an event within the horizon) from hazard logits (..., F),
+    computed from the survival log-probability so it stays finite for small P."""
+    survive = nn.functional.logsigmoid(-logits).sum(dim=-1)  # log(1 - P), <= 0
+    return torch.log(-torch.expm1(survive.clamp(max=-1e-7))) - survive
+
+
+def rank_loss(logits: torch.Tensor, first: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean logistic loss over the pairs of one decision's candidates of which one truly
+    meets an event within the horizon and the other does not: softplus(safe - event) of
+    their event log-odds, so it falls as the critic orders each decision's candidates as the
+    truth does (the order the decision rule acts on). Summed over extra leading axes of
+    `logits` like `hazard_loss`.
+
+    logits (..., B, K, S, F); first and valid (B, K, S) as in `hazard_loss`. Decisions
+    with only one class give no pairs; no pair at all gives 0.
+    """
+    odds = event_log_odds(logits).transpose(-1, -2)  # (..., B, S, K)
+    event = ((first < logits.shape[-1]) & valid).transpose(-1, -2)  # (B, S, K)
+    safe = ((first >= logits.shape[-1]) & valid).transpose(-1, -2)
+    pairs = event[..., :, None] & safe[..., None, :]  # (B, S, K event, K safe)
+    gap = odds[..., None, :] - odds[..., :, None]  # safe's odds minus the event's
+    loss = nn.functional.softplus(gap) * pairs
+    return loss.sum() / pairs.sum().clamp(min=1)
+
+
 def critic_context(hist: torch.Tensor, hist_mask: torch.Tensor,
                    candidates: torch.Tensor) -> torch.Tensor:
     """(B, K, 1, C) context of a critic with context (the same for every sample): the lane

@@ -229,6 +229,9 @@ class CriticConfig:
     # road (left and right swapped: pipeline/critic_labels.py `mirrored`), twice the scenes
     members: int = 1  # critics fitted side by side on the same batches, each initialised
     # apart; the planner averages their hazard logits (models/critic.py CriticEnsemble)
+    rank_weight: float = 0.0  # weight of a ranking term added to the likelihood: a logistic
+    # loss over each decision's (truly unsafe, truly safe) candidate pairs
+    # (models/critic.py rank_loss), the order the decision rule acts on
 
 
 @dataclass(frozen=True)

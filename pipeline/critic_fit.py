@@ -62,7 +62,8 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
     MLflow steps of the loss curve start at `first_step`."""
     import torch
 
-    from models.critic import CriticEnsemble, hazard_loss, imagined_logits, make_critic
+    from models.critic import (CriticEnsemble, hazard_loss, imagined_logits, make_critic,
+                               rank_loss)
 
     c = cfg.critic
     torch.manual_seed(cfg.seed)
@@ -87,7 +88,10 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
         order = rng.permutation(train_rows)
         for i in range(per_epoch):
             out, first, valid, scene = batches(order[i * c.batch_size:(i + 1) * c.batch_size])
-            loss = hazard_loss(imagined_logits(critic, out, *scene), first, valid)
+            logits = imagined_logits(critic, out, *scene)
+            loss = hazard_loss(logits, first, valid)
+            if c.rank_weight > 0:
+                loss = loss + c.rank_weight * rank_loss(logits, first, valid)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -109,7 +113,7 @@ def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndar
     risk (the critic's prior), on the held-out decisions (fixed noise)."""
     import torch
 
-    from evaluation.metrics import auroc
+    from evaluation.metrics import auroc, decision_auroc
     from models.critic import PRIOR_EPS, event_probability, hazard_loss, imagined_logits
 
     batches = LabelBatches(model, labels, cfg.export.horizon, cfg.critic.samples, "cpu")
@@ -129,6 +133,8 @@ def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndar
     count = valid.sum() * cfg.critic.samples
     figures = {}
     for name in probs:
-        figures[f"val_auroc/{name}"] = auroc(np.concatenate(probs[name]), label, valid)
+        prob = np.concatenate(probs[name])
+        figures[f"val_auroc/{name}"] = auroc(prob, label, valid)
+        figures[f"val_decision_auroc/{name}"] = decision_auroc(prob, label, valid)
         figures[f"val_log_loss/{name}"] = losses[name] / max(count, 1)
     return figures

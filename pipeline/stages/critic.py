@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import sys
 import time
@@ -255,6 +256,9 @@ def check(cfg: Config) -> None:
     if not 0.0 <= c.epsilon <= 1.0 or not 0.0 < c.val_fraction < 1.0 or c.lr <= 0:
         raise StageError(f"critic: epsilon must lie in [0, 1], val_fraction in (0, 1) and lr "
                          f"be positive, got {c.epsilon}, {c.val_fraction}, {c.lr}")
+    if not (c.rank_weight >= 0 and math.isfinite(c.rank_weight)):
+        raise StageError(f"critic.rank_weight must be a finite number >= 0, got "
+                         f"{c.rank_weight}")
     if not 0 <= c.commit <= cfg.export.horizon:
         raise StageError(f"critic.commit must lie in [0, export.horizon = "
                          f"{cfg.export.horizon}], got {c.commit}")

@@ -83,12 +83,13 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
 def own_setting(scored, cfg: Config) -> dict[str, float]:
     """Figures of the simulate section's setting, and of the true-risk reference at it."""
-    from evaluation.replay import replay
+    from evaluation.replay import replay, risk_order
 
     rule = cfg.simulate
     own = replay(scored, rule.risk_weight, rule.risk_budget, rule.uncertainty_weight)
     true_risk = replay(scored, rule.risk_weight, rule.risk_budget, reference="true risk")
-    return own | {f"true_risk/{k}": v for k, v in true_risk.items() if k != "decisions"}
+    return own | risk_order(scored) | {f"true_risk/{k}": v for k, v in true_risk.items()
+                                       if k != "decisions"}
 
 
 def decision_rule(cfg: Config) -> dict:

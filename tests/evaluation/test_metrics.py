@@ -191,6 +191,22 @@ def test_auroc_and_average_precision_of_perfect_separation():
     assert m.auroc(1 - prob, label) == pytest.approx(0.0)
 
 
+def test_decision_auroc_orders_within_each_row_only():
+    # each row is perfectly ordered, but the rows' scales differ: pooled, they mix
+    prob = np.array([[0.1, 0.2, 0.0], [0.5, 0.6, 0.0], [0.3, 0.3, 0.0]])
+    label = np.array([[0, 1, 0], [0, 1, 0], [1, 1, 0]])
+    mask = np.array([[True, True, False], [True, True, False], [True, True, True]])
+    rows = [m.auroc(prob[i], label[i], mask[i]) for i in range(3)]
+    assert rows[0] == rows[1] == 1.0 and rows[2] == 1.0
+    assert m.decision_auroc(prob, label, mask) == pytest.approx(1.0)
+    assert m.auroc(prob[:2], label[:2], mask[:2]) == pytest.approx(0.75)  # pooled mixes
+    assert m.decision_auroc(1 - prob, label, mask) == pytest.approx(0.0)
+    one_class = np.array([[True, False, True], [False, False, False], [True, True, False]])
+    assert math.isnan(m.decision_auroc(prob, label, one_class))  # no row has both classes
+    with pytest.raises(ValueError, match="one shape"):
+        m.decision_auroc(prob, label, mask[:2])
+
+
 def test_ranking_metrics_with_one_class_are_nan():
     prob, label = np.array([0.1, 0.9]), np.array([0, 0])
     assert math.isnan(m.auroc(prob, label))

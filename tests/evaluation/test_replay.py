@@ -8,6 +8,7 @@ from evaluation.replay import (
     replay,
     replay_grid,
     replay_markdown,
+    risk_order,
     score_decisions,
 )
 from models.candidates import enumerate_candidates
@@ -88,3 +89,15 @@ def test_decisions_are_scored_on_their_road_candidates_only(tmp_path):
     assert np.array_equal(got[0].event, labels["first"][0, 5:] < 2)
     direct = scorer.score(labels["hist"][1], labels["hist_mask"][1], candidates)
     assert np.allclose(got[1].risk, direct.collision_prob)
+
+
+def test_risk_order_pools_all_candidates_and_averages_each_decision():
+    order = risk_order(DECISIONS)
+    # decision 1 puts its unsafe candidate below both safe ones (0 of 2 pairs right),
+    # decision 2 above (1 of 1); pooled, 3 of the 6 (unsafe, safe) pairs are right and
+    # one is a tie (0.01 in both decisions), which counts half
+    assert order["risk_decision_auroc"] == pytest.approx(0.5)
+    assert order["risk_auroc"] == pytest.approx(3.5 / 6)
+    right = [scored([0.9, 0.3, 0.2], [0, 0, 0], [True, False, False], [0, 0, 0], [3, 0, 4]),
+             DECISIONS[1]]
+    assert risk_order(right) == {"risk_auroc": 1.0, "risk_decision_auroc": 1.0}

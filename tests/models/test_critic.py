@@ -12,10 +12,12 @@ from models.critic import (
     CriticEnsemble,
     RiskCritic,
     critic_spec,
+    event_log_odds,
     event_probability,
     hazard_loss,
     imagined_logits,
     make_critic,
+    rank_loss,
     scene_features,
 )
 from models.planner import Planner
@@ -47,6 +49,41 @@ def test_event_probability_is_one_minus_surviving_every_step():
     h = torch.sigmoid(logits)[0]
     want = 1 - (1 - h[0]) * (1 - h[1]) * (1 - h[2])
     assert event_probability(logits).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_event_log_odds_are_the_logit_of_the_event_probability():
+    logits = torch.tensor([[-2.0, 0.0, 1.0], [-12.0, -11.0, -13.0]])
+    p = event_probability(logits.double())
+    want = torch.log(p / (1 - p))
+    assert torch.allclose(event_log_odds(logits), want.float(), atol=1e-4)
+    assert torch.isfinite(event_log_odds(torch.full((1, 3), -40.0))).all()  # P ~ 1e-17
+
+
+def test_rank_loss_scores_each_decisions_unsafe_safe_pairs():
+    # one decision (B 1), three candidates (K 3), one sample (S 1), F 2: candidate 0 meets
+    # an event at step 1, 1 and 2 are safe (first = F); candidate 2 is unlabelled
+    logits = torch.tensor([[[[0.5, 1.0]], [[-1.0, -2.0]], [[3.0, 3.0]]]])  # (1, 3, 1, 2)
+    first = torch.tensor([[[1], [2], [2]]])
+    valid = torch.tensor([[[True], [True], [False]]])
+    odds = event_log_odds(logits)[0, :, 0]
+    want = torch.nn.functional.softplus(odds[1] - odds[0])  # the one labelled pair
+    assert rank_loss(logits, first, valid).item() == pytest.approx(want.item(), rel=1e-5)
+    ordered = torch.tensor([[[[-3.0, -3.0]], [[-1.0, -2.0]], [[3.0, 3.0]]]])  # event < safe
+    assert rank_loss(ordered, first, valid) > rank_loss(logits, first, valid)
+    members = torch.stack([logits, logits])  # a fitting ensemble: summed like hazard_loss
+    assert rank_loss(members, first, valid).item() == pytest.approx(2 * want.item(), rel=1e-5)
+    no_pairs = torch.tensor([[[2], [2], [2]]])  # every candidate safe: nothing to order
+    assert rank_loss(logits, no_pairs, valid).item() == 0.0
+
+
+def test_rank_loss_does_not_pair_candidates_of_different_decisions():
+    logits = torch.tensor([[[[2.0]], [[-2.0]]], [[[-2.0]], [[2.0]]]])  # (2, 2, 1, 1)
+    event_first = torch.tensor([[[0], [1]], [[1], [0]]])  # the riskier one meets the event
+    valid = torch.ones(2, 2, 1, dtype=torch.bool)
+    swapped = torch.tensor([[[1], [0]], [[0], [1]]])
+    assert rank_loss(logits, event_first, valid) < rank_loss(logits, swapped, valid)
+    across = torch.tensor([[[0], [0]], [[1], [1]]])  # one class per decision: no pair
+    assert rank_loss(logits, across, valid).item() == 0.0
 
 
 def test_scene_features_zero_absent_neighbours_and_are_relative_to_the_ego():

@@ -236,3 +236,14 @@ def test_mirror_is_refused_for_a_road_without_lanes_count():
     assert road_lanes(load_config(None, ["ingest.env_config={lanes_count: 4}"])) == 4
     with pytest.raises(StageError, match="critic.mirror needs a straight road"):
         road_lanes(load_config(None, ["ingest.env_id=merge-v0"]))
+
+
+@pytest.mark.parametrize("weight", ["-0.5", ".nan"])
+def test_a_negative_or_undefined_rank_weight_is_refused(weight):
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.stages.critic import check
+
+    cfg = load_config(None, ["critic.episodes=4", f"critic.rank_weight={weight}"])
+    with pytest.raises(StageError, match="critic.rank_weight must be a finite number >= 0"):
+        check(cfg)

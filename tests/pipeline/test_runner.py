@@ -71,16 +71,19 @@ def test_key_depends_on_config_and_inputs_but_not_on_worker_count(cfg):
 
 
 def test_a_setting_added_later_keys_a_stage_only_away_from_its_default(cfg):
-    """critic.members came after critic keys were in use: at 1 the key is the one computed
-    without the field, so those stages are reused; 2 is another critic."""
+    """critic.members and critic.rank_weight came after critic keys were in use: at their
+    defaults the key is the one computed without them, so those stages are reused; any
+    other value is another critic."""
     from pipeline.config import to_dict
 
     stage = Stage("c", sections=("critic",), inputs=(), produce=produce_a)
-    sections = {"critic": {k: v for k, v in to_dict(cfg.critic).items() if k != "members"},
+    later = ("members", "rank_weight")
+    sections = {"critic": {k: v for k, v in to_dict(cfg.critic).items() if k not in later},
                 "seed": cfg.seed}
     assert key_of(stage, cfg, {}) == artifacts.stage_key(sections, {})
-    two = load_config(None, [f"workdir={cfg.workdir}", "critic.members=2"])
-    assert key_of(stage, two, {}) != key_of(stage, cfg, {})
+    for setting in ("critic.members=2", "critic.rank_weight=0.5"):
+        other = load_config(None, [f"workdir={cfg.workdir}", setting])
+        assert key_of(stage, other, {}) != key_of(stage, cfg, {})
 
 
 def test_a_second_process_at_the_same_stage_waits_and_reuses_its_result(cfg, capsys):

@@ -150,6 +150,7 @@ def test_critic_labels_decisions_and_the_export_scores_with_it(debug_run):
     assert (critic / "round_1.onnx").is_file()  # round 2 was driven by round 1's planner
     assert summary["labelled_candidates"] == labels["valid"].sum() > 0
     assert 0.0 <= summary["val_auroc/critic"] <= 1.0 and np.isfinite(summary["val_log_loss/critic"])
+    assert 0.0 <= summary["val_decision_auroc/critic"] <= 1.0  # within each decision
     assert labels["first"].max() <= 2 and labels["hist"].shape[1:3] == (5, 6)
     assert {"critic.pt", "critic.json"} <= {p.name for p in critic.iterdir()}
     (export,) = stage_dirs(debug_run, "export")
@@ -171,6 +172,7 @@ def test_replay_judges_the_rule_on_the_held_out_labelled_decisions(debug_run, ca
     assert summary["decisions"] == (labels["valid"][rows].any(axis=1)).sum() > 0
     assert 0.0 <= summary["chosen_event_rate"] <= 1.0
     assert summary["true_risk/chosen_event_rate"] <= summary["no_safe_rate"]
+    assert 0.0 <= summary["risk_decision_auroc"] <= 1.0 and 0.0 <= summary["risk_auroc"] <= 1.0
     grid = json.loads((replay / "replay.json").read_text())["rows"]
     assert [r["rule"] for r in grid] == ["planner", "planner", "true risk", "truth"]
     assert [r["risk_weight"] for r in grid[:2]] == [1.0, 3.0]
@@ -184,7 +186,8 @@ def test_replay_without_labelled_decisions_is_refused(debug_run, capsys):
 
 def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, capsys):
     """Other fitting settings (here a contingent target, the lane context, mirrored
-    decisions and an ensemble of two critics, which drives round 2) are another critic
+    decisions, the ranking term and an ensemble of two critics, which drives round 2) are
+    another critic
     key, but the oracle-driven round's episodes are not labelled again; a damaged cached
     episode is labelled again, the same."""
     import shutil
@@ -201,7 +204,7 @@ def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, cap
     capsys.readouterr()
     assert main(["critic", DEBUG, f"workdir={workdir}", "critic.epochs=1",
                  "critic.commit=1", "critic.context=true", "critic.mirror=true",
-                 "critic.members=2"]) == 0
+                 "critic.members=2", "critic.rank_weight=0.5"]) == 0
     err = capsys.readouterr().err
     assert "round 1/2: 1/2 episodes read from" in err and "labelling it again" in err
     relabelled = dict(np.load(damaged))
