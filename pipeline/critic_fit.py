@@ -62,8 +62,7 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
     MLflow steps of the loss curve start at `first_step`."""
     import torch
 
-    from models.critic import (CriticEnsemble, hazard_loss, imagined_logits, make_critic,
-                               rank_loss)
+    from models.critic import CriticEnsemble, hazard_loss, imagined_logits, make_critic, rank_loss
 
     c = cfg.critic
     torch.manual_seed(cfg.seed)
