@@ -187,9 +187,8 @@ def test_replay_without_labelled_decisions_is_refused(debug_run, capsys):
 def test_a_refit_critic_reads_its_labels_from_the_cache(debug_run, tmp_path, capsys):
     """Other fitting settings (here a contingent target, the lane context, mirrored
     decisions, the ranking term and an ensemble of two critics, which drives round 2) are
-    another critic
-    key, but the oracle-driven round's episodes are not labelled again; a damaged cached
-    episode is labelled again, the same."""
+    another critic key, but the oracle-driven round's episodes are not labelled again; a
+    damaged cached episode is labelled again, the same."""
     import shutil
 
     workdir = tmp_path / "copy"
