@@ -3,8 +3,8 @@
 ``run_episodes`` drives one fresh policy per episode (``policy_factory()``), reset with
 the same per-seed random stream as data collection, records how an episode's collision
 happened (``crash_kind``), and keeps what a policy exposes of the optional per-episode
-stats: ``latencies_ms`` (per decision), ``surprises`` (per
-checked decision) and ``fallback_steps``. Optionally the first episodes are rendered
+stats: ``latencies_ms`` (per decision), ``surprises`` (per checked decision),
+``fallback_steps`` and ``guard_steps``. Optionally the first episodes are rendered
 offscreen (``render_mode="rgb_array"``, one image per decision step) into a GIF written
 atomically.
 """
@@ -27,7 +27,8 @@ class EpisodeResult:
     """One episode: `steps` decisions; `speeds` the ego speed (m/s) after each of them;
     `crash` how the ego collided (`crash_kind`; "" without a collision).
 
-    latencies_ms, surprises, fallback_steps are None when the policy does not expose them.
+    latencies_ms, surprises, fallback_steps, guard_steps are None when the policy does not
+    expose them.
     """
 
     seed: int
@@ -40,6 +41,7 @@ class EpisodeResult:
     latencies_ms: tuple[float, ...] | None = None
     surprises: tuple[float, ...] | None = None
     fallback_steps: int | None = None
+    guard_steps: int | None = None
     crash: str = ""
 
 
@@ -130,8 +132,9 @@ def policy_stats(policy) -> dict:
     for name in ("latencies_ms", "surprises"):
         if hasattr(policy, name):
             stats[name] = tuple(float(x) for x in getattr(policy, name))
-    if hasattr(policy, "fallback_steps"):
-        stats["fallback_steps"] = int(policy.fallback_steps)
+    for name in ("fallback_steps", "guard_steps"):
+        if hasattr(policy, name):
+            stats[name] = int(getattr(policy, name))
     return stats
 
 
@@ -139,7 +142,8 @@ def summarise(results: Sequence[EpisodeResult]) -> dict[str, float]:
     """Flat figures over episodes: episodes, collision_rate, mean_speed (m/s, over all
     decision steps), mean_return, mean_length (decisions), crash/<kind> (the share of the
     episodes whose collision was of each of CRASH_KINDS); plus fallback_rate (fallback
-    steps / steps), latency_p50_ms, latency_p99_ms and surprise_mean when exposed."""
+    steps / steps), guard_rate (guard steps / steps), latency_p50_ms, latency_p99_ms and
+    surprise_mean when exposed."""
     if not results:
         raise ValueError("cannot summarise zero episodes")
     speeds = np.concatenate([np.asarray(r.speeds, dtype=float) for r in results])
@@ -157,10 +161,11 @@ def summarise(results: Sequence[EpisodeResult]) -> dict[str, float]:
 
 def policy_summary(results: Sequence[EpisodeResult]) -> dict[str, float]:
     summary = {}
-    with_fallback = [r for r in results if r.fallback_steps is not None]
-    if with_fallback:
-        steps = sum(r.steps for r in with_fallback)
-        summary["fallback_rate"] = sum(r.fallback_steps for r in with_fallback) / max(steps, 1)
+    for name in ("fallback", "guard"):
+        exposed = [r for r in results if getattr(r, f"{name}_steps") is not None]
+        if exposed:
+            steps = max(sum(r.steps for r in exposed), 1)
+            summary[f"{name}_rate"] = sum(getattr(r, f"{name}_steps") for r in exposed) / steps
     latencies = [x for r in results if r.latencies_ms for x in r.latencies_ms]
     if latencies:
         summary["latency_p50_ms"] = float(np.percentile(latencies, 50))
@@ -172,7 +177,7 @@ def policy_summary(results: Sequence[EpisodeResult]) -> dict[str, float]:
 
 
 EPISODE_COLUMNS = ("policy", "seed", "steps", "collided", "crash", "last_action", "mean_speed",
-                   "return", "fallback_steps")
+                   "return", "fallback_steps", "guard_steps")
 
 
 def episodes_csv(results: dict[str, Sequence[EpisodeResult]]) -> str:
@@ -185,9 +190,9 @@ def episodes_csv(results: dict[str, Sequence[EpisodeResult]]) -> str:
         for r in episodes:
             speed = f"{np.mean(r.speeds):.3f}" if r.speeds else ""
             last = ACTION_NAMES[r.actions[-1]] if r.actions else ""
-            fallback = "" if r.fallback_steps is None else str(r.fallback_steps)
+            counts = ["" if n is None else str(n) for n in (r.fallback_steps, r.guard_steps)]
             lines.append(",".join([name, str(r.seed), str(r.steps), str(int(r.collided)),
-                                   r.crash, last, speed, f"{r.total_return:.4f}", fallback]))
+                                   r.crash, last, speed, f"{r.total_return:.4f}", *counts]))
     return "\n".join(lines) + "\n"
 
 

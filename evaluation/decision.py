@@ -4,7 +4,9 @@ utility_k = expected_return_k - risk_weight * collision_prob_k
             - uncertainty_weight * uncertainty_k
 The best candidate maximises utility among those with collision_prob <= risk_budget;
 when none is within the budget, the least risky candidate is taken (utility breaks ties):
-no return is worth a probable crash. Remaining ties go to the lower index.
+no return is worth a probable crash. Remaining ties go to the lower index. With an
+``allowed`` mask (a hard constraint such as evaluation/lane_guard.py) the rule runs on the
+allowed candidates only, unless none is allowed.
 """
 
 from __future__ import annotations
@@ -38,15 +40,25 @@ def score_arrays(scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def choose(scores, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
-           risk_budget: float = 1.0) -> int:
-    """Index of the best candidate; see the module docstring."""
+           risk_budget: float = 1.0, allowed: np.ndarray | None = None) -> int:
+    """Index of the best candidate; see the module docstring (`allowed`: (K,) bool)."""
     if risk_weight < 0 or uncertainty_weight < 0:
         raise ValueError(f"risk_weight and uncertainty_weight must be >= 0, got "
                          f"{risk_weight}, {uncertainty_weight}")
     risk, ret, unc = score_arrays(scores)
     value = weigh(risk, ret, unc, risk_weight, uncertainty_weight)
-    allowed = risk <= risk_budget
+    rows = np.arange(len(risk))
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != risk.shape:
+            raise ValueError(f"allowed must have shape {risk.shape}, got {allowed.shape}")
+        rows = np.flatnonzero(allowed) if allowed.any() else rows
+    return int(rows[best_within_budget(risk[rows], value[rows], risk_budget)])
+
+
+def best_within_budget(risk: np.ndarray, value: np.ndarray, risk_budget: float) -> int:
+    within = risk <= risk_budget
     # lexsort is stable (ties keep the lower index) and its last key is the primary one
-    if not allowed.any():
+    if not within.any():
         return int(np.lexsort((-value, risk))[0])
-    return int(np.lexsort((risk, -value, ~allowed))[0])
+    return int(np.lexsort((risk, -value, ~within))[0])

@@ -15,6 +15,10 @@ forecasting in shadow mode (the fallback's action followed by IDLE, one candidat
 the check goes on); control returns to the planner when the surprise is back at or
 below the threshold, but not before ``min_fallback_steps`` fallback decisions.
 
+Lane guard (optional, evaluation/lane_guard.py): the rule runs only on the candidates
+whose first lane change the guard lets through; ``guard_steps`` counts the decisions where
+that changed the choice.
+
 An env whose decision period or frames per step differ from the planner's sidecar is
 refused (the history would not mean what the model learned).
 """
@@ -59,10 +63,10 @@ class PlannerPolicy:
     candidates (K, F) action ids, F = scorer.horizon (those leaving the road are not
     scored: ``evaluation.policies.road_candidates``);
     risk_weight lambda, uncertainty_weight beta, risk_budget: see evaluation.decision;
-    surprise_threshold [m], surprise_patience, min_fallback_steps: see the module
-    docstring. Per-episode stats (cleared by reset): latencies_ms (planner decisions,
-    history + score + choice), surprises (one per checked decision), fallback_steps,
-    steps (all decisions).
+    surprise_threshold [m], surprise_patience, min_fallback_steps, guard (a LaneGuard or
+    None): see the module docstring. Per-episode stats (cleared by reset): latencies_ms
+    (planner decisions, history + score + guard + choice), surprises (one per checked
+    decision), fallback_steps, guard_steps, steps (all decisions).
     """
 
     name = "planner"
@@ -70,7 +74,7 @@ class PlannerPolicy:
     def __init__(self, scorer, candidates: np.ndarray, risk_weight: float = 1.0,
                  uncertainty_weight: float = 0.0, risk_budget: float = 1.0,
                  surprise_threshold: float = 5.0, surprise_patience: int = 2, fallback=None,
-                 min_fallback_steps: int = 3):
+                 min_fallback_steps: int = 3, guard=None):
         candidates = np.asarray(candidates, dtype=np.int64)
         if candidates.ndim != 2 or candidates.shape[1] != scorer.horizon or not len(candidates):
             raise ValueError(f"candidates must have shape (K, {scorer.horizon}) with K >= 1 "
@@ -83,6 +87,7 @@ class PlannerPolicy:
         self.risk_budget, self.surprise_threshold = risk_budget, surprise_threshold
         self.surprise_patience, self.min_fallback_steps = surprise_patience, min_fallback_steps
         self.fallback = fallback if fallback is not None else RuleBasedPolicy()
+        self.guard, self.allowed = guard, None
         self.live = LiveScene(scorer.history, scorer.vehicles)
         self.reset()
 
@@ -91,7 +96,7 @@ class PlannerPolicy:
         self.fallback.reset(rng)
         self.latencies_ms: list[float] = []
         self.surprises: list[float] = []
-        self.fallback_steps = self.steps = self.streak = 0
+        self.fallback_steps = self.guard_steps = self.steps = self.streak = 0
         self.in_fallback, self.fallback_run = False, 0
         self.pending = None  # (positions (N, 2), present (N,), slots (N,), pose) to check
 
@@ -131,14 +136,20 @@ class PlannerPolicy:
         hist, hist_mask, slots = self.live.window()
         candidates = road_candidates(env, self.candidates)
         scores = self.scorer.score(hist, hist_mask, candidates)
+        self.allowed = None if self.guard is None else self.guard.mask(env, candidates)
         best = self.pick(scores, candidates)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
         self.remember(scores.positions[best, 0], hist_mask[-1], slots)
         return int(candidates[best, 0])
 
     def pick(self, scores, candidates: np.ndarray) -> int:
-        """Index of the candidate to execute: the decision rule (evaluation.decision)."""
-        return choose(scores, self.risk_weight, self.uncertainty_weight, self.risk_budget)
+        """Index of the candidate to execute: the decision rule (evaluation.decision) on
+        the candidates the guard allows."""
+        rule = (self.risk_weight, self.uncertainty_weight, self.risk_budget)
+        best = choose(scores, *rule, self.allowed)
+        if self.allowed is not None and best != choose(scores, *rule):
+            self.guard_steps += 1
+        return best
 
     def act_fallback(self, env) -> int:
         action = int(self.fallback.act(env))

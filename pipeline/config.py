@@ -286,6 +286,11 @@ class SimulateConfig:
     counterfactual_episodes: int = 0  # first episodes whose every scored candidate is also
     # driven on simulator copies, to check the planner's risk on the maneuvers it rejects
     # (evaluation/counterfactual.py; about 1.8 s per decision at export.horizon 3)
+    lane_guard: bool = False  # refuse lane changes into too small a gap while another
+    # candidate is left (evaluation/lane_guard.py): the hard check beside the critic
+    guard_front_gap: float = 2.0  # m, bumper to bumper, ahead in the target lane
+    guard_rear_gap: float = 2.0  # m, behind in the target lane
+    guard_rear_ttc: float = 1.0  # s: the follower in the target lane closing faster refuses
     threads: int = 1  # onnxruntime intra-op threads
     workers: int = 1  # processes for the baselines' episodes (the planner always runs in
     # one, so its latency is measured alone; the oracle at H=3 takes ~1.4 s per decision)

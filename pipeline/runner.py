@@ -65,7 +65,9 @@ KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
               "simulate": ("workers",)}
 # Settings added after stage keys were in use: at this value (their default, which is how
 # those stages ran) they stay out of the key, so the existing stages are still reused.
-KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0}}
+KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0},
+                "simulate": {"lane_guard": False, "guard_front_gap": 2.0,
+                             "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0}}
 
 
 def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:

@@ -22,7 +22,7 @@ from pipeline.runner import Stage, StageContext
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
 TABLE_KEYS = ("collision_rate", "mean_speed", "mean_return", "mean_length", "fallback_rate",
-              "latency_p50_ms", "latency_p99_ms")
+              "guard_rate", "latency_p50_ms", "latency_p99_ms")
 
 
 def env_of(cfg: Config) -> tuple[str, dict]:
@@ -125,10 +125,24 @@ def planner_factory(cfg: Config, path: Path, policy=None):
     scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
     candidates = enumerate_candidates(scorer.horizon)
     s, policy = cfg.simulate, policy or PlannerPolicy
+    guard = lane_guard(s)
     return lambda: policy(scorer, candidates, risk_weight=s.risk_weight,
                           uncertainty_weight=s.uncertainty_weight, risk_budget=s.risk_budget,
                           surprise_threshold=s.surprise_threshold,
-                          surprise_patience=s.surprise_patience)
+                          surprise_patience=s.surprise_patience, guard=guard)
+
+
+def lane_guard(simulate: SimulateConfig):
+    """The planner's LaneGuard, or None when `simulate.lane_guard` is off."""
+    from evaluation.lane_guard import LaneGuard
+
+    if not simulate.lane_guard:
+        return None
+    try:
+        return LaneGuard(simulate.guard_front_gap, simulate.guard_rear_gap,
+                         simulate.guard_rear_ttc)
+    except ValueError as err:
+        raise StageError(f"simulate.guard_*: {err}") from None
 
 
 def evaluation_seeds(simulate: SimulateConfig) -> range:
@@ -204,6 +218,7 @@ def check(cfg: Config) -> None:
     if not 0 <= cfg.simulate.counterfactual_episodes <= cfg.simulate.episodes:
         raise StageError(f"simulate.counterfactual_episodes must lie in 0..simulate.episodes "
                          f"({cfg.simulate.episodes}), got {cfg.simulate.counterfactual_episodes}")
+    lane_guard(cfg.simulate)  # its figures are checked before any stage runs
 
 
 STAGE = Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,

@@ -75,12 +75,12 @@ def test_crash_kind_reads_where_the_partner_is(offset, kind):
 
 def test_episode_rows_name_the_policy_crash_and_last_action():
     rows = episodes_csv({"planner": [result(2, True, 1.5, [20, 22], fallback_steps=1,
-                                                crash="rear")],
+                                                guard_steps=0, crash="rear")],
                          "idle": [result(3, False, 2.0, [25] * 3)]}).splitlines()
     assert rows[0].startswith("policy,seed,steps,collided,crash")
     assert rows[1].split(",")[:5] == ["planner", "0", "2", "1", "rear"]
-    assert rows[1].split(",")[5:] == ["IDLE", "21.000", "1.5000", "1"]
-    assert rows[2].split(",")[-1] == "" and len(rows) == 3
+    assert rows[1].split(",")[5:] == ["IDLE", "21.000", "1.5000", "1", "0"]
+    assert rows[2].split(",")[-2:] == ["", ""] and len(rows) == 3
 
 
 def test_random_policy_is_reproducible_per_seed_and_max_steps_truncates():
@@ -95,15 +95,16 @@ def test_random_policy_is_reproducible_per_seed_and_max_steps_truncates():
 def test_summary_golden_figures():
     results = [
         result(4, True, 2.0, [10, 20, 30, 40], latencies_ms=(1.0, 2.0),
-               surprises=(1.0, float("nan")), fallback_steps=2),
+               surprises=(1.0, float("nan")), fallback_steps=2, guard_steps=1),
         result(6, False, 5.0, [10] * 6, latencies_ms=(3.0,) * 6, surprises=(3.0,),
-               fallback_steps=0),
+               fallback_steps=0, guard_steps=2),
     ]
     summary = summarise(results)
     assert summary["collision_rate"] == 0.5
     assert summary["mean_speed"] == pytest.approx(160 / 10)
     assert summary["mean_return"] == 3.5 and summary["mean_length"] == 5.0
     assert summary["fallback_rate"] == pytest.approx(2 / 10)
+    assert summary["guard_rate"] == pytest.approx(3 / 10)
     assert summary["latency_p50_ms"] == 3.0
     assert summary["surprise_mean"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="zero episodes"):

@@ -65,3 +65,17 @@ def test_bad_scores_are_refused(bad):
 def test_negative_weights_are_refused():
     with pytest.raises(ValueError, match="risk_weight"):
         choose(scores([0.0], [1.0]), risk_weight=-1.0)
+
+
+def test_allowed_restricts_the_rule_to_the_allowed_candidates():
+    s = scores(risk=[0.01, 0.02, 0.5, 0.03], ret=[5.0, 1.0, 9.0, 2.0])
+    assert choose(s, risk_weight=0.0, risk_budget=0.1) == 0
+    allowed = np.array([False, True, True, True])
+    assert choose(s, risk_weight=0.0, risk_budget=0.1, allowed=allowed) == 3  # 2 over budget
+    assert choose(s, risk_weight=0.0, risk_budget=0.01, allowed=allowed) == 1  # least risky
+    assert choose(s, risk_weight=0.0, risk_budget=0.1, allowed=np.zeros(4, bool)) == 0  # none
+
+
+def test_allowed_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"allowed must have shape \(2,\)"):
+        choose(scores(risk=[0.1, 0.2], ret=[1.0, 1.0]), allowed=np.ones(3, bool))

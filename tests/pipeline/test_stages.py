@@ -265,14 +265,15 @@ def test_simulate_from_a_registered_model_without_importing_torch(debug_run):
         "import sys; from pipeline.cli import main; "
         f"code = main(['simulate', {DEBUG!r}, 'workdir={debug_run}', "
         "'simulate.planner=models:/drivecast-planner/1', 'simulate.baselines=[]', "
-        "'simulate.gif_episodes=0']); "
+        "'simulate.gif_episodes=0', 'simulate.lane_guard=true']); "
         "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     path = Path(done.stdout.strip().splitlines()[-1])
-    assert json.loads((path / "summary.json").read_text())["episodes"] == 2
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["episodes"] == 2 and 0 <= summary["guard_rate"] <= 1
 
 
 def test_simulate_refuses_more_counterfactual_episodes_than_episodes(debug_run, capsys):
@@ -280,6 +281,12 @@ def test_simulate_refuses_more_counterfactual_episodes_than_episodes(debug_run, 
                  "simulate.counterfactual_episodes=3"]) == 2
     assert "simulate.counterfactual_episodes must lie in 0..simulate.episodes (2)" in \
         capsys.readouterr().err
+
+
+def test_simulate_refuses_a_negative_lane_guard_gap(debug_run, capsys):
+    assert main(["simulate", DEBUG, f"workdir={debug_run}", "simulate.lane_guard=true",
+                 "simulate.guard_rear_gap=-1"]) == 2
+    assert "simulate.guard_*: lane guard gaps and time must be >= 0" in capsys.readouterr().err
 
 
 def test_simulate_refuses_a_missing_planner_file(debug_run, tmp_path, capsys):
