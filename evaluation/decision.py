@@ -6,7 +6,9 @@ The best candidate maximises utility among those with collision_prob <= risk_bud
 when none is within the budget, the least risky candidate is taken (utility breaks ties):
 no return is worth a probable crash. Remaining ties go to the lower index. With an
 ``allowed`` mask (a hard constraint such as evaluation/lane_guard.py) the rule runs on the
-allowed candidates only, unless none is allowed.
+allowed candidates only while one of them is within the budget: when none is, the
+constraint has no safe plan to offer (highway-env cannot slow below 20 m/s, so a lane
+change it refuses can be the only way out) and the rule runs on all of them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def choose(scores, risk_weight: float = 1.0, uncertainty_weight: float = 0.0,
         allowed = np.asarray(allowed, dtype=bool)
         if allowed.shape != risk.shape:
             raise ValueError(f"allowed must have shape {risk.shape}, got {allowed.shape}")
-        rows = np.flatnonzero(allowed) if allowed.any() else rows
+        if (risk[allowed] <= risk_budget).any():
+            rows = np.flatnonzero(allowed)
     return int(rows[best_within_budget(risk[rows], value[rows], risk_budget)])
 
 

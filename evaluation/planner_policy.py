@@ -16,8 +16,8 @@ the check goes on); control returns to the planner when the surprise is back at 
 below the threshold, but not before ``min_fallback_steps`` fallback decisions.
 
 Lane guard (optional, evaluation/lane_guard.py): the rule runs only on the candidates
-whose first lane change the guard lets through; ``guard_steps`` counts the decisions where
-that changed the choice.
+whose first action the guard lets through, while one of them is within the risk budget
+(evaluation.decision); ``guard_steps`` counts the decisions where that changed the choice.
 
 An env whose decision period or frames per step differ from the planner's sidecar is
 refused (the history would not mean what the model learned).

@@ -72,8 +72,10 @@ def test_allowed_restricts_the_rule_to_the_allowed_candidates():
     assert choose(s, risk_weight=0.0, risk_budget=0.1) == 0
     allowed = np.array([False, True, True, True])
     assert choose(s, risk_weight=0.0, risk_budget=0.1, allowed=allowed) == 3  # 2 over budget
-    assert choose(s, risk_weight=0.0, risk_budget=0.01, allowed=allowed) == 1  # least risky
-    assert choose(s, risk_weight=0.0, risk_budget=0.1, allowed=np.zeros(4, bool)) == 0  # none
+    assert choose(s, risk_weight=0.0, risk_budget=0.025, allowed=allowed) == 1  # 3 over it
+    # no allowed candidate within the budget, or none allowed: the rule runs on all
+    assert choose(s, risk_weight=0.0, risk_budget=0.015, allowed=allowed) == 0
+    assert choose(s, risk_weight=0.0, risk_budget=0.1, allowed=np.zeros(4, bool)) == 0
 
 
 def test_allowed_of_the_wrong_shape_is_refused():
