@@ -7,7 +7,7 @@ from evaluation.lane_guard import LaneGuard
 from evaluation.planner_policy import PlannerPolicy
 from evaluation.policies import IDLE, LANE_LEFT, LANE_RIGHT
 from models.candidates import enumerate_candidates
-from tests.evaluation.test_planner_policy import CANDIDATES, WrappedScorer, drive, scorer  # noqa: F401
+from tests.evaluation.test_planner_policy import CANDIDATES, WrappedScorer, scorer  # noqa: F401
 from tests.evaluation.test_policies import scene
 
 GUARD = LaneGuard(front_gap=2.0, rear_gap=2.0, rear_ttc=1.0)
