@@ -80,14 +80,17 @@ class Planner(nn.Module):
 
     bootstrap: add `terminal_value` to each candidate's expected return (needs gamma < 1);
     lookahead: with bootstrap, that value also needs surviving this many more steps of
-    constant-velocity extrapolation (models/risk.py `extrapolated_risk`); 0: none.
+    constant-velocity extrapolation (models/risk.py `extrapolated_risk`); 0: none;
+    lookahead_min_speed: in that extrapolation the ego brakes for a slower leader down to
+    this speed (m/s; None: it keeps its own).
     critic: a RiskCritic (models/critic.py) whose probability replaces the world model's
     risk. The return then counts no risk (the reward earned if the maneuver does not end
     the episode): the risk enters the decision once, through the budget and lambda.
     """
 
     def __init__(self, world_model: WorldModel, gamma: float, bootstrap: bool = False,
-                 lookahead: int = 0, critic: RiskCritic | None = None):
+                 lookahead: int = 0, critic: RiskCritic | None = None,
+                 lookahead_min_speed: float | None = None):
         super().__init__()
         if not 0.0 <= gamma <= 1.0 or (bootstrap and gamma >= 1.0):
             raise ValueError(f"gamma must lie in [0, 1] (below 1 with bootstrap), got {gamma}")
@@ -96,6 +99,7 @@ class Planner(nn.Module):
         self.world_model = world_model
         self.gamma, self.bootstrap, self.lookahead = float(gamma), bool(bootstrap), int(lookahead)
         self.critic = critic
+        self.lookahead_min_speed = lookahead_min_speed
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
                 noise: torch.Tensor):
@@ -132,5 +136,6 @@ class Planner(nn.Module):
         model = self.world_model
         risk = extrapolated_risk(out.states_mean[0, :, :, -1], out.states_std[0, :, :, -1, :, :2],
                                  out.presence[0, :, :, -1], model.dt, self.lookahead,
-                                 model.vehicle_length, model.vehicle_width)  # (K, S, steps)
+                                 model.vehicle_length, model.vehicle_width,
+                                 self.lookahead_min_speed)  # (K, S, steps)
         return torch.prod(1.0 - risk, dim=-1)

@@ -101,18 +101,42 @@ def combine_risks(head: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
 
 
 def extrapolated_risk(last: torch.Tensor, std: torch.Tensor, presence: torch.Tensor, dt: float,
-                      steps: int, length: float, width: float) -> torch.Tensor:
+                      steps: int, length: float, width: float,
+                      min_speed: float | None = None) -> torch.Tensor:
     """Overlap risk beyond the horizon, by constant velocity from the last forecast step.
 
     last (..., N, 4) states [x, y, vx, vy] at the horizon's end (slot 0 = ego), std
     (..., N, 2) their position stds, presence (..., N) -> (..., steps) per extra step of `dt`
     seconds. Cheap foresight for the value after the horizon: driving fast at a slower
     leader just beyond the horizon is not worth the value of cruising on.
+
+    With `min_speed` (m/s) the ego brakes: for each vehicle ahead of it the ego's speed
+    becomes that vehicle's, but neither above its own nor below `min_speed` (the lowest
+    speed it can hold; highway-env's meta-actions: 20 m/s). What remains is a state whose
+    collision braking cannot avoid (an inevitable collision state): a leader slower than
+    the ego can ever go, not merely one slower than it goes now.
     """
     offsets = torch.arange(1, steps + 1, dtype=last.dtype, device=last.device) * dt
-    path = last[..., None, :, :2] + offsets[:, None, None] * last[..., None, :, 2:]
-    # path: (..., steps, N, 2)
-    start = last[..., None, :, :2]  # (..., 1, N, 2)
+    gap = last[..., 1:, :2] - last[..., :1, :2]  # (..., N-1, 2) offsets from the ego
+    closing = last[..., 1:, 2:] - ego_velocity(last, min_speed)  # (..., N-1, 2)
+    relative = torch.cat([torch.zeros_like(last[..., :1, :2]), gap], dim=-2)
+    rate = torch.cat([torch.zeros_like(last[..., :1, 2:]), closing], dim=-2)
+    path = relative[..., None, :, :] + offsets[:, None, None] * rate[..., None, :, :]
+    # path: (..., steps, N, 2), the ego at the origin
+    start = relative[..., None, :, :]  # (..., 1, N, 2)
     spread = std[..., None, :, :].expand_as(path)
     present = presence[..., None, :].expand(path.shape[:-1])
     return overlap_risk(start, path, spread, present, length, width, substeps=2)
+
+
+def ego_velocity(last: torch.Tensor, min_speed: float | None) -> torch.Tensor:
+    """The ego's velocity (..., N-1, 2) as each neighbour of `last` (..., N, 4) sees it
+    (see `extrapolated_risk`): its own, or with `min_speed` braked for a vehicle ahead."""
+    ego = last[..., :1, 2:].expand(*last.shape[:-2], last.shape[-2] - 1, 2)
+    if min_speed is None:
+        return ego
+    ego_vx, ego_vy = ego.unbind(-1)
+    other_vx = last[..., 1:, 2]
+    ahead = last[..., 1:, 0] > last[..., :1, 0]
+    braked = torch.minimum(ego_vx, other_vx.clamp(min=min_speed))
+    return torch.stack([torch.where(ahead, braked, ego_vx), ego_vy], dim=-1)

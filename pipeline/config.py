@@ -250,6 +250,10 @@ class ExportConfig:
     # decision steps of constant-velocity extrapolation from the horizon's end (0: off);
     # highway.yaml, 100 episodes, 2: 2% vs 4% collisions on seeds 1000-1099, 3% vs 3% on
     # seeds 2000-2099, a little slower: within noise so far, hence off
+    lookahead_brake: bool = False  # in that extrapolation the ego brakes for a slower
+    # vehicle ahead, down to lookahead_min_speed (models/risk.py `extrapolated_risk`): only
+    # a leader slower than the ego can ever go then costs value (README, the lookahead)
+    lookahead_min_speed: float = 20.0  # m/s: highway-env's lowest meta-action target speed
     # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
     # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
     # least accurate exactly where the planner is tempted (tailgating, cutting in), so

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Artifacts, write_json_atomic
-from pipeline.config import Config
+from pipeline.config import Config, to_dict
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext
 
@@ -267,13 +267,23 @@ def check(cfg: Config) -> None:
                          "episode is held out)")
 
 
-def decision_rule(cfg: Config) -> dict:
-    """With `critic.rounds` > 1 later rounds are driven by the planner with the simulate
-    stage's decision rule, so the labels depend on it (not on the rest of `simulate`)."""
-    if cfg.critic.episodes == 0 or cfg.critic.rounds == 1:
+# what one oracle-driven round reads of `export`: the labels and the fitted hazard
+LABEL_EXPORT = ("horizon", "gamma", "envelope_length", "envelope_width")
+
+
+def upstream_settings(cfg: Config) -> dict:
+    """The settings outside `critic` that the stage's output depends on: the `export`
+    fields of LABEL_EXPORT; with `critic.rounds` > 1 the later rounds are driven by an
+    exported planner with the simulate stage's decision rule, so all of `export` and that
+    rule (not the rest of `simulate`). A setting the critic never reads (say
+    `export.lookahead` with one round) then reuses the fitted critic."""
+    if cfg.critic.episodes == 0:
         return {}
-    return {name: getattr(cfg.simulate, name) for name in DECISION_RULE}
+    if cfg.critic.rounds == 1:
+        return {"export": {name: getattr(cfg.export, name) for name in LABEL_EXPORT}}
+    return {"export": to_dict(cfg.export),
+            **{name: getattr(cfg.simulate, name) for name in DECISION_RULE}}
 
 
-STAGE = Stage("critic", sections=("critic", "export"), inputs=("train",), produce=produce,
-              check=check, extra_key=decision_rule)
+STAGE = Stage("critic", sections=("critic",), inputs=("train",), produce=produce,
+              check=check, extra_key=upstream_settings)

@@ -8,6 +8,7 @@ scenes. With tracking on, the file is logged with MLflow's ONNX flavor and regis
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
     from pipeline.scorer import write_sidecar
 
     e = cfg.export
-    planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic).eval()
+    planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic,
+                      e.lookahead_min_speed if e.lookahead_brake else None).eval()
     export_planner(planner, path, torch.from_numpy(hist), torch.from_numpy(hist_mask),
                    n_candidates=125, samples=e.samples, opset=e.opset, horizon=e.horizon)
     fields = sidecar_fields(cfg, spec, model, critic is not None)
@@ -123,6 +125,9 @@ def check(cfg: Config) -> None:
     below_one = gamma < 1.0 if cfg.export.bootstrap else gamma <= 1.0
     if cfg.export.lookahead < 0:
         raise StageError(f"export.lookahead must be >= 0, got {cfg.export.lookahead}")
+    if not (cfg.export.lookahead_min_speed >= 0 and math.isfinite(cfg.export.lookahead_min_speed)):
+        raise StageError(f"export.lookahead_min_speed must be a finite speed >= 0 (m/s), got "
+                         f"{cfg.export.lookahead_min_speed}")
     if gamma < 0.0 or not below_one:
         raise StageError(f"export.gamma must lie in [0, 1], and below 1 with export.bootstrap "
                          f"(the value after the horizon is r / (1 - gamma)), got {gamma}")

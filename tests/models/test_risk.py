@@ -91,3 +91,31 @@ def test_extrapolated_risk_sees_a_slower_leader_beyond_the_horizon():
     calm = extrapolated_risk(same_speed[None, None], std[None, None], presence[None, None],
                              dt=1.0, steps=3, length=5.0, width=2.0)
     assert calm.max() < 0.01
+
+
+def braked_risk(ego_speed: float, other: list[float], min_speed: float | None = 20.0):
+    """extrapolated_risk of the ego (at the origin, `ego_speed`) and one vehicle
+    [x, y, vx, vy], 3 steps of 1 s, bare 5 m x 2 m boxes."""
+    last = torch.tensor([[0.0, 0.0, ego_speed, 0.0], other])
+    return extrapolated_risk(last[None], torch.full((1, 2, 2), 0.3), torch.ones(1, 2),
+                             dt=1.0, steps=3, length=5.0, width=2.0, min_speed=min_speed)[0]
+
+
+def test_a_braking_ego_only_fears_a_leader_slower_than_it_can_go():
+    # 30 m/s behind a 22 m/s leader 15 m ahead: constant velocity meets it, braking to
+    # the leader's speed does not
+    assert braked_risk(30.0, [15.0, 0.0, 22.0, 0.0], None).max() > 0.9
+    assert braked_risk(30.0, [15.0, 0.0, 22.0, 0.0]).max() < 0.01
+    # a leader at 15 m/s: the ego cannot go below 20, and closes 5 m a second
+    assert braked_risk(20.0, [10.0, 0.0, 15.0, 0.0]).max() > 0.9
+    # never faster than its own speed: an ego at 18 m/s behind a 15 m/s leader 12 m ahead
+    # closes 3 m a second (braking to 20 would be speeding up)
+    assert braked_risk(18.0, [12.0, 0.0, 15.0, 0.0]).max() > 0.9
+    assert braked_risk(18.0, [12.0, 0.0, 15.0, 0.0], min_speed=None).max() > 0.9
+
+
+def test_a_braking_ego_does_not_brake_for_a_follower():
+    # a follower 10 m behind at 28 m/s closes on a 20 m/s ego whatever the ego does ahead
+    chased = braked_risk(20.0, [-10.0, 0.0, 28.0, 0.0])
+    assert torch.allclose(chased, braked_risk(20.0, [-10.0, 0.0, 28.0, 0.0], None))
+    assert chased.max() > 0.9

@@ -130,9 +130,10 @@ def test_a_missing_or_corrupt_critic_is_refused_in_one_line(tmp_path):
 
 
 def test_the_decision_rule_keys_the_critic_only_when_a_planner_labels(tmp_path):
-    """Rounds after the first are driven by the planner's decision rule (simulate.*), so
-    it is in the critic's key then; a single oracle-driven round ignores it, and so does
-    the oracle round's label cache."""
+    """Rounds after the first are driven by the planner's decision rule (simulate.*) and
+    an exported planner, so both are in the critic's key then; a single oracle-driven
+    round ignores them and the export settings it never reads, and so does the oracle
+    round's label cache. What labels a candidate (the envelope) always keys it."""
     from pipeline.config import load_config
     from pipeline.runner import key_of
     from pipeline.stages import critic
@@ -149,6 +150,9 @@ def test_the_decision_rule_keys_the_critic_only_when_a_planner_labels(tmp_path):
     two_rounds = key_and_cache("critic.rounds=2")
     other_rule = key_and_cache("critic.rounds=2", "simulate.risk_weight=3")
     assert other_rule[0] != two_rounds[0] and other_rule[1] == two_rounds[1] == one_round[1]
+    assert key_and_cache("export.lookahead=2", "export.samples=4") == one_round
+    assert key_and_cache("critic.rounds=2", "export.lookahead=2")[0] != two_rounds[0]
+    assert key_and_cache("export.envelope_length=6")[0] != one_round[0]
 
 
 @pytest.mark.parametrize("commit", [-1, 4])

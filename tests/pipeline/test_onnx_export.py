@@ -94,6 +94,20 @@ def test_export_refuses_gamma_one_when_bootstrapping(overrides, refused):
         export.check(cfg)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["export.lookahead=-1"], "export.lookahead must be >= 0"),
+    (["export.lookahead_min_speed=-5"], "export.lookahead_min_speed must be a finite speed"),
+    (["export.lookahead_min_speed=.inf"], "export.lookahead_min_speed must be a finite speed")])
+def test_export_refuses_a_bad_lookahead(overrides, message):
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.stages import export
+
+    with pytest.raises(StageError, match=message) as err:
+        export.check(load_config(None, overrides))
+    assert "\n" not in str(err.value)
+
+
 def test_planner_graph_scores_the_configured_risk_source(tmp_path):
     """The exported collision_prob follows model.risk: overlap and head differ."""
     torch.manual_seed(0)
@@ -114,11 +128,12 @@ def test_planner_graph_scores_the_configured_risk_source(tmp_path):
     assert not np.allclose(risks["overlap"], risks["head"])
 
 
-def test_parity_with_a_bootstrapped_lookahead_return(tmp_path):
+@pytest.mark.parametrize("min_speed", [None, 0.5])
+def test_parity_with_a_bootstrapped_lookahead_return(tmp_path, min_speed):
     model = tiny_model(5).eval()
     batch = make_batch(b=1, n=5)
     plain = Planner(model, gamma=0.9, bootstrap=True)
-    ahead = Planner(model, gamma=0.9, bootstrap=True, lookahead=2)
+    ahead = Planner(model, gamma=0.9, bootstrap=True, lookahead=2, lookahead_min_speed=min_speed)
     path = tmp_path / "planner.onnx"
     export_planner(ahead, path, batch["hist"], batch["hist_mask"].float(), n_candidates=25,
                    samples=2, horizon=2)
