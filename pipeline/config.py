@@ -248,8 +248,8 @@ class ExportConfig:
     # (highway.yaml, 100 episodes: collisions 10% -> 5%)
     lookahead: int = 0  # with bootstrap, that value also needs surviving this many more
     # decision steps of constant-velocity extrapolation from the horizon's end (0: off);
-    # highway.yaml, 100 episodes, 2: 2% vs 4% collisions on seeds 1000-1099, 3% vs 3% on
-    # seeds 2000-2099, a little slower: within noise so far, hence off
+    # with the world model's risk 2: 2% vs 4% collisions on seeds 1000-1099, 3% vs 3% on
+    # 2000-2099; with the critic 3 halves them for about 1 m/s (highway.yaml: 3, README)
     lookahead_brake: bool = False  # in that extrapolation the ego brakes for a slower
     # vehicle ahead, down to lookahead_min_speed (models/risk.py `extrapolated_risk`): only
     # a leader slower than the ego can ever go then costs value (README, the lookahead)
