@@ -25,7 +25,10 @@ def planner(cfg: Config) -> dict[str, float]:
                          samples=cfg.export.samples, horizon=cfg.export.horizon,
                          history=cfg.model.history, seed=cfg.seed,
                          critic_hidden=cfg.critic.hidden if cfg.critic.episodes else 0,
-                         critic_context=cfg.critic.context, critic_members=cfg.critic.members)
+                         critic_context=cfg.critic.context, critic_members=cfg.critic.members,
+                         lookahead=cfg.export.lookahead,
+                         lookahead_min_speed=(cfg.export.lookahead_min_speed
+                                              if cfg.export.lookahead_brake else None))
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

@@ -43,16 +43,19 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                           horizon: int, samples: int, gamma: float = 0.9, seed: int = 0,
                           frames_per_step: int = 5, opset: int = 17,
                           critic_hidden: int = 0, critic_context: bool = False,
-                          critic_members: int = 1) -> Planner:
+                          critic_members: int = 1, lookahead: int = 0,
+                          lookahead_min_speed: float | None = None) -> Planner:
     """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it.
     critic_hidden > 0: with a risk critic of that width (models/critic.py), reading the
-    lane context when critic_context, an ensemble of critic_members > 1."""
+    lane context when critic_context, an ensemble of critic_members > 1; lookahead and
+    lookahead_min_speed as models.planner.Planner takes them."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
     critic = (make_critic(critic_members, feat_dim=model.deter_dim + model.stoch_dim,
                           n_vehicles=model.n_vehicles, hidden_dim=critic_hidden,
                           context=critic_context, horizon=horizon) if critic_hidden else None)
-    planner = Planner(model, gamma, bootstrap=True, critic=critic).eval()
+    planner = Planner(model, gamma, bootstrap=True, lookahead=lookahead, critic=critic,
+                      lookahead_min_speed=lookahead_min_speed).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
     export_planner(planner, onnx_path, hist, mask, n_candidates=model.n_actions ** horizon,
                    samples=samples, opset=opset, horizon=horizon)
@@ -97,11 +100,12 @@ def decision_flops(planner: Planner, inputs: tuple) -> int:
 def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, samples: int = 4,
                   horizon: int = 3, history: int = 10, seed: int = 0, rounds: int = 7,
                   repeats: int = 40, critic_hidden: int = 0, critic_context: bool = False,
-                  critic_members: int = 1) -> dict[str, float]:
+                  critic_members: int = 1, lookahead: int = 0,
+                  lookahead_min_speed: float | None = None) -> dict[str, float]:
     """Time one decision over `candidates` K sequences, onnxruntime vs torch eager, in
     `rounds` alternating rounds of `repeats` decisions each (critic_hidden > 0: the planner
     carries a risk critic of that width, with the lane context when critic_context, an
-    ensemble of critic_members > 1)."""
+    ensemble of critic_members > 1; the lookahead settings as `export_random_planner`)."""
     model_kwargs = dict(model_kwargs or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -111,7 +115,9 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
             planner = export_random_planner(onnx_path, model_kwargs, history, horizon,
                                             samples, seed=seed, critic_hidden=critic_hidden,
                                             critic_context=critic_context,
-                                            critic_members=critic_members)
+                                            critic_members=critic_members,
+                                            lookahead=lookahead,
+                                            lookahead_min_speed=lookahead_min_speed)
             scorer = OnnxScorer.load(onnx_path, threads=1, seed=seed)
             result = measure(planner, scorer, candidates, rounds, repeats, seed)
     finally:
