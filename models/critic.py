@@ -30,6 +30,7 @@ from models.candidates import ACTION_NAMES
 from models.encoder import mlp
 from models.lane_scene import WIDTH as LANE_WIDTH
 from models.lane_scene import lane_scene
+from models.traffic import TrafficReplica
 
 PRIOR_EPS = 1e-4  # the prior probability is clipped to [eps, 1 - eps] before its logit
 SCENE_SCALE = (10.0, 2.0, 5.0, 1.0)  # m, m, m/s, m/s: offsets and velocities to O(1)
@@ -81,10 +82,14 @@ class RiskCritic(nn.Module):
     feat_dim: the world model's [h, z] width; n_vehicles N slots; hidden_dim MLP width;
     context: the hazard also reads the observed scene's lane summary
     (models/lane_scene.py) and the candidate's actions (one-hot, `horizon` steps).
+    replica_lanes: > 0, the prior is the traffic replica's per-step probability
+    (models/traffic.py, on a road of that many lanes, with the safety `envelope` (length,
+    width)) instead of the world model's own risk; 0: the world model's.
     """
 
     def __init__(self, feat_dim: int, n_vehicles: int, hidden_dim: int = 128,
-                 context: bool = False, horizon: int = 0):
+                 context: bool = False, horizon: int = 0, replica_lanes: int = 0,
+                 envelope: tuple[float, float] = (8.0, 2.5)):
         super().__init__()
         if feat_dim < 1 or n_vehicles < 2 or hidden_dim < 1:
             raise ValueError(f"feat_dim and hidden_dim must be >= 1 and n_vehicles >= 2, got "
@@ -93,6 +98,10 @@ class RiskCritic(nn.Module):
             raise ValueError(f"a critic with context needs the horizon (>= 1), got {horizon}")
         self.feat_dim, self.n_vehicles, self.hidden_dim = feat_dim, n_vehicles, hidden_dim
         self.context, self.horizon = bool(context), int(horizon) if context else 0
+        if replica_lanes < 0:
+            raise ValueError(f"replica_lanes must be >= 0, got {replica_lanes}")
+        self.replica_lanes, self.envelope = int(replica_lanes), tuple(float(v) for v in envelope)
+        self.replica = TrafficReplica(replica_lanes, envelope) if replica_lanes else None
         scene_dim = 4 + 7 * (n_vehicles - 1)
         self.net = mlp(feat_dim + 2 * scene_dim + 1, hidden_dim, 1)
         # the context is the same at every step and sample: its share of the first layer
@@ -155,15 +164,19 @@ class CriticEnsemble(nn.Module):
     """
 
     def __init__(self, members: int, feat_dim: int, n_vehicles: int, hidden_dim: int = 128,
-                 context: bool = False, horizon: int = 0):
+                 context: bool = False, horizon: int = 0, replica_lanes: int = 0,
+                 envelope: tuple[float, float] = (8.0, 2.5)):
         super().__init__()
         if members < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {members}")
         self.members = nn.ModuleList(RiskCritic(feat_dim, n_vehicles, hidden_dim, context,
-                                                horizon) for _ in range(members))
+                                                horizon, replica_lanes, envelope)
+                                     for _ in range(members))
         first = self.members[0]
         self.feat_dim, self.n_vehicles, self.hidden_dim = feat_dim, n_vehicles, hidden_dim
         self.context, self.horizon = first.context, first.horizon
+        self.replica_lanes, self.envelope = first.replica_lanes, first.envelope
+        self.replica = first.replica
         self.each = False
 
     def forward(self, feats, start, states, std, presence, prior, context=None):
@@ -185,6 +198,8 @@ def critic_spec(critic: RiskCritic | CriticEnsemble) -> dict:
     spec = {"feat_dim": critic.feat_dim, "n_vehicles": critic.n_vehicles,
             "hidden_dim": critic.hidden_dim, "context": critic.context,
             "horizon": critic.horizon}
+    if critic.replica_lanes:
+        spec["replica_lanes"], spec["envelope"] = critic.replica_lanes, list(critic.envelope)
     if isinstance(critic, CriticEnsemble):
         spec["members"] = len(critic.members)
     return spec
@@ -254,13 +269,25 @@ def imagined_logits(critic: RiskCritic, out, hist: torch.Tensor | None = None,
                     candidates: torch.Tensor | None = None) -> torch.Tensor:
     """Hazard logits (B, K, S, F) of the critic over a world model Imagination `out` of
     hist (B, H, N, D), hist_mask (B, H, N) under candidates (B, K, F) (those three only
-    needed by a critic with context)."""
+    needed by a critic with context or the replica prior)."""
     present = out.present.to(out.presence.dtype)[:, None, None, None]  # (B, 1, 1, 1, N)
     present = present.expand(*out.presence.shape[:3], 1, -1)
     presence = torch.cat([present, out.presence], dim=-2)  # (B, K, S, F+1, N)
     start = out.last_state[:, None, None]  # (B, 1, 1, N, 4)
-    context = None
-    if critic.context and hist is not None and hist_mask is not None and candidates is not None:
-        context = critic_context(hist, hist_mask, candidates)
+    scene = hist is not None and hist_mask is not None and candidates is not None
+    context = critic_context(hist, hist_mask, candidates) if critic.context and scene else None
     return critic(out.feats, start, out.states_mean, out.states_std[..., :2], presence,
-                  out.collision, context)
+                  critic_prior(critic, out, hist, hist_mask, candidates), context)
+
+
+def critic_prior(critic: RiskCritic, out, hist: torch.Tensor | None = None,
+                 hist_mask: torch.Tensor | None = None,
+                 candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-step probability (B, K, S, F) the critic corrects: the traffic replica's
+    (models/traffic.py; the same for every sample) or the world model's own risk."""
+    if not critic.replica_lanes:
+        return out.collision
+    if hist is None or hist_mask is None or candidates is None:
+        raise ValueError("this critic's prior is the traffic replica: pass hist, hist_mask "
+                         "and candidates (imagined_logits)")
+    return critic.replica(hist, hist_mask, candidates)[:, :, None, :].expand_as(out.collision)

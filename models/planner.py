@@ -14,6 +14,7 @@ from torch import nn
 from models.candidates import enumerate_candidates, prune_candidates
 from models.critic import RiskCritic, event_probability, imagined_logits
 from models.risk import extrapolated_risk
+from models.traffic import TrafficReplica
 from models.world_model import Imagination, WorldModel
 
 __all__ = ["Planner", "collision_within_horizon", "discounted_return", "enumerate_candidates",
@@ -86,19 +87,25 @@ class Planner(nn.Module):
     critic: a RiskCritic (models/critic.py) whose probability replaces the world model's
     risk. The return then counts no risk (the reward earned if the maneuver does not end
     the episode): the risk enters the decision once, through the budget and lambda.
+    replica: a TrafficReplica (models/traffic.py) whose probability replaces the world
+    model's risk the same way (not with a critic: a critic may read the replica itself).
     """
 
     def __init__(self, world_model: WorldModel, gamma: float, bootstrap: bool = False,
                  lookahead: int = 0, critic: RiskCritic | None = None,
-                 lookahead_min_speed: float | None = None):
+                 lookahead_min_speed: float | None = None,
+                 replica: TrafficReplica | None = None):
         super().__init__()
         if not 0.0 <= gamma <= 1.0 or (bootstrap and gamma >= 1.0):
             raise ValueError(f"gamma must lie in [0, 1] (below 1 with bootstrap), got {gamma}")
         if lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {lookahead}")
+        if critic is not None and replica is not None:
+            raise ValueError("a planner takes its risk from a critic or from the replica, "
+                             "not both")
         self.world_model = world_model
         self.gamma, self.bootstrap, self.lookahead = float(gamma), bool(bootstrap), int(lookahead)
-        self.critic = critic
+        self.critic, self.replica = critic, replica
         self.lookahead_min_speed = lookahead_min_speed
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
@@ -114,11 +121,15 @@ class Planner(nn.Module):
         present = hist_mask > 0.5
         out = self.world_model.imagine(hist, present, candidates[None], noise[None])
         step_risk, cont = out.collision[0], out.cont[0]  # (K, S, F)
-        if self.critic is None:
-            collision = collision_within_horizon(step_risk, cont).mean(dim=1)
-        else:
+        if self.critic is not None:
             collision = event_probability(imagined_logits(self.critic, out, hist, present,
                                                             candidates[None])[0]).mean(dim=1)
+        elif self.replica is not None:
+            hazard = self.replica(hist, hist_mask, candidates[None])[0]  # (K, F)
+            collision = 1.0 - torch.prod(1.0 - hazard, dim=-1)
+        else:
+            collision = collision_within_horizon(step_risk, cont).mean(dim=1)
+        if self.critic is not None or self.replica is not None:
             step_risk, cont = torch.zeros_like(step_risk), torch.ones_like(cont)
         expected = discounted_return(out.reward[0], cont, self.gamma)  # (K, S)
         if self.bootstrap:

@@ -20,6 +20,7 @@ def planner(cfg: Config) -> dict[str, float]:
     achieved FLOP/s against this machine's single-thread matmul peak."""
     from pipeline.bench_planner import bench_planner
     from pipeline.config import model_kwargs
+    from pipeline.stages.critic import replica_lanes
 
     return bench_planner(model_kwargs(cfg.model, dt=1.0), candidates=5 ** cfg.export.horizon,
                          samples=cfg.export.samples, horizon=cfg.export.horizon,
@@ -28,7 +29,9 @@ def planner(cfg: Config) -> dict[str, float]:
                          critic_context=cfg.critic.context, critic_members=cfg.critic.members,
                          lookahead=cfg.export.lookahead,
                          lookahead_min_speed=(cfg.export.lookahead_min_speed
-                                              if cfg.export.lookahead_brake else None))
+                                              if cfg.export.lookahead_brake else None),
+                         replica_lanes=(replica_lanes(cfg, "export.replica")
+                                        if cfg.export.replica else 0))
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.candidates import enumerate_candidates
 from models.critic import make_critic
 from models.planner import Planner
+from models.traffic import TrafficReplica
 from models.world_model import WorldModel
 from pipeline.highway_source import ACTION_NAMES
 from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_planner
@@ -44,18 +45,21 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                           frames_per_step: int = 5, opset: int = 17,
                           critic_hidden: int = 0, critic_context: bool = False,
                           critic_members: int = 1, lookahead: int = 0,
-                          lookahead_min_speed: float | None = None) -> Planner:
+                          lookahead_min_speed: float | None = None,
+                          replica_lanes: int = 0) -> Planner:
     """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it.
     critic_hidden > 0: with a risk critic of that width (models/critic.py), reading the
     lane context when critic_context, an ensemble of critic_members > 1; lookahead and
-    lookahead_min_speed as models.planner.Planner takes them."""
+    lookahead_min_speed as models.planner.Planner takes them; replica_lanes > 0: the risk
+    is the traffic replica's on a road of that many lanes (models/traffic.py)."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
     critic = (make_critic(critic_members, feat_dim=model.deter_dim + model.stoch_dim,
                           n_vehicles=model.n_vehicles, hidden_dim=critic_hidden,
                           context=critic_context, horizon=horizon) if critic_hidden else None)
+    replica = TrafficReplica(replica_lanes) if replica_lanes else None
     planner = Planner(model, gamma, bootstrap=True, lookahead=lookahead, critic=critic,
-                      lookahead_min_speed=lookahead_min_speed).eval()
+                      lookahead_min_speed=lookahead_min_speed, replica=replica).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
     export_planner(planner, onnx_path, hist, mask, n_candidates=model.n_actions ** horizon,
                    samples=samples, opset=opset, horizon=horizon)
@@ -64,7 +68,8 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                   obs_dim=model.obs_dim, stoch_dim=model.stoch_dim, samples=samples,
                   dt=model.dt, frames_per_step=frames_per_step, gamma=gamma,
                   bootstrap=planner.bootstrap, lookahead=planner.lookahead,
-                  risk=f"critic over {model.risk}" if critic else model.risk,
+                  risk=("traffic replica" if replica else
+                        f"critic over {model.risk}" if critic else model.risk),
                   obs_mean=model.encoder.obs_mean.tolist(),
                   obs_std=model.encoder.obs_std.tolist(), input_names=list(INPUT_NAMES),
                   output_names=list(OUTPUT_NAMES), opset=opset, tolerance=1e-4)
@@ -101,11 +106,13 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
                   horizon: int = 3, history: int = 10, seed: int = 0, rounds: int = 7,
                   repeats: int = 40, critic_hidden: int = 0, critic_context: bool = False,
                   critic_members: int = 1, lookahead: int = 0,
-                  lookahead_min_speed: float | None = None) -> dict[str, float]:
+                  lookahead_min_speed: float | None = None,
+                  replica_lanes: int = 0) -> dict[str, float]:
     """Time one decision over `candidates` K sequences, onnxruntime vs torch eager, in
     `rounds` alternating rounds of `repeats` decisions each (critic_hidden > 0: the planner
     carries a risk critic of that width, with the lane context when critic_context, an
-    ensemble of critic_members > 1; the lookahead settings as `export_random_planner`)."""
+    ensemble of critic_members > 1; the lookahead and replica settings as
+    `export_random_planner`)."""
     model_kwargs = dict(model_kwargs or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -117,7 +124,8 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
                                             critic_context=critic_context,
                                             critic_members=critic_members,
                                             lookahead=lookahead,
-                                            lookahead_min_speed=lookahead_min_speed)
+                                            lookahead_min_speed=lookahead_min_speed,
+                                            replica_lanes=replica_lanes)
             scorer = OnnxScorer.load(onnx_path, threads=1, seed=seed)
             result = measure(planner, scorer, candidates, rounds, repeats, seed)
     finally:

@@ -232,6 +232,9 @@ class CriticConfig:
     rank_weight: float = 0.0  # weight of a ranking term added to the likelihood: a logistic
     # loss over each decision's (truly unsafe, truly safe) candidate pairs
     # (models/critic.py rank_loss), the order the decision rule acts on
+    replica: bool = False  # the hazard corrects the traffic replica's risk (highway-env's
+    # IDM and MOBIL drivers rolled out per candidate, models/traffic.py) instead of the
+    # world model's own; needs a straight highway-env road (`lanes_count`)
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,10 @@ class ExportConfig:
     # vehicle ahead, down to lookahead_min_speed (models/risk.py `extrapolated_risk`): only
     # a leader slower than the ego can ever go then costs value (README, the lookahead)
     lookahead_min_speed: float = 20.0  # m/s: highway-env's lowest meta-action target speed
+    replica: bool = False  # the planner's collision probability is the traffic replica's
+    # (highway-env's IDM and MOBIL drivers rolled out per candidate in the graph,
+    # models/traffic.py) instead of the world model's; not with a critic (critic.episodes 0);
+    # needs a straight highway-env road (`lanes_count`)
     # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
     # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
     # least accurate exactly where the planner is tempted (tailgating, cutting in), so

@@ -56,10 +56,11 @@ class LabelBatches:
 
 
 def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Config, ctx,
-               first_step: int = 0):
+               first_step: int = 0, replica_lanes: int = 0):
     """Train a RiskCritic on the decisions outside `val` (D,) bool; returns it (CPU, eval
     mode) and the held-out figures. `model` (the world model, its envelope set) is frozen;
-    MLflow steps of the loss curve start at `first_step`."""
+    MLflow steps of the loss curve start at `first_step`; replica_lanes > 0: the prior is
+    the traffic replica on a road of that many lanes (models/critic.py RiskCritic)."""
     import torch
 
     from models.critic import CriticEnsemble, hazard_loss, imagined_logits, make_critic, rank_loss
@@ -72,7 +73,9 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
         weight.requires_grad_(False)
     critic = make_critic(c.members, feat_dim=model.deter_dim + model.stoch_dim,
                          n_vehicles=model.n_vehicles, hidden_dim=c.hidden, context=c.context,
-                         horizon=cfg.export.horizon).to(device)
+                         horizon=cfg.export.horizon, replica_lanes=replica_lanes,
+                         envelope=(cfg.export.envelope_length, cfg.export.envelope_width))
+    critic = critic.to(device)
     members = len(critic.members) if isinstance(critic, CriticEnsemble) else 1
     if members > 1:
         critic.each = True  # every member is fitted on its own logits (their losses summed)
@@ -108,23 +111,31 @@ def fit_critic(model, labels: dict[str, np.ndarray], val: np.ndarray, cfg: Confi
 
 def held_out_figures(critic, model, labels: dict[str, np.ndarray], rows: np.ndarray,
                      cfg: Config) -> dict[str, float]:
-    """Risk AUROC and mean log loss of the first-event step, critic vs the world model's own
-    risk (the critic's prior), on the held-out decisions (fixed noise)."""
+    """Risk AUROC and mean log loss of the first-event step, critic vs its prior (`model`:
+    the world model's own risk; `replica`: the traffic replica's), on the held-out
+    decisions (fixed noise)."""
     import torch
 
     from evaluation.metrics import auroc, decision_auroc
-    from models.critic import PRIOR_EPS, event_probability, hazard_loss, imagined_logits
+    from models.critic import (
+        PRIOR_EPS,
+        critic_prior,
+        event_probability,
+        hazard_loss,
+        imagined_logits,
+    )
 
     batches = LabelBatches(model, labels, cfg.export.horizon, cfg.critic.samples, "cpu")
     generator = torch.Generator().manual_seed(cfg.seed)
-    probs = {"critic": [], "model": []}
-    losses = {"critic": 0.0, "model": 0.0}
+    prior = "replica" if critic.replica_lanes else "model"
+    probs = {"critic": [], prior: []}
+    losses = {"critic": 0.0, prior: 0.0}
     with torch.no_grad():
         for i in range(0, len(rows), EVAL_BATCH):
             out, first, valid, scene = batches(rows[i:i + EVAL_BATCH], generator)
+            base = critic_prior(critic, out, *scene).clamp(PRIOR_EPS, 1 - PRIOR_EPS)
             for name, logits in (("critic", imagined_logits(critic, out, *scene)),
-                                 ("model", torch.logit(out.collision.clamp(PRIOR_EPS,
-                                                                           1 - PRIOR_EPS)))):
+                                 (prior, torch.logit(base))):
                 losses[name] += hazard_loss(logits, first, valid).item() * valid.sum().item()
                 probs[name].append(event_probability(logits).mean(dim=2).numpy())
     valid = labels["valid"][rows]

@@ -65,8 +65,9 @@ KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
               "simulate": ("workers",)}
 # Settings added after stage keys were in use: at this value (their default, which is how
 # those stages ran) they stay out of the key, so the existing stages are still reused.
-KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0},
-                "export": {"lookahead_brake": False, "lookahead_min_speed": 20.0},
+KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0, "replica": False},
+                "export": {"lookahead_brake": False, "lookahead_min_speed": 20.0,
+                           "replica": False},
                 "simulate": {"lane_guard": False, "guard_front_gap": 2.0,
                              "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0}}
 

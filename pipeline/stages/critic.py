@@ -166,6 +166,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model.vehicle_length = cfg.export.envelope_length  # the prior: the planner's own risk
     model.vehicle_width = cfg.export.envelope_width
     parts, labels, critic, label_seconds = [], {}, None, 0.0
+    lanes = replica_lanes(cfg, "critic.replica") if cfg.critic.replica else 0
     for r, seeds in enumerate(label_seeds(cfg)):
         planner = ""
         if critic is not None:  # this round is driven by the previous round's planner
@@ -179,7 +180,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         val = held_out(labels["episode"], cfg.critic.val_fraction, cfg.seed)
         target = fitting_labels(labels, cfg.critic.commit, cfg.export.horizon)
         critic, figures = fit_critic(model, *with_mirror(target, val, cfg), cfg, ctx,
-                                     r * cfg.critic.epochs)
+                                     r * cfg.critic.epochs, lanes)
     np.savez_compressed(work / LABELS_FILE, **labels)
     torch.save(critic.state_dict(), work / CRITIC_FILE)
     write_json_atomic(work / CRITIC_SPEC, critic_spec(critic))
@@ -201,14 +202,16 @@ def with_mirror(labels: dict, val: np.ndarray, cfg: Config) -> tuple[dict, np.nd
     from pipeline.critic_labels import mirrored
 
     train = {name: array[~val] for name, array in labels.items()}
-    images = mirrored(train, road_lanes(cfg), enumerate_candidates(cfg.export.horizon))
+    images = mirrored(train, road_lanes(cfg, "critic.mirror"),
+                      enumerate_candidates(cfg.export.horizon))
     both = {name: np.concatenate([labels[name], images[name]]) for name in labels}
     return both, np.concatenate([val, np.zeros(len(images["episode"]), dtype=bool)])
 
 
-def road_lanes(cfg: Config) -> int:
-    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError for an
-    env without a `lanes_count`: its road has no mirror image the labels know of)."""
+def road_lanes(cfg: Config, needed_by: str) -> int:
+    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError naming
+    the setting `needed_by` for an env without a `lanes_count`: no straight road the
+    mirror or the traffic replica knows of)."""
     from pipeline.highway_source import make_env
 
     env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
@@ -217,9 +220,29 @@ def road_lanes(cfg: Config) -> int:
     finally:
         env.close()
     if not isinstance(lanes, int) or lanes < 1:
-        raise StageError(f"critic.mirror needs a straight road with `lanes_count` lanes; "
+        raise StageError(f"{needed_by} needs a straight road with `lanes_count` lanes; "
                          f"{cfg.ingest.env_id} has none")
     return lanes
+
+
+def replica_lanes(cfg: Config, needed_by: str) -> int:
+    """`road_lanes` for the traffic replica (models/traffic.py), which steps highway-fast's
+    5 simulation frames of 0.2 s per decision: a StageError for an env at other rates."""
+    from models.traffic import Road
+    from pipeline.highway_source import make_env
+
+    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
+    try:
+        rates = (env.unwrapped.config.get("simulation_frequency"),
+                 env.unwrapped.config.get("policy_frequency"))
+    finally:
+        env.close()
+    road = Road()
+    if rates != (round(1 / road.dt), round(1 / (road.dt * road.substeps))):
+        raise StageError(f"{needed_by} replays highway-env at 5 simulation frames a second and "
+                         f"1 decision a second; {cfg.ingest.env_id} runs at {rates[0]} and "
+                         f"{rates[1]}")
+    return road_lanes(cfg, needed_by)
 
 
 def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:
@@ -265,6 +288,8 @@ def check(cfg: Config) -> None:
     if c.episodes and c.episodes * c.rounds < 2:
         raise StageError("critic: episodes x rounds must be 0 (off) or at least 2 (one "
                          "episode is held out)")
+    if c.episodes and c.replica:
+        replica_lanes(cfg, "critic.replica")  # a one-line error for a road it cannot replay
 
 
 # what one oracle-driven round reads of `export`: the labels and the fitted hazard

@@ -50,7 +50,9 @@ def sidecar_fields(cfg: Config, spec: dict, model, critic: bool = False) -> dict
     `critic` whether a risk critic gives the collision probability."""
     from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
 
-    risk = f"{model.risk} (envelope {model.vehicle_length:g} m x {model.vehicle_width:g} m)"
+    envelope = f"(envelope {model.vehicle_length:g} m x {model.vehicle_width:g} m)"
+    replica = cfg.export.replica or (critic and cfg.critic.replica)
+    risk = f"traffic replica {envelope}" if replica else f"{model.risk} {envelope}"
     return {"action_names": list(ACTION_NAMES), "history": spec["history"],
             "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
             "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
@@ -70,12 +72,16 @@ def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
     import torch
 
     from models.planner import Planner
+    from models.traffic import TrafficReplica
     from pipeline.onnx_export import export_planner
     from pipeline.scorer import write_sidecar
+    from pipeline.stages.critic import replica_lanes
 
     e = cfg.export
+    replica = (TrafficReplica(replica_lanes(cfg, "export.replica"),
+                              (e.envelope_length, e.envelope_width)) if e.replica else None)
     planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic,
-                      e.lookahead_min_speed if e.lookahead_brake else None).eval()
+                      e.lookahead_min_speed if e.lookahead_brake else None, replica).eval()
     export_planner(planner, path, torch.from_numpy(hist), torch.from_numpy(hist_mask),
                    n_candidates=125, samples=e.samples, opset=e.opset, horizon=e.horizon)
     fields = sidecar_fields(cfg, spec, model, critic is not None)
@@ -128,6 +134,14 @@ def check(cfg: Config) -> None:
     if not (cfg.export.lookahead_min_speed >= 0 and math.isfinite(cfg.export.lookahead_min_speed)):
         raise StageError(f"export.lookahead_min_speed must be a finite speed >= 0 (m/s), got "
                          f"{cfg.export.lookahead_min_speed}")
+    if cfg.export.replica and cfg.critic.episodes > 0:
+        raise StageError("export.replica gives the planner's risk and so does a critic "
+                         "(critic.episodes > 0): set one of them off (a critic can correct "
+                         "the replica with critic.replica=true)")
+    if cfg.export.replica:
+        from pipeline.stages.critic import replica_lanes
+
+        replica_lanes(cfg, "export.replica")  # a one-line error for a road it cannot replay
     if gamma < 0.0 or not below_one:
         raise StageError(f"export.gamma must lie in [0, 1], and below 1 with export.bootstrap "
                          f"(the value after the horizon is r / (1 - gamma)), got {gamma}")

@@ -9,6 +9,7 @@ import torch
 
 from models.candidates import enumerate_candidates
 from models.critic import (
+    PRIOR_EPS,
     CriticEnsemble,
     RiskCritic,
     critic_spec,
@@ -266,3 +267,34 @@ def test_an_ensemble_needs_two_members_and_a_critic_one():
         CriticEnsemble(1, 8, 3)
     with pytest.raises(ValueError, match="at least 1 member"):
         make_critic(0, feat_dim=8, n_vehicles=3)
+
+
+def test_a_replica_prior_critic_starts_at_the_replica():
+    """(The replica's ONNX parity: tests/models/test_traffic.py, the planner that ships it.)"""
+    from models.traffic import replica_hazard
+
+    model = tiny_model(5).eval()
+    torch.manual_seed(3)
+    critic = RiskCritic(model.deter_dim + model.stoch_dim, model.n_vehicles, 16,
+                        replica_lanes=3, envelope=(8.0, 2.5))
+    again = make_critic(**critic_spec(critic))
+    assert (again.replica_lanes, again.envelope) == (3, (8.0, 2.5))
+    batch = make_batch(b=1, n=5)
+    candidates = torch.from_numpy(enumerate_candidates(2))
+    noise = torch.randn(25, 1, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
+    args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
+    planner = Planner(model, gamma=0.9, bootstrap=True, critic=critic.eval())
+    with torch.no_grad():  # the last layer starts at zero: the critic is its prior
+        prior = replica_hazard(batch["hist"], batch["hist_mask"].float(), candidates[None],
+                               (8.0, 2.5))[0].clamp(PRIOR_EPS, 1 - PRIOR_EPS)
+        assert torch.allclose(planner(*args)[0], 1 - torch.prod(1 - prior, dim=-1), atol=1e-5)
+        out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
+        with pytest.raises(ValueError, match="prior is the traffic replica"):
+            imagined_logits(critic, out)
+
+
+def test_a_replica_needs_a_road_and_a_positive_envelope():
+    with pytest.raises(ValueError, match="replica_lanes must be >= 0"):
+        RiskCritic(8, 3, replica_lanes=-1)
+    with pytest.raises(ValueError, match="a positive envelope"):
+        RiskCritic(8, 3, replica_lanes=3, envelope=(0.0, 2.5))

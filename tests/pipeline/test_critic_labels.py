@@ -232,14 +232,27 @@ def test_mirrored_decisions_flip_the_lateral_features_and_trade_labels():
     assert labels["first"].tolist() == [[1, 3, 0, 2, 3]]  # the original is untouched
 
 
-def test_mirror_is_refused_for_a_road_without_lanes_count():
+def test_the_mirror_and_the_replica_are_refused_for_a_road_without_lanes_count():
     from pipeline.config import load_config
     from pipeline.errors import StageError
     from pipeline.stages.critic import road_lanes
 
-    assert road_lanes(load_config(None, ["ingest.env_config={lanes_count: 4}"])) == 4
+    assert road_lanes(load_config(None, ["ingest.env_config={lanes_count: 4}"]), "x") == 4
     with pytest.raises(StageError, match="critic.mirror needs a straight road"):
-        road_lanes(load_config(None, ["ingest.env_id=merge-v0"]))
+        road_lanes(load_config(None, ["ingest.env_id=merge-v0"]), "critic.mirror")
+    with pytest.raises(StageError, match="critic.replica needs a straight road"):
+        road_lanes(load_config(None, ["ingest.env_id=merge-v0"]), "critic.replica")
+
+
+def test_the_replica_is_refused_for_an_env_at_other_rates():
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.stages.critic import replica_lanes
+
+    assert replica_lanes(load_config(None, []), "export.replica") == 3  # highway-fast-v0
+    with pytest.raises(StageError, match="export.replica replays highway-env at 5") as err:
+        replica_lanes(load_config(None, ["ingest.env_id=highway-v0"]), "export.replica")
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("weight", ["-0.5", ".nan"])

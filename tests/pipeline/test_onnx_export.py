@@ -97,8 +97,9 @@ def test_export_refuses_gamma_one_when_bootstrapping(overrides, refused):
 @pytest.mark.parametrize("overrides,message", [
     (["export.lookahead=-1"], "export.lookahead must be >= 0"),
     (["export.lookahead_min_speed=-5"], "export.lookahead_min_speed must be a finite speed"),
-    (["export.lookahead_min_speed=.inf"], "export.lookahead_min_speed must be a finite speed")])
-def test_export_refuses_a_bad_lookahead(overrides, message):
+    (["export.lookahead_min_speed=.inf"], "export.lookahead_min_speed must be a finite speed"),
+    (["export.replica=true", "critic.episodes=4"], "export.replica gives the planner's risk")])
+def test_export_refuses_a_bad_lookahead_or_two_risks(overrides, message):
     from pipeline.config import load_config
     from pipeline.errors import StageError
     from pipeline.stages import export

@@ -1,0 +1,397 @@
+"""Traffic replica: highway-env's own driver models rolled out in tensors, per candidate.
+
+The learned forecast is least sure exactly where the planner is tempted (closing on a
+leader, a neighbour's lane change), yet highway-fast's traffic follows known rules: each
+other vehicle drives the Intelligent Driver Model along its lane and changes lanes by
+MOBIL; the ego tracks the target speed and lane its meta-actions set. This module
+reconstructs the road from the planner's observed history and replays those rules for F
+decision steps under every candidate, at the simulator's own 5 Hz, with its constants
+(highway-env `IDMVehicle`, `ControlledVehicle`, `MDPVehicle`, kinematic bicycle).
+
+What the history cannot show is estimated: the ego's heading on the road (the heading
+most other vehicles share), its lateral position (from the lanes the others drive in),
+its target speed (inverted from its last speed step), every target lane (from the
+lateral speed) and every other vehicle's desired speed (its highest recent speed).
+Each vehicle's MOBIL timer (highway-env fires it every 1-1.2 s at a phase the history
+does not show) is covered by rolling out once per phase, MOBIL evaluated at frame 0, 2
+or 4 of every step, and averaging; a vehicle already changing lanes decides nothing in
+the first step. Vehicles beyond the observed slots are not simulated, nor are crashes
+between other vehicles.
+
+`replica_margins` returns, per candidate and decision step, the smallest normalised
+distance of any vehicle to the ego: below 1 their boxes overlap during the step (a
+collision) or the vehicle is inside the planner's safety envelope at its end, the two
+events the risk critic's labels and the envelope oracle count. `replica_hazard` turns it
+into a per-step probability. Plain tensor ops with a fixed loop, so it exports to ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+FAR = 1.0e4  # m: the gap to an absent leader (finite for ONNX)
+
+
+@dataclass(frozen=True)
+class Road:
+    """highway-fast-v0's road and driver constants (highway-env 1.10)."""
+
+    lanes: int = 3
+    lane_width: float = 4.0
+    on_lane_margin: float = 1.0  # a vehicle counts on a lane within width / 2 + this
+    target_speeds: tuple[float, ...] = (20.0, 25.0, 30.0)  # the ego's (MDPVehicle)
+    speed_limit: float = 30.0
+    dt: float = 0.2  # 1 / simulation_frequency
+    substeps: int = 5  # simulation frames per decision
+    length: float = 5.0
+    kp_a: float = 1 / 0.6
+    kp_heading: float = 1 / 0.2
+    kp_lateral: float = 1 / 0.6
+    max_steering: float = math.pi / 3
+    comfort_acc: float = 3.0
+    comfort_dec: float = 5.0
+    acc_max: float = 6.0
+    distance_wanted: float = 10.0
+    time_wanted: float = 1.5
+    delta: float = 4.0
+    lane_change_gain: float = 0.2
+    lane_change_braking: float = 2.0
+    target_lane_lead: float = 0.6  # s: a target lane is where the lateral speed points
+    turning_speed: float = 0.5  # m/s: a lateral speed above this is a lane change
+    mobil_phases: tuple[int, ...] = (0, 2, 4)  # frames of a step at which MOBIL may be
+    # evaluated, one rollout each (their risks averaged)
+
+
+@dataclass
+class Traffic:
+    """Road-frame state, each (B, K, N): x along the road from the ego's start, y across
+    it (lane i centred at i * lane_width), heading, speed, target speed and target lane;
+    present (B, 1, N) bool (slot 0, the ego, always); waiting (B, 1, N) bool: the vehicles
+    changing lanes at the start, whose MOBIL timer has just been reset (they decide
+    nothing in the first decision step)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heading: torch.Tensor
+    speed: torch.Tensor
+    target_speed: torch.Tensor
+    target_lane: torch.Tensor
+    present: torch.Tensor
+    waiting: torch.Tensor
+
+
+def road_heading(rel: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The ego's heading on the road (B,) from the others' headings relative to it, rel
+    (B, N) (slot 0 the ego): minus the relative heading that most present others share
+    (within 0.02 rad; of tied ones the nearest to the ego's own); 0 without others."""
+    others = present.clone()
+    others[:, 0] = False
+    close = (rel[:, :, None] - rel[:, None, :]).abs() < 0.02
+    votes = (close & others[:, None, :]).sum(dim=-1).to(rel.dtype)  # (B, N)
+    votes = votes - 0.01 * rel.abs()  # |rel| < pi: less than one vote
+    votes = torch.where(others, votes, torch.full_like(votes, -1.0))
+    best = torch.argmax(votes, dim=-1, keepdim=True)
+    shared = torch.gather(rel, 1, best)[:, 0]
+    return torch.where(others.any(dim=-1), -shared, torch.zeros_like(shared))
+
+
+def ego_lateral(y: torch.Tensor, vy: torch.Tensor, lane: torch.Tensor, present: torch.Tensor,
+                road: Road) -> torch.Tensor:
+    """The ego's y on the road (B,): its lane's centre when it is settled, otherwise the
+    mean over settled others of (their lane's centre minus their offset from the ego),
+    held within the ego's lane."""
+    centre = lane * road.lane_width  # (B, N)
+    settled = present & (vy.abs() < 0.3)
+    others = settled.clone()
+    others[:, 0] = False
+    weight = others.to(y.dtype)
+    from_others = ((centre - y) * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
+    ego_centre = centre[:, 0]
+    estimate = torch.where(others.any(dim=-1), from_others, ego_centre)
+    half = road.lane_width / 2
+    estimate = torch.minimum(torch.maximum(estimate, ego_centre - half), ego_centre + half)
+    return torch.where(settled[:, 0], ego_centre, estimate)
+
+
+def snap_speed(speed: torch.Tensor, road: Road) -> torch.Tensor:
+    """The nearest of the ego's target speeds."""
+    speeds = torch.tensor(road.target_speeds, dtype=speed.dtype, device=speed.device)
+    index = torch.argmin((speed[..., None] - speeds).abs(), dim=-1)
+    return speeds[index]
+
+
+def initial_traffic(hist: torch.Tensor, hist_mask: torch.Tensor, k: int, road: Road) -> Traffic:
+    """The road-frame state at the last observed frame, repeated for K candidates.
+
+    hist (B, H, N, 7) ego-frame features (pipeline/features.py FEATURE_NAMES), hist_mask
+    (B, H, N)."""
+    mask = hist_mask > 0.5
+    now, present = hist[:, -1], mask[:, -1].clone()
+    present[:, 0] = True
+    rel = torch.atan2(now[..., 5], now[..., 4])
+    h0 = road_heading(rel, present)
+    c, s = torch.cos(h0)[:, None], torch.sin(h0)[:, None]
+    x = c * now[..., 0] - s * now[..., 1]
+    dy = s * now[..., 0] + c * now[..., 1]
+    vx = c * now[..., 2] - s * now[..., 3]
+    vy = s * now[..., 2] + c * now[..., 3]
+    y = ego_lateral(dy, vy, now[..., 6], present, road)[:, None] + dy
+    speed = torch.sqrt(vx * vx + vy * vy)
+    heading = h0[:, None] + rel
+    seen = torch.sqrt(hist[..., 2] ** 2 + hist[..., 3] ** 2) * mask
+    desired = torch.clamp(seen.max(dim=1).values, max=road.speed_limit)
+    ego_target = snap_speed(ego_target_speed(hist, mask, road), road)
+    desired = torch.cat([ego_target[:, None], desired[:, 1:]], dim=1)
+    lane = torch.round((y + road.target_lane_lead * vy) / road.lane_width)
+    lane = lane.clamp(0, road.lanes - 1)
+
+    def repeat(t):
+        return t[:, None].expand(-1, k, -1)
+
+    waiting = present & (vy.abs() > road.turning_speed)
+    return Traffic(repeat(x), repeat(y), repeat(heading), repeat(speed), repeat(desired),
+                   repeat(lane), present[:, None], waiting[:, None])
+
+
+def ego_target_speed(hist: torch.Tensor, mask: torch.Tensor, road: Road) -> torch.Tensor:
+    """(B,) the speed the ego's controller tracks, from its last speed step
+    (v' = v + dt * kp_a * (target - v)); its speed when it has one frame only."""
+    speed = torch.sqrt(hist[:, :, 0, 2] ** 2 + hist[:, :, 0, 3] ** 2)  # (B, H)
+    if speed.shape[1] < 2:
+        return speed[:, -1]
+    step = speed[:, -1] - speed[:, -2]
+    target = speed[:, -2] + step / (road.dt * road.kp_a)
+    return torch.where(mask[:, -2, 0], target, speed[:, -1])
+
+
+def idm(speed, desired, gap, closing, has_leader, road: Road) -> torch.Tensor:
+    """IDM acceleration: speed, desired speed, gap to the leader (centre to centre),
+    closing speed, has_leader (bool); all broadcastable."""
+    free = road.comfort_acc * (1 - torch.pow(speed.clamp(min=0) / desired.clamp(min=0.01),
+                                             road.delta))
+    wanted = (road.distance_wanted + speed * road.time_wanted
+              + speed * closing / (2 * math.sqrt(road.comfort_acc * road.comfort_dec)))
+    follow = road.comfort_acc * torch.pow(wanted / gap.clamp(min=0.01), 2)
+    return free - torch.where(has_leader, follow, torch.zeros_like(follow))
+
+
+class Neighbours:
+    """Leaders and followers on given lanes, for every vehicle of a Traffic state."""
+
+    def __init__(self, t: Traffic, road: Road):
+        self.t, self.road = t, road
+        n = t.x.shape[-1]
+        self.gap = t.x[..., None, :] - t.x[..., :, None]  # (B, K, query, other)
+        slot = torch.arange(n, device=t.x.device)
+        self.other = t.present[..., None, :] & (slot[:, None] != slot[None, :])
+
+    def on_lane(self, lane: torch.Tensor) -> torch.Tensor:
+        """(..., B, K, query, other): the other vehicle is on lane[query] (..., B, K, N)."""
+        offset = self.t.y[..., None, :] - lane[..., :, None] * self.road.lane_width
+        return self.other & (offset.abs() <= self.road.lane_width / 2
+                             + self.road.on_lane_margin)
+
+    def leader(self, lane: torch.Tensor):
+        """(gap, leader index, found), each (..., B, K, N), of every vehicle on `lane`
+        (..., B, K, N)."""
+        ahead = self.on_lane(lane) & (self.gap >= 0)
+        gap = torch.where(ahead, self.gap, torch.full_like(self.gap, FAR))
+        index = torch.argmin(gap, dim=-1, keepdim=True)
+        gap = torch.gather(gap, -1, index)[..., 0]
+        return gap, index[..., 0], gap < FAR
+
+    def follower(self, lane: torch.Tensor):
+        """(gap >= 0, follower index, found) of each vehicle on `lane`."""
+        behind = self.on_lane(lane) & (self.gap < 0)
+        gap = torch.where(behind, -self.gap, torch.full_like(self.gap, FAR))
+        index = torch.argmin(gap, dim=-1, keepdim=True)
+        gap = torch.gather(gap, -1, index)[..., 0]
+        return gap, index[..., 0], gap < FAR
+
+
+def pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, K, N) at index (..., B, K, M) -> (..., B, K, M)."""
+    return torch.gather(values.expand(*index.shape[:-1], values.shape[-1]), -1, index)
+
+
+def idm_behind(t: Traffic, front: torch.Tensor, gap, has_front, road: Road,
+               who: torch.Tensor | None = None) -> torch.Tensor:
+    """IDM acceleration (..., B, K, M) of vehicles `who` (indices; None: every vehicle
+    itself) behind vehicles `front` (indices (..., B, K, M)) at `gap`; no leader where not
+    has_front. The closing speed is the difference of the speeds (all drive nearly along
+    the road)."""
+    speed, desired = t.speed, t.target_speed
+    if who is not None:
+        speed, desired = pick(speed, who), pick(desired, who)
+    closing = speed - pick(t.speed, front)
+    return idm(speed, desired, gap, closing, has_front, road)
+
+
+def lane_changes(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -> torch.Tensor:
+    """Every other vehicle's target lane after a MOBIL decision (B, K, N) (politeness 0,
+    highway-env's checks in its order: the right side wins when both pass)."""
+    own_gap, own_leader, own_found = near.leader(lane)
+    own_a = idm_behind(t, own_leader, own_gap, own_found, road)
+    free = (lane == t.target_lane) & (t.speed >= 1) & t.present & ~t.waiting
+    free[..., 0] = False
+    sides = torch.tensor([-1.0, 1.0], dtype=lane.dtype, device=lane.device)
+    new = lane + sides[:, None, None, None]  # (2, B, K, N): left, right
+    gap_p, lead, has_p = near.leader(new)
+    gap_f, follow, has_f = near.follower(new)
+    me = torch.arange(lane.shape[-1], device=lane.device).expand_as(follow)
+    follower_then = idm_behind(t, me, gap_f, torch.ones_like(has_f), road, who=follow)
+    safe = ~has_f | (follower_then >= -road.lane_change_braking)
+    gain = idm_behind(t, lead, gap_p, has_p, road) - own_a
+    go = free & safe & (gain >= road.lane_change_gain) & (new >= 0) & (new < road.lanes)
+    return torch.where(go[1], new[1], torch.where(go[0], new[0], t.target_lane))
+
+
+def accelerations(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -> torch.Tensor:
+    """(B, K, N): IDM on the current lane (and the target lane while changing) for the
+    others, the speed controller for the ego."""
+    gap, lead, found = near.leader(torch.stack([lane, t.target_lane]))
+    both = idm_behind(t, lead, gap, found, road)  # (2, B, K, N)
+    acc = torch.where(lane != t.target_lane, torch.minimum(both[0], both[1]), both[0])
+    acc = acc.clamp(-road.acc_max, road.acc_max)
+    ego = road.kp_a * (t.target_speed[..., :1] - t.speed[..., :1])
+    return torch.cat([ego, acc[..., 1:]], dim=-1)
+
+
+def steering_slip(t: Traffic, road: Road) -> torch.Tensor:
+    """The slip angle beta (B, K, N) of highway-env's lane-keeping steering controller."""
+    speed = torch.where(t.speed.abs() < 1e-2, torch.full_like(t.speed, 1e-2), t.speed)
+    offset = t.y - t.target_lane * road.lane_width
+    heading_ref = torch.asin((-road.kp_lateral * offset / speed).clamp(-1, 1))
+    heading_ref = heading_ref.clamp(-math.pi / 4, math.pi / 4)
+    rate = road.kp_heading * (heading_ref - t.heading)
+    slip = torch.asin((road.length / 2 / speed * rate).clamp(-1, 1))
+    # highway-env steers atan(2 tan(slip)) clipped to max_steering, then slips by
+    # atan(tan(steering) / 2): the slip itself, clipped where the steering is
+    limit = math.atan(0.5 * math.tan(road.max_steering))
+    return slip.clamp(-limit, limit)
+
+
+def step(t: Traffic, acc: torch.Tensor, road: Road) -> Traffic:
+    """One simulation frame of the kinematic bicycle for every vehicle."""
+    beta = steering_slip(t, road)
+    dt = road.dt
+    return replace(t, x=t.x + t.speed * torch.cos(t.heading + beta) * dt,
+                   y=t.y + t.speed * torch.sin(t.heading + beta) * dt,
+                   heading=t.heading + t.speed * torch.sin(beta) / (road.length / 2) * dt,
+                   speed=t.speed + acc * dt)
+
+
+def ego_command(t: Traffic, action: torch.Tensor, road: Road) -> Traffic:
+    """The ego's target speed and lane after meta-action `action` (B, K) (candidates'
+    action ids: 0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT, 3 FASTER, 4 SLOWER)."""
+    speeds = torch.tensor(road.target_speeds, dtype=t.speed.dtype, device=t.speed.device)
+    top = len(road.target_speeds) - 1
+    now = torch.round((t.speed[..., 0] - speeds[0]) / (speeds[-1] - speeds[0]) * top)
+    now = now.clamp(0, top)
+    shift = (action == 3).to(now.dtype) - (action == 4).to(now.dtype)
+    wanted = speeds[(now + shift).clamp(0, top).long()]
+    ego_speed = torch.where(shift != 0, wanted, t.target_speed[..., 0])
+    turn = (action == 2).to(now.dtype) - (action == 0).to(now.dtype)
+    ego_lane = (t.target_lane[..., 0] + turn).clamp(0, road.lanes - 1)
+    return replace(t, target_speed=torch.cat([ego_speed[..., None], t.target_speed[..., 1:]], -1),
+                   target_lane=torch.cat([ego_lane[..., None], t.target_lane[..., 1:]], -1))
+
+
+def closest_lane(t: Traffic, road: Road) -> torch.Tensor:
+    return torch.round(t.y / road.lane_width).clamp(0, road.lanes - 1)
+
+
+def envelope_distance(t: Traffic, envelope: tuple[float, float]) -> torch.Tensor:
+    """(B, K): min over present others of max(|dx| / length, |dy| / width) to the ego."""
+    dx = (t.x[..., 1:] - t.x[..., :1]).abs() / envelope[0]
+    dy = (t.y[..., 1:] - t.y[..., :1]).abs() / envelope[1]
+    distance = torch.where(t.present[..., 1:], torch.maximum(dx, dy),
+                           torch.full_like(dx, FAR))
+    return distance.min(dim=-1).values
+
+
+def box_distance(t: Traffic, road: Road, width: float = 2.0) -> torch.Tensor:
+    """(B, K): min over present others of max(|dx| / (ex + ex'), |dy| / (ey + ey')), the
+    half extents along and across the road of their rectangles and the ego's (length x
+    width, rotated by heading): below 1 the bounding boxes overlap, a slightly wider test
+    than highway-env's rectangles (the same when both drive straight)."""
+    c, s = torch.cos(t.heading).abs(), torch.sin(t.heading).abs()
+    half_length, half_width = road.length / 2, width / 2
+    ex, ey = half_length * c + half_width * s, half_length * s + half_width * c
+    dx = (t.x[..., 1:] - t.x[..., :1]).abs() / (ex[..., 1:] + ex[..., :1])
+    dy = (t.y[..., 1:] - t.y[..., :1]).abs() / (ey[..., 1:] + ey[..., :1])
+    ratio = torch.where(t.present[..., 1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
+    return ratio.min(dim=-1).values
+
+
+def rollout(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
+            road: Road = Road()):
+    """Yield (step, frame, Traffic (P B, K, N)) for every simulation frame of every decision
+    step under candidates (B, K, F) int64 action ids, for the P = len(road.mobil_phases)
+    frames at which every other vehicle may evaluate MOBIL in each step (highway-env's
+    per-vehicle timers are hidden), one after the other along the batch axis."""
+    phases, b = road.mobil_phases, candidates.shape[0]
+    t = initial_traffic(hist, hist_mask, candidates.shape[1], road)
+    t = Traffic(*(v.repeat(len(phases), 1, 1) for v in vars(t).values()))
+    candidates = candidates.repeat(len(phases), 1, 1)
+    for step_index in range(candidates.shape[-1]):
+        t = ego_command(t, candidates[..., step_index], road)
+        for frame in range(road.substeps):
+            lane = closest_lane(t, road)
+            if frame in phases:  # MOBIL on the rows of the phase deciding now
+                start = phases.index(frame) * b
+                rows = Traffic(*(v[start:start + b] for v in vars(t).values()))
+                decided = lane_changes(rows, Neighbours(rows, road), lane[start:start + b], road)
+                target = torch.cat([t.target_lane[:start], decided, t.target_lane[start + b:]])
+                t = replace(t, target_lane=target)
+            t = step(t, accelerations(t, Neighbours(t, road), lane, road), road)
+            yield step_index, frame, t
+        if step_index == 0:
+            t = replace(t, waiting=torch.zeros_like(t.waiting))
+
+
+def replica_margins(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
+                    envelope: tuple[float, float], road: Road = Road()) -> torch.Tensor:
+    """(P, B, K, F): per MOBIL phase (`rollout`) and decision step the smallest distance
+    of any vehicle to the ego:
+    `box_distance` (a collision) at every frame of the step, `envelope_distance` at its
+    end (where the envelope oracle checks it)."""
+    closest: list[list[torch.Tensor]] = [[] for _ in range(candidates.shape[-1])]
+    for step_index, frame, t in rollout(hist, hist_mask, candidates, road):
+        closest[step_index].append(box_distance(t, road))
+        if frame == road.substeps - 1:
+            closest[step_index].append(envelope_distance(t, envelope))
+    margins = torch.stack([torch.stack(c, dim=-1).min(dim=-1).values for c in closest], dim=-1)
+    return margins.reshape(len(road.mobil_phases), *candidates.shape)
+
+
+def replica_hazard(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
+                   envelope: tuple[float, float], road: Road = Road(),
+                   width: float = 0.1) -> torch.Tensor:
+    """(B, K, F) per-step event probability: sigmoid((1 - margin) / width) of
+    `replica_margins`, averaged over the MOBIL phases."""
+    margins = replica_margins(hist, hist_mask, candidates, envelope, road)
+    return torch.sigmoid((1.0 - margins) / width).mean(dim=0)
+
+
+class TrafficReplica(nn.Module):
+    """The replica as a planner part: forward(hist (B, H, N, D), hist_mask (B, H, N),
+    candidates (B, K, F)) -> the per-step event probability (B, K, F) (`replica_hazard`)
+    on a road of `lanes` lanes with the safety `envelope` (length, width)."""
+
+    def __init__(self, lanes: int = 3, envelope: tuple[float, float] = (8.0, 2.5)):
+        super().__init__()
+        if lanes < 1 or min(envelope) <= 0:
+            raise ValueError(f"the replica needs lanes >= 1 and a positive envelope, got "
+                             f"{lanes}, {envelope}")
+        self.road = Road(lanes=int(lanes))
+        self.envelope = (float(envelope[0]), float(envelope[1]))
+
+    def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor,
+                candidates: torch.Tensor) -> torch.Tensor:
+        return replica_hazard(hist, hist_mask.to(hist.dtype), candidates, self.envelope,
+                              self.road)
