@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from models.candidates import ACTION_NAMES, enumerate_candidates
-from models.traffic import Road, replica_hazard, replica_margins, road_heading, rollout
+from models.traffic import (
+    Road,
+    box_distance,
+    envelope_distance,
+    replica_hazard,
+    replica_margins,
+    road_heading,
+    rollout,
+)
 
 ACTION = {name: i for i, name in enumerate(ACTION_NAMES)}
 ROAD = Road()
@@ -82,6 +90,23 @@ def test_the_envelope_is_met_at_the_step_the_gap_closes():
     # IDLE keeps 30 m/s; the leader brakes only a little; 25 m closes by 10 m a second
     margins = replica_margins(hist, mask, candidates, (8.0, 2.5))[0, 0, 0]
     assert margins[0] > 1.0 and margins[1] < 1.0
+
+
+def test_the_prefix_tree_gives_every_candidate_its_own_rollout():
+    """replica_margins simulates each action prefix once; rolling out every candidate of
+    any subset on its own gives the same numbers."""
+    hist, mask = scene([vehicle(0, 0, 27, 1), vehicle(22, 0, 21, 1), vehicle(-12, 4, 26, 2),
+                        vehicle(6, -4, 23, 0), vehicle(40, 4.5, 22, 2, -0.05)])
+    candidates = torch.from_numpy(enumerate_candidates(3))[None, 3:110:3]
+    closest = [[] for _ in range(3)]
+    for step_index, frame, t in rollout(hist, mask, candidates, ROAD):
+        closest[step_index].append(box_distance(t, ROAD))
+        if frame == ROAD.substeps - 1:
+            closest[step_index].append(envelope_distance(t, (8.0, 2.5)))
+    alone = torch.stack([torch.stack(c, -1).min(-1).values for c in closest], -1)
+    tree = replica_margins(hist, mask, candidates, (8.0, 2.5))
+    assert torch.equal(tree.reshape(alone.shape), alone)
+    assert (tree < 1).any() and (tree > 1).any()  # some candidates meet a vehicle
 
 
 def test_the_road_heading_is_the_one_most_others_share():
