@@ -208,17 +208,23 @@ def with_mirror(labels: dict, val: np.ndarray, cfg: Config) -> tuple[dict, np.nd
     return both, np.concatenate([val, np.zeros(len(images["episode"]), dtype=bool)])
 
 
-def road_lanes(cfg: Config, needed_by: str) -> int:
-    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError naming
-    the setting `needed_by` for an env without a `lanes_count`: no straight road the
-    mirror or the traffic replica knows of)."""
+def env_settings(cfg: Config) -> dict:
+    """The full config of `ingest.env_id` with its `env_config` (highway-env's defaults
+    filled in)."""
     from pipeline.highway_source import make_env
 
     env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
     try:
-        lanes = env.unwrapped.config.get("lanes_count")
+        return dict(env.unwrapped.config)
     finally:
         env.close()
+
+
+def road_lanes(cfg: Config, needed_by: str, settings: dict | None = None) -> int:
+    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError naming
+    the setting `needed_by` for an env without a `lanes_count`: no straight road the
+    mirror or the traffic replica knows of); settings: `env_settings(cfg)` if known."""
+    lanes = (settings if settings is not None else env_settings(cfg)).get("lanes_count")
     if not isinstance(lanes, int) or lanes < 1:
         raise StageError(f"{needed_by} needs a straight road with `lanes_count` lanes; "
                          f"{cfg.ingest.env_id} has none")
@@ -229,20 +235,15 @@ def replica_lanes(cfg: Config, needed_by: str) -> int:
     """`road_lanes` for the traffic replica (models/traffic.py), which steps highway-fast's
     5 simulation frames of 0.2 s per decision: a StageError for an env at other rates."""
     from models.traffic import Road
-    from pipeline.highway_source import make_env
 
-    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
-    try:
-        rates = (env.unwrapped.config.get("simulation_frequency"),
-                 env.unwrapped.config.get("policy_frequency"))
-    finally:
-        env.close()
+    settings = env_settings(cfg)
+    rates = (settings.get("simulation_frequency"), settings.get("policy_frequency"))
     road = Road()
     if rates != (round(1 / road.dt), round(1 / (road.dt * road.substeps))):
         raise StageError(f"{needed_by} replays highway-env at 5 simulation frames a second and "
                          f"1 decision a second; {cfg.ingest.env_id} runs at {rates[0]} and "
                          f"{rates[1]}")
-    return road_lanes(cfg, needed_by)
+    return road_lanes(cfg, needed_by, settings)
 
 
 def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:
