@@ -4,7 +4,8 @@
         [--decisions N] [--phases 0,2,4] [--skip-episodes M]
 
 reads a critic stage's labelled decisions (pipeline/critic_labels.py: every road candidate
-stepped on copies of the true simulator), scores every candidate with the replica and
+stepped on copies of the true simulator, with the default 8 m x 2.5 m envelope that
+`ENVELOPE` here must match), scores every candidate with the replica and
 prints the AUROC of its collision probability against the true events, and at risk budgets
 0.05 and 0.2 the share of accepted candidates that truly meet an event and of truly safe
 ones rejected; `early` is the AUROC on decisions whose history is not yet full (an
@@ -23,6 +24,7 @@ from evaluation.metrics import auroc
 
 BUDGETS = (0.05, 0.2)
 BATCH = 64  # decisions scored at once
+ENVELOPE = (8.0, 2.5)  # export.envelope_length, export.envelope_width of the labels
 
 
 def replica_probability(hist: np.ndarray, hist_mask: np.ndarray, phases: tuple[int, ...],
@@ -41,7 +43,7 @@ def replica_probability(hist: np.ndarray, hist_mask: np.ndarray, phases: tuple[i
             h = torch.from_numpy(hist[i:i + BATCH])
             m = torch.from_numpy(hist_mask[i:i + BATCH]).float()
             hazard = replica_hazard(h, m, candidates[None].expand(len(h), -1, -1),
-                                    (8.0, 2.5), road)
+                                    ENVELOPE, road)
             out.append((1 - torch.prod(1 - hazard, dim=-1)).numpy())
     return np.concatenate(out)
 
