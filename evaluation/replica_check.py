@@ -1,7 +1,8 @@
 """The traffic replica (models/traffic.py) against simulator labels, without any fitting.
 
     python -m evaluation.replica_check runs/<experiment>/critic/<key>/labels.npz
-        [--decisions N] [--phases 0,2,4] [--skip-episodes M]
+        [--decisions N] [--phases 0,2,4] [--skip-episodes M] [--reacting-steps R]
+        [--mobil-at-start]
 
 reads a critic stage's labelled decisions (pipeline/critic_labels.py: every road candidate
 stepped on copies of the true simulator, with the default 8 m x 2.5 m envelope that
@@ -10,7 +11,9 @@ prints the AUROC of its collision probability against the true events, and at ri
 0.05 and 0.2 the share of accepted candidates that truly meet an event and of truly safe
 ones rejected; `early` is the AUROC on decisions whose history is not yet full (an
 episode's first ones). --skip-episodes M drops the first M episodes (by seed), e.g. a
-two-round critic's oracle-driven round, to judge the planner-driven one.
+two-round critic's oracle-driven round, to judge the planner-driven one. --reacting-steps
+and --mobil-at-start set the replica's shortcuts (models/traffic.py `Road`; the export
+settings export.replica_reacting_steps and export.replica_mobil_at_start).
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ BATCH = 64  # decisions scored at once
 ENVELOPE = (8.0, 2.5)  # export.envelope_length, export.envelope_width of the labels
 
 
-def replica_probability(hist: np.ndarray, hist_mask: np.ndarray, phases: tuple[int, ...],
+def replica_probability(hist: np.ndarray, hist_mask: np.ndarray, road,
                         horizon: int = 3) -> np.ndarray:
-    """(D, K) P(an event within the horizon) of every candidate of `enumerate_candidates`."""
+    """(D, K) P(an event within the horizon) of every candidate of `enumerate_candidates`,
+    the replica on `road` (models/traffic.py Road)."""
     import torch
 
     from models.candidates import enumerate_candidates
-    from models.traffic import Road, replica_hazard
+    from models.traffic import replica_hazard
 
-    road = Road(mobil_phases=phases)
     candidates = torch.from_numpy(enumerate_candidates(horizon))
     out = []
     with torch.no_grad():
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=400, help="decisions scored (first N)")
     parser.add_argument("--phases", default="0,2,4", help="MOBIL frames of each step")
     parser.add_argument("--skip-episodes", type=int, default=0)
+    parser.add_argument("--reacting-steps", type=int, default=3,
+                        help="steps in which the others react to each candidate's ego")
+    parser.add_argument("--mobil-at-start", action="store_true",
+                        help="every MOBIL phase decides on its step's first frame")
     args = parser.parse_args(argv)
     try:
         with np.load(args.labels) as data:
@@ -86,10 +93,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(seeds)} episodes", file=sys.stderr)
         return 2
     labels = {name: array[rows] for name, array in labels.items()}
-    prob = replica_probability(labels["hist"], labels["hist_mask"], phases)
+    from models.traffic import Road
+
+    road = Road(mobil_phases=phases, reacting_steps=args.reacting_steps,
+                mobil_at_start=args.mobil_at_start)
+    prob = replica_probability(labels["hist"], labels["hist_mask"], road)
     figures = report(labels, prob)
     print(f"{len(rows)} decisions, {int(labels['valid'].sum())} candidates, MOBIL phases "
-          f"{phases}")
+          f"{phases}, reacting steps {road.reacting_steps}, MOBIL at the step's start "
+          f"{road.mobil_at_start}")
     for name, value in figures.items():
         print(f"{name:22s} {value:.4f}")
     return 0

@@ -16,7 +16,8 @@ Each vehicle's MOBIL timer (highway-env fires it every 1-1.2 s at a phase the hi
 does not show) is covered by rolling out once per phase, MOBIL evaluated at frame 0, 2
 or 4 of every step, and averaging; a vehicle already changing lanes decides nothing in
 the first step. Vehicles beyond the observed slots are not simulated, nor are crashes
-between other vehicles.
+between other vehicles. Two shortcuts trade a little of this for time (`Road`
+reacting_steps and mobil_at_start, README: the traffic replica).
 
 `replica_margins` returns, per candidate and decision step, the smallest normalised
 distance of any vehicle to the ego: below 1 their boxes overlap during the step (a
@@ -64,15 +65,23 @@ class Road:
     turning_speed: float = 0.5  # m/s: a lateral speed above this is a lane change
     mobil_phases: tuple[int, ...] = (0, 2, 4)  # frames of a step at which MOBIL may be
     # evaluated, one rollout each (their risks averaged)
+    reacting_steps: int = 3  # decision steps in which the others react to each candidate's
+    # own ego (`replica_margins`)
+    mobil_at_start: bool = False  # every phase decides on the step's first frame (one MOBIL
+    # evaluation a step) and acts at its own frame
 
 
 @dataclass
 class Traffic:
-    """Road-frame state, each (B, K, N): x along the road from the ego's start, y across
+    """Road-frame state, each (N, B, K): x along the road from the ego's start, y across
     it (lane i centred at i * lane_width), heading, speed, target speed and target lane;
-    present (B, 1, N) bool (slot 0, the ego, always); waiting (B, 1, N) bool: the vehicles
+    present (N, B, 1) bool (slot 0, the ego, always); waiting (N, B, 1) bool: the vehicles
     changing lanes at the start, whose MOBIL timer has just been reset (they decide
-    nothing in the first decision step)."""
+    nothing in the first decision step).
+
+    Vehicles lead and candidates trail: every pairwise tensor is (N, N, B, K), so the ONNX
+    graph's broadcasts run along the long candidate axis (onnxruntime broadcasts over a
+    short innermost axis several times slower)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -149,12 +158,12 @@ def initial_traffic(hist: torch.Tensor, hist_mask: torch.Tensor, k: int, road: R
     lane = torch.round((y + road.target_lane_lead * vy) / road.lane_width)
     lane = lane.clamp(0, road.lanes - 1)
 
-    def repeat(t):
-        return t[:, None].expand(-1, k, -1)
+    def repeat(t):  # (B, N) -> (N, B, K)
+        return t.transpose(0, 1)[:, :, None].expand(-1, -1, k)
 
     waiting = present & (vy.abs() > road.turning_speed)
     return Traffic(repeat(x), repeat(y), repeat(heading), repeat(speed), repeat(desired),
-                   repeat(lane), present[:, None], waiting[:, None])
+                   repeat(lane), repeat(present)[..., :1], repeat(waiting)[..., :1])
 
 
 def ego_target_speed(hist: torch.Tensor, mask: torch.Tensor, road: Road) -> torch.Tensor:
@@ -184,44 +193,45 @@ class Neighbours:
 
     def __init__(self, t: Traffic, road: Road):
         self.t, self.road = t, road
-        n = t.x.shape[-1]
-        self.gap = t.x[..., None, :] - t.x[..., :, None]  # (B, K, query, other)
+        n = t.x.shape[0]
+        self.gap = t.x[None] - t.x[:, None]  # (query, other, B, K)
         slot = torch.arange(n, device=t.x.device)
-        self.other = t.present[..., None, :] & (slot[:, None] != slot[None, :])
+        self.other = t.present[None] & (slot[:, None] != slot[None, :])[..., None, None]
 
     def on_lane(self, lane: torch.Tensor) -> torch.Tensor:
-        """(..., B, K, query, other): the other vehicle is on lane[query] (..., B, K, N)."""
-        offset = self.t.y[..., None, :] - lane[..., :, None] * self.road.lane_width
+        """(..., query, other, B, K): the other vehicle is on lane[query] (..., N, B, K)."""
+        offset = self.t.y[None] - lane[..., :, None, :, :] * self.road.lane_width
         return self.other & (offset.abs() <= self.road.lane_width / 2
                              + self.road.on_lane_margin)
 
     def leader(self, lane: torch.Tensor):
-        """(gap, leader index, found), each (..., B, K, N), of every vehicle on `lane`
-        (..., B, K, N)."""
-        ahead = self.on_lane(lane) & (self.gap >= 0)
-        gap = torch.where(ahead, self.gap, torch.full_like(self.gap, FAR))
-        index = torch.argmin(gap, dim=-1, keepdim=True)
-        gap = torch.gather(gap, -1, index)[..., 0]
-        return gap, index[..., 0], gap < FAR
+        """(gap, leader index, found), each (..., N, B, K), of every vehicle on `lane`
+        (..., N, B, K)."""
+        return nearest(self.on_lane(lane) & (self.gap >= 0), self.gap)
 
     def follower(self, lane: torch.Tensor):
         """(gap >= 0, follower index, found) of each vehicle on `lane`."""
-        behind = self.on_lane(lane) & (self.gap < 0)
-        gap = torch.where(behind, -self.gap, torch.full_like(self.gap, FAR))
-        index = torch.argmin(gap, dim=-1, keepdim=True)
-        gap = torch.gather(gap, -1, index)[..., 0]
-        return gap, index[..., 0], gap < FAR
+        return nearest(self.on_lane(lane) & (self.gap < 0), -self.gap)
+
+
+def nearest(candidate: torch.Tensor, gap: torch.Tensor):
+    """(smallest gap, its index, found) over the other axis (-3) of (..., query, other, B,
+    K) where `candidate`."""
+    gap = torch.where(candidate, gap, torch.full_like(gap, FAR))
+    index = torch.argmin(gap, dim=-3, keepdim=True)
+    gap = torch.gather(gap, -3, index).squeeze(-3)
+    return gap, index.squeeze(-3), gap < FAR
 
 
 def pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values (B, K, N) at index (..., B, K, M) -> (..., B, K, M)."""
-    return torch.gather(values.expand(*index.shape[:-1], values.shape[-1]), -1, index)
+    """values (N, B, K) at index (..., M, B, K) -> (..., M, B, K)."""
+    return torch.gather(values.expand(*index.shape[:-3], *values.shape), -3, index)
 
 
 def idm_behind(t: Traffic, front: torch.Tensor, gap, has_front, road: Road,
                who: torch.Tensor | None = None) -> torch.Tensor:
-    """IDM acceleration (..., B, K, M) of vehicles `who` (indices; None: every vehicle
-    itself) behind vehicles `front` (indices (..., B, K, M)) at `gap`; no leader where not
+    """IDM acceleration (..., M, B, K) of vehicles `who` (indices; None: every vehicle
+    itself) behind vehicles `front` (indices (..., M, B, K)) at `gap`; no leader where not
     has_front. The closing speed is the difference of the speeds (all drive nearly along
     the road)."""
     speed, desired = t.speed, t.target_speed
@@ -232,17 +242,17 @@ def idm_behind(t: Traffic, front: torch.Tensor, gap, has_front, road: Road,
 
 
 def lane_changes(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -> torch.Tensor:
-    """Every other vehicle's target lane after a MOBIL decision (B, K, N) (politeness 0,
+    """Every other vehicle's target lane after a MOBIL decision (N, B, K) (politeness 0,
     highway-env's checks in its order: the right side wins when both pass)."""
     own_gap, own_leader, own_found = near.leader(lane)
     own_a = idm_behind(t, own_leader, own_gap, own_found, road)
     free = (lane == t.target_lane) & (t.speed >= 1) & t.present & ~t.waiting
-    free[..., 0] = False
+    free[0] = False
     sides = torch.tensor([-1.0, 1.0], dtype=lane.dtype, device=lane.device)
-    new = lane + sides[:, None, None, None]  # (2, B, K, N): left, right
+    new = lane + sides[:, None, None, None]  # (2, N, B, K): left, right
     gap_p, lead, has_p = near.leader(new)
     gap_f, follow, has_f = near.follower(new)
-    me = torch.arange(lane.shape[-1], device=lane.device).expand_as(follow)
+    me = torch.arange(lane.shape[0], device=lane.device)[:, None, None].expand_as(follow)
     follower_then = idm_behind(t, me, gap_f, torch.ones_like(has_f), road, who=follow)
     safe = ~has_f | (follower_then >= -road.lane_change_braking)
     gain = idm_behind(t, lead, gap_p, has_p, road) - own_a
@@ -251,18 +261,18 @@ def lane_changes(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -
 
 
 def accelerations(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -> torch.Tensor:
-    """(B, K, N): IDM on the current lane (and the target lane while changing) for the
+    """(N, B, K): IDM on the current lane (and the target lane while changing) for the
     others, the speed controller for the ego."""
     gap, lead, found = near.leader(torch.stack([lane, t.target_lane]))
-    both = idm_behind(t, lead, gap, found, road)  # (2, B, K, N)
+    both = idm_behind(t, lead, gap, found, road)  # (2, N, B, K)
     acc = torch.where(lane != t.target_lane, torch.minimum(both[0], both[1]), both[0])
     acc = acc.clamp(-road.acc_max, road.acc_max)
-    ego = road.kp_a * (t.target_speed[..., :1] - t.speed[..., :1])
-    return torch.cat([ego, acc[..., 1:]], dim=-1)
+    ego = road.kp_a * (t.target_speed[:1] - t.speed[:1])
+    return torch.cat([ego, acc[1:]], dim=0)
 
 
 def steering_slip(t: Traffic, road: Road) -> torch.Tensor:
-    """The slip angle beta (B, K, N) of highway-env's lane-keeping steering controller."""
+    """The slip angle beta (N, B, K) of highway-env's lane-keeping steering controller."""
     speed = torch.where(t.speed.abs() < 1e-2, torch.full_like(t.speed, 1e-2), t.speed)
     offset = t.y - t.target_lane * road.lane_width
     heading_ref = torch.asin((-road.kp_lateral * offset / speed).clamp(-1, 1))
@@ -290,15 +300,15 @@ def ego_command(t: Traffic, action: torch.Tensor, road: Road) -> Traffic:
     action ids: 0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT, 3 FASTER, 4 SLOWER)."""
     speeds = torch.tensor(road.target_speeds, dtype=t.speed.dtype, device=t.speed.device)
     top = len(road.target_speeds) - 1
-    now = torch.round((t.speed[..., 0] - speeds[0]) / (speeds[-1] - speeds[0]) * top)
+    now = torch.round((t.speed[0] - speeds[0]) / (speeds[-1] - speeds[0]) * top)
     now = now.clamp(0, top)
     shift = (action == 3).to(now.dtype) - (action == 4).to(now.dtype)
     wanted = speeds[(now + shift).clamp(0, top).long()]
-    ego_speed = torch.where(shift != 0, wanted, t.target_speed[..., 0])
+    ego_speed = torch.where(shift != 0, wanted, t.target_speed[0])
     turn = (action == 2).to(now.dtype) - (action == 0).to(now.dtype)
-    ego_lane = (t.target_lane[..., 0] + turn).clamp(0, road.lanes - 1)
-    return replace(t, target_speed=torch.cat([ego_speed[..., None], t.target_speed[..., 1:]], -1),
-                   target_lane=torch.cat([ego_lane[..., None], t.target_lane[..., 1:]], -1))
+    ego_lane = (t.target_lane[0] + turn).clamp(0, road.lanes - 1)
+    return replace(t, target_speed=torch.cat([ego_speed[None], t.target_speed[1:]]),
+                   target_lane=torch.cat([ego_lane[None], t.target_lane[1:]]))
 
 
 def closest_lane(t: Traffic, road: Road) -> torch.Tensor:
@@ -307,11 +317,10 @@ def closest_lane(t: Traffic, road: Road) -> torch.Tensor:
 
 def envelope_distance(t: Traffic, envelope: tuple[float, float]) -> torch.Tensor:
     """(B, K): min over present others of max(|dx| / length, |dy| / width) to the ego."""
-    dx = (t.x[..., 1:] - t.x[..., :1]).abs() / envelope[0]
-    dy = (t.y[..., 1:] - t.y[..., :1]).abs() / envelope[1]
-    distance = torch.where(t.present[..., 1:], torch.maximum(dx, dy),
-                           torch.full_like(dx, FAR))
-    return distance.min(dim=-1).values
+    dx = (t.x[1:] - t.x[:1]).abs() / envelope[0]
+    dy = (t.y[1:] - t.y[:1]).abs() / envelope[1]
+    distance = torch.where(t.present[1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
+    return distance.min(dim=0).values
 
 
 def box_distance(t: Traffic, road: Road, width: float = 2.0) -> torch.Tensor:
@@ -322,15 +331,15 @@ def box_distance(t: Traffic, road: Road, width: float = 2.0) -> torch.Tensor:
     c, s = torch.cos(t.heading).abs(), torch.sin(t.heading).abs()
     half_length, half_width = road.length / 2, width / 2
     ex, ey = half_length * c + half_width * s, half_length * s + half_width * c
-    dx = (t.x[..., 1:] - t.x[..., :1]).abs() / (ex[..., 1:] + ex[..., :1])
-    dy = (t.y[..., 1:] - t.y[..., :1]).abs() / (ey[..., 1:] + ey[..., :1])
-    ratio = torch.where(t.present[..., 1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
-    return ratio.min(dim=-1).values
+    dx = (t.x[1:] - t.x[:1]).abs() / (ex[1:] + ex[:1])
+    dy = (t.y[1:] - t.y[:1]).abs() / (ey[1:] + ey[:1])
+    ratio = torch.where(t.present[1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
+    return ratio.min(dim=0).values
 
 
 def rollout(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
             road: Road = Road()):
-    """Yield (step, frame, Traffic (P B, K, N)) for every simulation frame of every decision
+    """Yield (step, frame, Traffic (N, P B, K)) for every simulation frame of every decision
     step under candidates (B, K, F) int64 action ids, for the P = len(road.mobil_phases)
     frames at which every other vehicle may evaluate MOBIL in each step (highway-env's
     per-vehicle timers are hidden), one after the other along the batch axis."""
@@ -344,20 +353,26 @@ def rollout(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tenso
 
 def phased(t: Traffic, road: Road) -> Traffic:
     """`t` repeated along the batch axis once per MOBIL phase."""
-    return Traffic(*(v.repeat(len(road.mobil_phases), 1, 1) for v in vars(t).values()))
+    return Traffic(*(v.repeat(1, len(road.mobil_phases), 1) for v in vars(t).values()))
 
 
 def step_frames(t: Traffic, step_index: int, b: int, road: Road):
     """Yield (frame, Traffic) over the frames of one decision step of phased states
-    (P b, K, N), the ego's command already set."""
+    (N, P b, K), the ego's command already set."""
     phases = road.mobil_phases
     for frame in range(road.substeps):
         lane = closest_lane(t, road)
-        if frame in phases:  # MOBIL on the rows of the phase deciding now
+        if road.mobil_at_start and frame == 0:
+            decided = lane_changes(t, Neighbours(t, road), lane, road)
+        if frame in phases:  # the rows of the phase deciding now take their decision
             start = phases.index(frame) * b
-            rows = Traffic(*(v[start:start + b] for v in vars(t).values()))
-            decided = lane_changes(rows, Neighbours(rows, road), lane[start:start + b], road)
-            target = torch.cat([t.target_lane[:start], decided, t.target_lane[start + b:]])
+            if road.mobil_at_start:
+                ours = decided[:, start:start + b]
+            else:
+                rows = Traffic(*(v[:, start:start + b] for v in vars(t).values()))
+                ours = lane_changes(rows, Neighbours(rows, road), lane[:, start:start + b], road)
+            target = torch.cat([t.target_lane[:, :start], ours, t.target_lane[:, start + b:]],
+                               dim=1)
             t = replace(t, target_lane=target)
         t = step(t, accelerations(t, Neighbours(t, road), lane, road), road)
         if step_index == 0 and frame == road.substeps - 1:  # from now on every driver decides
@@ -374,9 +389,9 @@ def step_margin(t: Traffic, frame: int, closest: torch.Tensor | None, envelope, 
 
 
 def branch(t: Traffic, n: int) -> Traffic:
-    """Every candidate row of `t` (B, K, N) repeated n times in a row: (B, K n, N)."""
+    """Every candidate of `t` (N, B, K) repeated n times in a row: (N, B, K n)."""
     def each(v):
-        return v[:, :, None].expand(-1, -1, n, -1).reshape(v.shape[0], -1, v.shape[-1])
+        return v[..., None].expand(-1, -1, -1, n).reshape(*v.shape[:2], -1)
 
     return replace(t, x=each(t.x), y=each(t.y), heading=each(t.heading), speed=each(t.speed),
                    target_speed=each(t.target_speed), target_lane=each(t.target_lane))
@@ -392,23 +407,53 @@ def replica_margins(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: tor
     Candidates sharing a prefix share its rollout: step s is simulated once per distinct
     prefix of the full enumeration of `n_actions` ids (models/candidates.py order), n^(s+1)
     of them, and each candidate reads its prefix's row: for K = 125 the three steps cost
-    5 + 25 + 125 rollout steps instead of 3 x 125, the same numbers."""
+    5 + 25 + 125 rollout steps instead of 3 x 125, the same numbers. After
+    `road.reacting_steps` steps the others stop branching: they drive on once per prefix
+    of that length, around an ego that keeps its commands (IDLE), and only the ego
+    branches (`with_ego`): exact where nobody reacts to the ego, while a follower the ego
+    cuts in front of after them no longer brakes for it."""
     b, k, horizon = candidates.shape
     p = len(road.mobil_phases)
     t = phased(initial_traffic(hist, hist_mask, 1, road), road)
-    ids = torch.arange(n_actions, device=candidates.device)
     prefix = torch.zeros_like(candidates[..., 0]).repeat(p, 1)  # (P b, K) row of each prefix
-    margins = []
+    margins, ego = [], None
     for step_index in range(horizon):
-        width = t.x.shape[1]
-        t = branch(t, n_actions)
-        start = ego_command(t, ids.repeat(width)[None].expand(p * b, -1), road)
         closest = None
-        for frame, t in step_frames(start, step_index, b, road):
-            closest = step_margin(t, frame, closest, envelope, road)
+        if step_index < road.reacting_steps:
+            start = branch(t, n_actions)
+            start = ego_command(start, each_action(start, n_actions), road)
+            for frame, t in step_frames(start, step_index, b, road):
+                closest = step_margin(t, frame, closest, envelope, road)
+        else:
+            ego = branch(slot(t, 0) if ego is None else ego, n_actions)
+            ego = ego_command(ego, each_action(ego, n_actions), road)
+            start = ego_command(t, torch.ones_like(t.x[0], dtype=torch.long), road)  # IDLE
+            for frame, t in step_frames(start, step_index, b, road):
+                ego = step(ego, road.kp_a * (ego.target_speed - ego.speed), road)
+                closest = step_margin(with_ego(ego, t), frame, closest, envelope, road)
         prefix = prefix * n_actions + candidates[..., step_index].repeat(p, 1)
         margins.append(torch.gather(closest, 1, prefix))  # (P b, K)
     return torch.stack(margins, dim=-1).reshape(p, b, k, horizon)
+
+
+def each_action(t: Traffic, n_actions: int) -> torch.Tensor:
+    """(P b, K) action ids 0..n-1 in turn along the candidates of a `branch`ed state."""
+    ids = torch.arange(n_actions, device=t.x.device)
+    return ids.repeat(t.x.shape[-1] // n_actions)[None].expand(t.x.shape[1], -1)
+
+
+def slot(t: Traffic, index: int) -> Traffic:
+    """The one-vehicle state of slot `index`."""
+    return Traffic(*(v[index:index + 1] for v in vars(t).values()))
+
+
+def with_ego(ego: Traffic, t: Traffic) -> Traffic:
+    """The ego branches (1, P b, W) among the others of `t` (N, P b, w), w dividing W:
+    branch i meets the others of candidate i // (W / w)."""
+    parent = torch.arange(ego.x.shape[-1], device=ego.x.device) // (
+        ego.x.shape[-1] // t.x.shape[-1])
+    return Traffic(*(torch.cat([e, v[1:] if v.dtype == torch.bool else v[1:, :, parent]])
+                     for e, v in zip(vars(ego).values(), vars(t).values(), strict=True)))
 
 
 def replica_hazard(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
@@ -423,14 +468,17 @@ def replica_hazard(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torc
 class TrafficReplica(nn.Module):
     """The replica as a planner part: forward(hist (B, H, N, D), hist_mask (B, H, N),
     candidates (B, K, F)) -> the per-step event probability (B, K, F) (`replica_hazard`)
-    on a road of `lanes` lanes with the safety `envelope` (length, width)."""
+    on a road of `lanes` lanes with the safety `envelope` (length, width);
+    reacting_steps and mobil_at_start as `Road` takes them."""
 
-    def __init__(self, lanes: int = 3, envelope: tuple[float, float] = (8.0, 2.5)):
+    def __init__(self, lanes: int = 3, envelope: tuple[float, float] = (8.0, 2.5),
+                 reacting_steps: int = 3, mobil_at_start: bool = False):
         super().__init__()
-        if lanes < 1 or min(envelope) <= 0:
-            raise ValueError(f"the replica needs lanes >= 1 and a positive envelope, got "
-                             f"{lanes}, {envelope}")
-        self.road = Road(lanes=int(lanes))
+        if lanes < 1 or min(envelope) <= 0 or reacting_steps < 0:
+            raise ValueError(f"the replica needs lanes >= 1, a positive envelope and "
+                             f"reacting_steps >= 0, got {lanes}, {envelope}, {reacting_steps}")
+        self.road = Road(lanes=int(lanes), reacting_steps=int(reacting_steps),
+                         mobil_at_start=bool(mobil_at_start))
         self.envelope = (float(envelope[0]), float(envelope[1]))
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor,

@@ -31,7 +31,9 @@ def planner(cfg: Config) -> dict[str, float]:
                          lookahead_min_speed=(cfg.export.lookahead_min_speed
                                               if cfg.export.lookahead_brake else None),
                          replica_lanes=(replica_lanes(cfg, "export.replica")
-                                        if cfg.export.replica else 0))
+                                        if cfg.export.replica else 0),
+                         replica_reacting_steps=cfg.export.replica_reacting_steps,
+                         replica_mobil_at_start=cfg.export.replica_mobil_at_start)
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

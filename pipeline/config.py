@@ -261,6 +261,11 @@ class ExportConfig:
     # (highway-env's IDM and MOBIL drivers rolled out per candidate in the graph,
     # models/traffic.py) instead of the world model's; not with a critic (critic.episodes 0);
     # needs a straight highway-env road (`lanes_count`)
+    replica_reacting_steps: int = 3  # decision steps in which the replica's other drivers
+    # react to each candidate's own ego; after them they drive on around an ego that keeps
+    # its commands, and only the ego branches (fewer rows to simulate; README, the replica)
+    replica_mobil_at_start: bool = False  # each MOBIL phase decides on the step's first
+    # frame and acts at its own frame: one MOBIL evaluation a step instead of one a phase
     # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
     # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
     # least accurate exactly where the planner is tempted (tailgating, cutting in), so

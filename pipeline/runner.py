@@ -67,7 +67,8 @@ KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
 # those stages ran) they stay out of the key, so the existing stages are still reused.
 KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0, "replica": False},
                 "export": {"lookahead_brake": False, "lookahead_min_speed": 20.0,
-                           "replica": False},
+                           "replica": False, "replica_reacting_steps": 3,
+                           "replica_mobil_at_start": False},
                 "simulate": {"lane_guard": False, "guard_front_gap": 2.0,
                              "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0}}
 

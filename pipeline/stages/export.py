@@ -79,7 +79,8 @@ def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
 
     e = cfg.export
     replica = (TrafficReplica(replica_lanes(cfg, "export.replica"),
-                              (e.envelope_length, e.envelope_width)) if e.replica else None)
+                              (e.envelope_length, e.envelope_width), e.replica_reacting_steps,
+                              e.replica_mobil_at_start) if e.replica else None)
     planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic,
                       e.lookahead_min_speed if e.lookahead_brake else None, replica).eval()
     export_planner(planner, path, torch.from_numpy(hist), torch.from_numpy(hist_mask),
@@ -129,8 +130,9 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 def check(cfg: Config) -> None:
     gamma = cfg.export.gamma
     below_one = gamma < 1.0 if cfg.export.bootstrap else gamma <= 1.0
-    if cfg.export.lookahead < 0:
-        raise StageError(f"export.lookahead must be >= 0, got {cfg.export.lookahead}")
+    if cfg.export.lookahead < 0 or cfg.export.replica_reacting_steps < 0:
+        raise StageError(f"export.lookahead and export.replica_reacting_steps must be >= 0, "
+                         f"got {cfg.export.lookahead}, {cfg.export.replica_reacting_steps}")
     if not (cfg.export.lookahead_min_speed >= 0 and math.isfinite(cfg.export.lookahead_min_speed)):
         raise StageError(f"export.lookahead_min_speed must be a finite speed >= 0 (m/s), got "
                          f"{cfg.export.lookahead_min_speed}")

@@ -62,17 +62,17 @@ def test_idm_brakes_behind_a_slower_leader_and_keeps_its_speed_on_a_free_road():
     hist, mask = scene([vehicle(0, 0, 25, 2), vehicle(100, -8, 22, 0),
                         vehicle(130, -8, 15, 0), vehicle(200, -4, 22, 1)])
     after = states(hist, mask, ["IDLE"])[-1]
-    assert after.speed[0, 0, 1].item() < 21.0  # 30 m behind a 15 m/s leader: it brakes
-    assert after.speed[0, 0, 3].item() == pytest.approx(22.0, abs=1e-3)  # nothing ahead
+    assert after.speed[1, 0, 0].item() < 21.0  # 30 m behind a 15 m/s leader: it brakes
+    assert after.speed[3, 0, 0].item() == pytest.approx(22.0, abs=1e-3)  # nothing ahead
 
 
 def test_mobil_changes_lanes_for_a_gain_unless_it_would_make_the_new_follower_brake():
     slow_leader = [vehicle(0, 0, 25, 2), vehicle(100, -8, 25, 0), vehicle(125, -8, 15, 0)]
     hist, mask = scene(slow_leader)
-    assert states(hist, mask, ["IDLE"])[0].target_lane[0, 0, 1].item() == 1.0  # overtakes
+    assert states(hist, mask, ["IDLE"])[0].target_lane[1, 0, 0].item() == 1.0  # overtakes
     blocked = slow_leader + [vehicle(95, -4, 30, 1)]  # a fast car just behind in lane 1
     hist, mask = scene(blocked)
-    assert states(hist, mask, ["IDLE"])[0].target_lane[0, 0, 1].item() == 0.0
+    assert states(hist, mask, ["IDLE"])[0].target_lane[1, 0, 0].item() == 0.0
 
 
 def test_a_vehicle_already_changing_lanes_waits_a_step_before_mobil_again():
@@ -80,8 +80,8 @@ def test_a_vehicle_already_changing_lanes_waits_a_step_before_mobil_again():
     scene_of = [vehicle(0, 0, 25, 2), vehicle(100, -7.7, 25, 0, turning),
                 vehicle(125, -8, 15, 0)]
     frames = states(*scene(scene_of), ["IDLE", "IDLE"])
-    assert frames[0].target_lane[0, 0, 1].item() == 0.0  # its MOBIL timer was just reset
-    assert frames[5].target_lane[0, 0, 1].item() == 1.0  # a step later it overtakes
+    assert frames[0].target_lane[1, 0, 0].item() == 0.0  # its MOBIL timer was just reset
+    assert frames[5].target_lane[1, 0, 0].item() == 1.0  # a step later it overtakes
 
 
 def test_the_envelope_is_met_at_the_step_the_gap_closes():
@@ -109,6 +109,33 @@ def test_the_prefix_tree_gives_every_candidate_its_own_rollout():
     assert (tree < 1).any() and (tree > 1).any()  # some candidates meet a vehicle
 
 
+def test_others_that_stop_reacting_drive_on_around_an_ego_that_keeps_its_commands():
+    """reacting_steps < F shares the others' rollout between the candidates: exact where
+    nobody reacts to the ego; a follower the ego cuts in front of no longer brakes."""
+    candidates = torch.from_numpy(enumerate_candidates(3))[None]
+    far = scene([vehicle(0, 0, 22, 1), vehicle(90, 4, 22, 2), vehicle(120, -4, 23, 0)])
+    exact = replica_margins(*far, candidates, (8.0, 2.5))
+    for steps in (0, 1, 2):
+        shared = replica_margins(*far, candidates, (8.0, 2.5), Road(reacting_steps=steps))
+        assert torch.allclose(shared, exact, atol=1e-4)
+    cut_in = scene([vehicle(0, 0, 25, 1), vehicle(-12, -4, 27, 0)])
+    left = torch.tensor([[[ACTION["LANE_LEFT"], ACTION["IDLE"], ACTION["IDLE"]]]])
+    exact = replica_margins(*cut_in, left, (8.0, 2.5))[0, 0, 0]
+    shared = replica_margins(*cut_in, left, (8.0, 2.5), Road(reacting_steps=0))[0, 0, 0]
+    assert shared.min() < exact.min() - 0.05  # the follower keeps closing in
+
+
+def test_mobil_at_the_step_start_leaves_the_first_phase_as_it_was():
+    hist, mask = scene([vehicle(0, 0, 27, 1), vehicle(22, 0, 21, 1), vehicle(-12, 4, 26, 2),
+                        vehicle(6, -4, 23, 0), vehicle(40, 4.5, 22, 2, -0.05)])
+    candidates = torch.from_numpy(enumerate_candidates(3))[None]
+    exact = replica_margins(hist, mask, candidates, (8.0, 2.5))
+    once = replica_margins(hist, mask, candidates, (8.0, 2.5), Road(mobil_at_start=True))
+    assert torch.equal(once[0], exact[0])  # phase 0 decides on frame 0 either way
+    assert not torch.equal(once[1:], exact[1:])  # the later phases decide on older states
+    assert torch.isfinite(once).all() and (once < 1).any() and (once > 1).any()
+
+
 def test_the_road_heading_is_the_one_most_others_share():
     rel = torch.tensor([[0.0, -0.1, -0.1, 0.2, -0.1]])  # slot 0: the ego
     present = torch.tensor([[True, True, True, True, True]])
@@ -127,8 +154,8 @@ def test_a_rotated_ego_frame_gives_the_same_rollout():
     start = states(*scene(turned), ["IDLE"])[0]  # one frame on
     # the others drive along the road, centred on their lanes: only the rotation that
     # undoes the ego's 0.1 rad and the ego's 1 m off its lane centre make them so
-    assert start.heading[0, 0, 1:].tolist() == pytest.approx([0.0, 0.0], abs=1e-3)
-    assert start.y[0, 0, 1:].tolist() == pytest.approx([4.0, 0.0], abs=1e-3)
+    assert start.heading[1:, 0, 0].tolist() == pytest.approx([0.0, 0.0], abs=1e-3)
+    assert start.y[1:, 0, 0].tolist() == pytest.approx([4.0, 0.0], abs=1e-3)
 
 
 @pytest.mark.slow
@@ -153,8 +180,9 @@ def test_the_replica_ranks_true_simulator_labels():
     event = labels["first"] < 3
     valid = labels["valid"]
     assert event[valid].any() and (~event[valid]).any()
-    hazard = replica_hazard(*args)
-    assert auroc((1 - torch.prod(1 - hazard, dim=-1)).numpy(), event, valid) > 0.95
+    for road in (Road(), Road(reacting_steps=1, mobil_at_start=True)):  # highway.yaml's
+        hazard = replica_hazard(*args, road=road)
+        assert auroc((1 - torch.prod(1 - hazard, dim=-1)).numpy(), event, valid) > 0.95
 
 
 def test_a_planner_scores_with_the_replica_and_exports_with_parity(tmp_path):
@@ -182,5 +210,5 @@ def test_a_planner_scores_with_the_replica_and_exports_with_parity(tmp_path):
     assert check_parity(planner, path, hist, mask, candidates, noise, atol=1e-4) < 1e-4
     with pytest.raises(ValueError, match="from a critic or from the replica"):
         Planner(model, gamma=0.9, critic=critic_for(model), replica=replica)
-    with pytest.raises(ValueError, match="lanes >= 1 and a positive envelope"):
+    with pytest.raises(ValueError, match="lanes >= 1, a positive envelope"):
         TrafficReplica(0)
