@@ -267,8 +267,12 @@ def accelerations(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) 
     both = idm_behind(t, lead, gap, found, road)  # (2, N, B, K)
     acc = torch.where(lane != t.target_lane, torch.minimum(both[0], both[1]), both[0])
     acc = acc.clamp(-road.acc_max, road.acc_max)
-    ego = road.kp_a * (t.target_speed[:1] - t.speed[:1])
-    return torch.cat([ego, acc[1:]], dim=0)
+    return torch.cat([ego_acceleration(t, road), acc[1:]], dim=0)
+
+
+def ego_acceleration(t: Traffic, road: Road) -> torch.Tensor:
+    """(1, B, K): the ego's speed controller (MDPVehicle), slot 0 of `t`."""
+    return road.kp_a * (t.target_speed[:1] - t.speed[:1])
 
 
 def steering_slip(t: Traffic, road: Road) -> torch.Tensor:
@@ -361,9 +365,9 @@ def step_frames(t: Traffic, step_index: int, b: int, road: Road):
     (N, P b, K), the ego's command already set."""
     phases = road.mobil_phases
     for frame in range(road.substeps):
-        lane = closest_lane(t, road)
+        lane, near = closest_lane(t, road), Neighbours(t, road)  # a target lane moves neither
         if road.mobil_at_start and frame == 0:
-            decided = lane_changes(t, Neighbours(t, road), lane, road)
+            decided = lane_changes(t, near, lane, road)
         if frame in phases:  # the rows of the phase deciding now take their decision
             start = phases.index(frame) * b
             if road.mobil_at_start:
@@ -374,7 +378,7 @@ def step_frames(t: Traffic, step_index: int, b: int, road: Road):
             target = torch.cat([t.target_lane[:, :start], ours, t.target_lane[:, start + b:]],
                                dim=1)
             t = replace(t, target_lane=target)
-        t = step(t, accelerations(t, Neighbours(t, road), lane, road), road)
+        t = step(t, accelerations(t, near, lane, road), road)
         if step_index == 0 and frame == road.substeps - 1:  # from now on every driver decides
             t = replace(t, waiting=torch.zeros_like(t.waiting))
         yield frame, t
@@ -429,7 +433,7 @@ def replica_margins(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: tor
             ego = ego_command(ego, each_action(ego, n_actions), road)
             start = ego_command(t, torch.ones_like(t.x[0], dtype=torch.long), road)  # IDLE
             for frame, t in step_frames(start, step_index, b, road):
-                ego = step(ego, road.kp_a * (ego.target_speed - ego.speed), road)
+                ego = step(ego, ego_acceleration(ego, road), road)
                 closest = step_margin(with_ego(ego, t), frame, closest, envelope, road)
         prefix = prefix * n_actions + candidates[..., step_index].repeat(p, 1)
         margins.append(torch.gather(closest, 1, prefix))  # (P b, K)
