@@ -2,7 +2,7 @@
 
     python -m evaluation.replica_check runs/<experiment>/critic/<key>/labels.npz
         [--decisions N] [--phases 0,2,4] [--skip-episodes M] [--reacting-steps R]
-        [--mobil-at-start]
+        [--mobil-at-start] [--late-idm-every E]
 
 reads a critic stage's labelled decisions (pipeline/critic_labels.py: every road candidate
 stepped on copies of the true simulator, with the default 8 m x 2.5 m envelope that
@@ -11,9 +11,10 @@ prints the AUROC of its collision probability against the true events, and at ri
 0.05 and 0.2 the share of accepted candidates that truly meet an event and of truly safe
 ones rejected; `early` is the AUROC on decisions whose history is not yet full (an
 episode's first ones). --skip-episodes M drops the first M episodes (by seed), e.g. a
-two-round critic's oracle-driven round, to judge the planner-driven one. --reacting-steps
-and --mobil-at-start set the replica's shortcuts (models/traffic.py `Road`; the export
-settings export.replica_reacting_steps and export.replica_mobil_at_start).
+two-round critic's oracle-driven round, to judge the planner-driven one. --reacting-steps,
+--mobil-at-start and --late-idm-every set the replica's shortcuts (models/traffic.py `Road`;
+the export settings export.replica_reacting_steps, export.replica_mobil_at_start and
+export.replica_late_idm_every).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps in which the others react to each candidate's ego")
     parser.add_argument("--mobil-at-start", action="store_true",
                         help="every MOBIL phase decides on its step's first frame")
+    parser.add_argument("--late-idm-every", type=int, default=1,
+                        help="frames between the others' IDM evaluations after the reacting "
+                             "steps")
     args = parser.parse_args(argv)
     try:
         with np.load(args.labels) as data:
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as err:
         print(f"replica_check: cannot use {args.labels} / --phases {args.phases}: {err}",
               file=sys.stderr)
+        return 2
+    if args.late_idm_every < 1 or args.reacting_steps < 0:
+        print(f"replica_check: --late-idm-every must be >= 1 and --reacting-steps >= 0, got "
+              f"{args.late_idm_every}, {args.reacting_steps}", file=sys.stderr)
         return 2
     seeds = np.unique(labels["episode"])
     rows = np.flatnonzero(np.isin(labels["episode"], seeds[args.skip_episodes:]))
@@ -96,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     from models.traffic import Road
 
     road = Road(mobil_phases=phases, reacting_steps=args.reacting_steps,
-                mobil_at_start=args.mobil_at_start)
+                mobil_at_start=args.mobil_at_start, late_idm_every=args.late_idm_every)
     prob = replica_probability(labels["hist"], labels["hist_mask"], road)
     figures = report(labels, prob)
     print(f"{len(rows)} decisions, {int(labels['valid'].sum())} candidates, MOBIL phases "
           f"{phases}, reacting steps {road.reacting_steps}, MOBIL at the step's start "
-          f"{road.mobil_at_start}")
+          f"{road.mobil_at_start}, IDM every {road.late_idm_every} frames after them")
     for name, value in figures.items():
         print(f"{name:22s} {value:.4f}")
     return 0

@@ -16,8 +16,8 @@ Each vehicle's MOBIL timer (highway-env fires it every 1-1.2 s at a phase the hi
 does not show) is covered by rolling out once per phase, MOBIL evaluated at frame 0, 2
 or 4 of every step, and averaging; a vehicle already changing lanes decides nothing in
 the first step. Vehicles beyond the observed slots are not simulated, nor are crashes
-between other vehicles. Two shortcuts trade a little of this for time (`Road`
-reacting_steps and mobil_at_start, README: the traffic replica).
+between other vehicles. Three shortcuts trade a little of this for time (`Road`
+reacting_steps, mobil_at_start and late_idm_every, README: the traffic replica).
 
 `replica_margins` returns, per candidate and decision step, the smallest normalised
 distance of any vehicle to the ego: below 1 their boxes overlap during the step (a
@@ -69,6 +69,8 @@ class Road:
     # own ego (`replica_margins`)
     mobil_at_start: bool = False  # every phase decides on the step's first frame (one MOBIL
     # evaluation a step) and acts at its own frame
+    late_idm_every: int = 1  # after the reacting steps the others' IDM accelerations are
+    # evaluated every this many frames and held in between (1: every frame)
 
 
 @dataclass
@@ -179,13 +181,14 @@ def ego_target_speed(hist: torch.Tensor, mask: torch.Tensor, road: Road) -> torc
 
 def idm(speed, desired, gap, closing, has_leader, road: Road) -> torch.Tensor:
     """IDM acceleration: speed, desired speed, gap to the leader (centre to centre),
-    closing speed, has_leader (bool); all broadcastable."""
-    free = road.comfort_acc * (1 - torch.pow(speed.clamp(min=0) / desired.clamp(min=0.01),
-                                             road.delta))
-    wanted = (road.distance_wanted + speed * road.time_wanted
-              + speed * closing / (2 * math.sqrt(road.comfort_acc * road.comfort_dec)))
-    follow = road.comfort_acc * torch.pow(wanted / gap.clamp(min=0.01), 2)
-    return free - torch.where(has_leader, follow, torch.zeros_like(follow))
+    closing speed, has_leader (bool; None: every one has); all broadcastable."""
+    free = 1 - torch.pow(speed.clamp(min=0) / desired.clamp(min=0.01), road.delta)
+    brake = 1 / (2 * math.sqrt(road.comfort_acc * road.comfort_dec))
+    wanted = road.distance_wanted + speed * (road.time_wanted + closing * brake)
+    follow = torch.pow(wanted / gap.clamp(min=0.01), 2)
+    if has_leader is not None:
+        follow = torch.where(has_leader, follow, 0.0)
+    return road.comfort_acc * (free - follow)
 
 
 class Neighbours:
@@ -204,23 +207,23 @@ class Neighbours:
         return self.other & (offset.abs() <= self.road.lane_width / 2
                              + self.road.on_lane_margin)
 
-    def leader(self, lane: torch.Tensor):
+    def leader(self, lane: torch.Tensor, on_lane: torch.Tensor | None = None):
         """(gap, leader index, found), each (..., N, B, K), of every vehicle on `lane`
-        (..., N, B, K)."""
-        return nearest(self.on_lane(lane) & (self.gap >= 0), self.gap)
+        (..., N, B, K); on_lane: `on_lane(lane)` if already known."""
+        on_lane = self.on_lane(lane) if on_lane is None else on_lane
+        return nearest(on_lane & (self.gap >= 0), self.gap)
 
-    def follower(self, lane: torch.Tensor):
+    def follower(self, lane: torch.Tensor, on_lane: torch.Tensor | None = None):
         """(gap >= 0, follower index, found) of each vehicle on `lane`."""
-        return nearest(self.on_lane(lane) & (self.gap < 0), -self.gap)
+        on_lane = self.on_lane(lane) if on_lane is None else on_lane
+        return nearest(on_lane & (self.gap < 0), -self.gap)
 
 
 def nearest(candidate: torch.Tensor, gap: torch.Tensor):
     """(smallest gap, its index, found) over the other axis (-3) of (..., query, other, B,
     K) where `candidate`."""
-    gap = torch.where(candidate, gap, torch.full_like(gap, FAR))
-    index = torch.argmin(gap, dim=-3, keepdim=True)
-    gap = torch.gather(gap, -3, index).squeeze(-3)
-    return gap, index.squeeze(-3), gap < FAR
+    gap, index = torch.where(candidate, gap, torch.full_like(gap, FAR)).min(dim=-3)
+    return gap, index, gap < FAR
 
 
 def pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -228,17 +231,12 @@ def pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(values.expand(*index.shape[:-3], *values.shape), -3, index)
 
 
-def idm_behind(t: Traffic, front: torch.Tensor, gap, has_front, road: Road,
-               who: torch.Tensor | None = None) -> torch.Tensor:
-    """IDM acceleration (..., M, B, K) of vehicles `who` (indices; None: every vehicle
-    itself) behind vehicles `front` (indices (..., M, B, K)) at `gap`; no leader where not
-    has_front. The closing speed is the difference of the speeds (all drive nearly along
-    the road)."""
-    speed, desired = t.speed, t.target_speed
-    if who is not None:
-        speed, desired = pick(speed, who), pick(desired, who)
-    closing = speed - pick(t.speed, front)
-    return idm(speed, desired, gap, closing, has_front, road)
+def idm_behind(t: Traffic, front: torch.Tensor, gap, has_front, road: Road) -> torch.Tensor:
+    """IDM acceleration (..., N, B, K) of every vehicle behind vehicles `front` (indices
+    (..., N, B, K)) at `gap`; no leader where not has_front. The closing speed is the
+    difference of the speeds (all drive nearly along the road)."""
+    closing = t.speed - pick(t.speed, front)
+    return idm(t.speed, t.target_speed, gap, closing, has_front, road)
 
 
 def lane_changes(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -> torch.Tensor:
@@ -250,10 +248,12 @@ def lane_changes(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) -
     free[0] = False
     sides = torch.tensor([-1.0, 1.0], dtype=lane.dtype, device=lane.device)
     new = lane + sides[:, None, None, None]  # (2, N, B, K): left, right
-    gap_p, lead, has_p = near.leader(new)
-    gap_f, follow, has_f = near.follower(new)
-    me = torch.arange(lane.shape[0], device=lane.device)[:, None, None].expand_as(follow)
-    follower_then = idm_behind(t, me, gap_f, torch.ones_like(has_f), road, who=follow)
+    on_new = near.on_lane(new)
+    gap_p, lead, has_p = near.leader(new, on_new)
+    gap_f, follow, has_f = near.follower(new, on_new)
+    follower_speed = pick(t.speed, follow)  # the follower's IDM behind the vehicle itself
+    follower_then = idm(follower_speed, pick(t.target_speed, follow), gap_f,
+                        follower_speed - t.speed, None, road)
     safe = ~has_f | (follower_then >= -road.lane_change_braking)
     gain = idm_behind(t, lead, gap_p, has_p, road) - own_a
     go = free & safe & (gain >= road.lane_change_gain) & (new >= 0) & (new < road.lanes)
@@ -264,39 +264,44 @@ def accelerations(t: Traffic, near: Neighbours, lane: torch.Tensor, road: Road) 
     """(N, B, K): IDM on the current lane (and the target lane while changing) for the
     others, the speed controller for the ego."""
     gap, lead, found = near.leader(torch.stack([lane, t.target_lane]))
-    both = idm_behind(t, lead, gap, found, road)  # (2, N, B, K)
-    acc = torch.where(lane != t.target_lane, torch.minimum(both[0], both[1]), both[0])
-    acc = acc.clamp(-road.acc_max, road.acc_max)
-    return torch.cat([ego_acceleration(t, road), acc[1:]], dim=0)
+    # the two lanes' IDM (2, N, B, K): the same where a vehicle changes no lane
+    acc = idm_behind(t, lead, gap, found, road).min(dim=0).values
+    return with_ego_controller(t, acc.clamp(-road.acc_max, road.acc_max), road)
+
+
+def with_ego_controller(t: Traffic, acc: torch.Tensor, road: Road) -> torch.Tensor:
+    """acc (N, B, K) with the ego's row (slot 0) its speed controller's."""
+    ego = torch.arange(acc.shape[0], device=acc.device)[:, None, None] == 0
+    return torch.where(ego, ego_acceleration(t, road), acc)
 
 
 def ego_acceleration(t: Traffic, road: Road) -> torch.Tensor:
-    """(1, B, K): the ego's speed controller (MDPVehicle), slot 0 of `t`."""
-    return road.kp_a * (t.target_speed[:1] - t.speed[:1])
+    """The ego's speed controller (MDPVehicle) applied to every vehicle of `t`."""
+    return road.kp_a * (t.target_speed - t.speed)
 
 
 def steering_slip(t: Traffic, road: Road) -> torch.Tensor:
     """The slip angle beta (N, B, K) of highway-env's lane-keeping steering controller."""
     speed = torch.where(t.speed.abs() < 1e-2, torch.full_like(t.speed, 1e-2), t.speed)
+    inverse = 1 / speed
     offset = t.y - t.target_lane * road.lane_width
-    heading_ref = torch.asin((-road.kp_lateral * offset / speed).clamp(-1, 1))
-    heading_ref = heading_ref.clamp(-math.pi / 4, math.pi / 4)
-    rate = road.kp_heading * (heading_ref - t.heading)
-    slip = torch.asin((road.length / 2 / speed * rate).clamp(-1, 1))
+    # asin is monotonic: clipping its argument clips the angle (the reference to +-pi/4)
+    bound = math.sin(math.pi / 4)
+    heading_ref = torch.asin((offset * inverse * -road.kp_lateral).clamp(-bound, bound))
+    rate = road.kp_heading * road.length / 2 * (heading_ref - t.heading)
     # highway-env steers atan(2 tan(slip)) clipped to max_steering, then slips by
     # atan(tan(steering) / 2): the slip itself, clipped where the steering is
-    limit = math.atan(0.5 * math.tan(road.max_steering))
-    return slip.clamp(-limit, limit)
+    bound = math.sin(math.atan(0.5 * math.tan(road.max_steering)))
+    return torch.asin((rate * inverse).clamp(-bound, bound))
 
 
 def step(t: Traffic, acc: torch.Tensor, road: Road) -> Traffic:
     """One simulation frame of the kinematic bicycle for every vehicle."""
     beta = steering_slip(t, road)
-    dt = road.dt
-    return replace(t, x=t.x + t.speed * torch.cos(t.heading + beta) * dt,
-                   y=t.y + t.speed * torch.sin(t.heading + beta) * dt,
-                   heading=t.heading + t.speed * torch.sin(beta) / (road.length / 2) * dt,
-                   speed=t.speed + acc * dt)
+    course, travel = t.heading + beta, t.speed * road.dt
+    return replace(t, x=t.x + travel * torch.cos(course), y=t.y + travel * torch.sin(course),
+                   heading=t.heading + travel * torch.sin(beta) * (2 / road.length),
+                   speed=t.speed + acc * road.dt)
 
 
 def ego_command(t: Traffic, action: torch.Tensor, road: Road) -> Traffic:
@@ -333,10 +338,10 @@ def box_distance(t: Traffic, road: Road, width: float = 2.0) -> torch.Tensor:
     width, rotated by heading): below 1 the bounding boxes overlap, a slightly wider test
     than highway-env's rectangles (the same when both drive straight)."""
     c, s = torch.cos(t.heading).abs(), torch.sin(t.heading).abs()
+    c, s = c[1:] + c[:1], s[1:] + s[:1]  # summed over each pair
     half_length, half_width = road.length / 2, width / 2
-    ex, ey = half_length * c + half_width * s, half_length * s + half_width * c
-    dx = (t.x[1:] - t.x[:1]).abs() / (ex[1:] + ex[:1])
-    dy = (t.y[1:] - t.y[:1]).abs() / (ey[1:] + ey[:1])
+    dx = (t.x[1:] - t.x[:1]).abs() / (half_length * c + half_width * s)
+    dy = (t.y[1:] - t.y[:1]).abs() / (half_length * s + half_width * c)
     ratio = torch.where(t.present[1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
     return ratio.min(dim=0).values
 
@@ -360,12 +365,15 @@ def phased(t: Traffic, road: Road) -> Traffic:
     return Traffic(*(v.repeat(1, len(road.mobil_phases), 1) for v in vars(t).values()))
 
 
-def step_frames(t: Traffic, step_index: int, b: int, road: Road):
+def step_frames(t: Traffic, step_index: int, b: int, road: Road, idm_every: int = 1):
     """Yield (frame, Traffic) over the frames of one decision step of phased states
-    (N, P b, K), the ego's command already set."""
+    (N, P b, K), the ego's command already set; the others' IDM evaluated every
+    `idm_every` frames and held in between."""
     phases = road.mobil_phases
     for frame in range(road.substeps):
-        lane, near = closest_lane(t, road), Neighbours(t, road)  # a target lane moves neither
+        fresh = frame % idm_every == 0
+        if fresh or (frame in phases and not road.mobil_at_start):  # a target lane moves
+            lane, near = closest_lane(t, road), Neighbours(t, road)  # neither
         if road.mobil_at_start and frame == 0:
             decided = lane_changes(t, near, lane, road)
         if frame in phases:  # the rows of the phase deciding now take their decision
@@ -378,7 +386,11 @@ def step_frames(t: Traffic, step_index: int, b: int, road: Road):
             target = torch.cat([t.target_lane[:, :start], ours, t.target_lane[:, start + b:]],
                                dim=1)
             t = replace(t, target_lane=target)
-        t = step(t, accelerations(t, near, lane, road), road)
+        if fresh:
+            held = accelerations(t, near, lane, road)
+            t = step(t, held, road)
+        else:  # the others keep their accelerations, the ego's controller runs on
+            t = step(t, with_ego_controller(t, held, road), road)
         if step_index == 0 and frame == road.substeps - 1:  # from now on every driver decides
             t = replace(t, waiting=torch.zeros_like(t.waiting))
         yield frame, t
@@ -431,8 +443,8 @@ def replica_margins(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: tor
         else:
             ego = branch(slot(t, 0) if ego is None else ego, n_actions)
             ego = ego_command(ego, each_action(ego, n_actions), road)
-            start = ego_command(t, torch.ones_like(t.x[0], dtype=torch.long), road)  # IDLE
-            for frame, t in step_frames(start, step_index, b, road):
+            start = t  # its ego IDLE: as it was
+            for frame, t in step_frames(start, step_index, b, road, road.late_idm_every):
                 ego = step(ego, ego_acceleration(ego, road), road)
                 closest = step_margin(with_ego(ego, t), frame, closest, envelope, road)
         prefix = prefix * n_actions + candidates[..., step_index].repeat(p, 1)
@@ -473,16 +485,18 @@ class TrafficReplica(nn.Module):
     """The replica as a planner part: forward(hist (B, H, N, D), hist_mask (B, H, N),
     candidates (B, K, F)) -> the per-step event probability (B, K, F) (`replica_hazard`)
     on a road of `lanes` lanes with the safety `envelope` (length, width);
-    reacting_steps and mobil_at_start as `Road` takes them."""
+    reacting_steps, mobil_at_start and late_idm_every as `Road` takes them."""
 
     def __init__(self, lanes: int = 3, envelope: tuple[float, float] = (8.0, 2.5),
-                 reacting_steps: int = 3, mobil_at_start: bool = False):
+                 reacting_steps: int = 3, mobil_at_start: bool = False,
+                 late_idm_every: int = 1):
         super().__init__()
-        if lanes < 1 or min(envelope) <= 0 or reacting_steps < 0:
-            raise ValueError(f"the replica needs lanes >= 1, a positive envelope and "
-                             f"reacting_steps >= 0, got {lanes}, {envelope}, {reacting_steps}")
+        if lanes < 1 or min(envelope) <= 0 or reacting_steps < 0 or late_idm_every < 1:
+            raise ValueError(f"the replica needs lanes >= 1, a positive envelope, "
+                             f"reacting_steps >= 0 and late_idm_every >= 1, got {lanes}, "
+                             f"{envelope}, {reacting_steps}, {late_idm_every}")
         self.road = Road(lanes=int(lanes), reacting_steps=int(reacting_steps),
-                         mobil_at_start=bool(mobil_at_start))
+                         mobil_at_start=bool(mobil_at_start), late_idm_every=int(late_idm_every))
         self.envelope = (float(envelope[0]), float(envelope[1]))
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor,

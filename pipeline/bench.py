@@ -20,7 +20,7 @@ def planner(cfg: Config) -> dict[str, float]:
     achieved FLOP/s against this machine's single-thread matmul peak."""
     from pipeline.bench_planner import bench_planner
     from pipeline.config import model_kwargs
-    from pipeline.stages.critic import replica_lanes
+    from pipeline.stages.export import traffic_replica
 
     return bench_planner(model_kwargs(cfg.model, dt=1.0), candidates=5 ** cfg.export.horizon,
                          samples=cfg.export.samples, horizon=cfg.export.horizon,
@@ -30,10 +30,7 @@ def planner(cfg: Config) -> dict[str, float]:
                          lookahead=cfg.export.lookahead,
                          lookahead_min_speed=(cfg.export.lookahead_min_speed
                                               if cfg.export.lookahead_brake else None),
-                         replica_lanes=(replica_lanes(cfg, "export.replica")
-                                        if cfg.export.replica else 0),
-                         replica_reacting_steps=cfg.export.replica_reacting_steps,
-                         replica_mobil_at_start=cfg.export.replica_mobil_at_start)
+                         replica=traffic_replica(cfg))
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

@@ -46,21 +46,17 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
                           critic_hidden: int = 0, critic_context: bool = False,
                           critic_members: int = 1, lookahead: int = 0,
                           lookahead_min_speed: float | None = None,
-                          replica_lanes: int = 0, replica_reacting_steps: int = 3,
-                          replica_mobil_at_start: bool = False) -> Planner:
+                          replica: TrafficReplica | None = None) -> Planner:
     """Export a freshly initialised planner plus its sidecar to `onnx_path`; returns it.
     critic_hidden > 0: with a risk critic of that width (models/critic.py), reading the
     lane context when critic_context, an ensemble of critic_members > 1; lookahead and
-    lookahead_min_speed as models.planner.Planner takes them; replica_lanes > 0: the risk
-    is the traffic replica's on a road of that many lanes (models/traffic.py), with the
-    replica's reacting_steps and mobil_at_start."""
+    lookahead_min_speed as models.planner.Planner takes them; replica: the risk is this
+    traffic replica's (models/traffic.py)."""
     torch.manual_seed(seed)
     model = WorldModel(**model_kwargs)
     critic = (make_critic(critic_members, feat_dim=model.deter_dim + model.stoch_dim,
                           n_vehicles=model.n_vehicles, hidden_dim=critic_hidden,
                           context=critic_context, horizon=horizon) if critic_hidden else None)
-    replica = (TrafficReplica(replica_lanes, reacting_steps=replica_reacting_steps,
-                              mobil_at_start=replica_mobil_at_start) if replica_lanes else None)
     planner = Planner(model, gamma, bootstrap=True, lookahead=lookahead, critic=critic,
                       lookahead_min_speed=lookahead_min_speed, replica=replica).eval()
     hist, mask = example_history(history, model.n_vehicles, model.obs_dim, seed)
@@ -110,8 +106,7 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
                   repeats: int = 40, critic_hidden: int = 0, critic_context: bool = False,
                   critic_members: int = 1, lookahead: int = 0,
                   lookahead_min_speed: float | None = None,
-                  replica_lanes: int = 0, replica_reacting_steps: int = 3,
-                  replica_mobil_at_start: bool = False) -> dict[str, float]:
+                  replica: TrafficReplica | None = None) -> dict[str, float]:
     """Time one decision over `candidates` K sequences, onnxruntime vs torch eager, in
     `rounds` alternating rounds of `repeats` decisions each (critic_hidden > 0: the planner
     carries a risk critic of that width, with the lane context when critic_context, an
@@ -129,9 +124,7 @@ def bench_planner(model_kwargs: dict | None = None, candidates: int = 125, sampl
                                             critic_members=critic_members,
                                             lookahead=lookahead,
                                             lookahead_min_speed=lookahead_min_speed,
-                                            replica_lanes=replica_lanes,
-                                            replica_reacting_steps=replica_reacting_steps,
-                                            replica_mobil_at_start=replica_mobil_at_start)
+                                            replica=replica)
             scorer = OnnxScorer.load(onnx_path, threads=1, seed=seed)
             result = measure(planner, scorer, candidates, rounds, repeats, seed)
     finally:

@@ -266,6 +266,9 @@ class ExportConfig:
     # its commands, and only the ego branches (fewer rows to simulate; README, the replica)
     replica_mobil_at_start: bool = False  # each MOBIL phase decides on the step's first
     # frame and acts at its own frame: one MOBIL evaluation a step instead of one a phase
+    replica_late_idm_every: int = 1  # after the reacting steps the other drivers' IDM
+    # accelerations are evaluated every this many frames and held in between (5: once a
+    # step; 1: every frame, exact)
     # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
     # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
     # least accurate exactly where the planner is tempted (tailgating, cutting in), so

@@ -64,6 +64,20 @@ def sidecar_fields(cfg: Config, spec: dict, model, critic: bool = False) -> dict
             "opset": cfg.export.opset, "tolerance": cfg.export.tolerance}
 
 
+def traffic_replica(cfg: Config):
+    """The planner's TrafficReplica (models/traffic.py) as `export` sets it, or None when
+    export.replica is off."""
+    from models.traffic import TrafficReplica
+    from pipeline.stages.critic import replica_lanes
+
+    e = cfg.export
+    if not e.replica:
+        return None
+    return TrafficReplica(replica_lanes(cfg, "export.replica"),
+                          (e.envelope_length, e.envelope_width), e.replica_reacting_steps,
+                          e.replica_mobil_at_start, e.replica_late_idm_every)
+
+
 def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
                   hist_mask: np.ndarray, path: Path):
     """The planner over `model` (its envelope set) and the optional `critic`, written to
@@ -72,17 +86,13 @@ def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
     import torch
 
     from models.planner import Planner
-    from models.traffic import TrafficReplica
     from pipeline.onnx_export import export_planner
     from pipeline.scorer import write_sidecar
-    from pipeline.stages.critic import replica_lanes
 
     e = cfg.export
-    replica = (TrafficReplica(replica_lanes(cfg, "export.replica"),
-                              (e.envelope_length, e.envelope_width), e.replica_reacting_steps,
-                              e.replica_mobil_at_start) if e.replica else None)
     planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic,
-                      e.lookahead_min_speed if e.lookahead_brake else None, replica).eval()
+                      e.lookahead_min_speed if e.lookahead_brake else None,
+                      traffic_replica(cfg)).eval()
     export_planner(planner, path, torch.from_numpy(hist), torch.from_numpy(hist_mask),
                    n_candidates=125, samples=e.samples, opset=e.opset, horizon=e.horizon)
     fields = sidecar_fields(cfg, spec, model, critic is not None)
@@ -133,6 +143,9 @@ def check(cfg: Config) -> None:
     if cfg.export.lookahead < 0 or cfg.export.replica_reacting_steps < 0:
         raise StageError(f"export.lookahead and export.replica_reacting_steps must be >= 0, "
                          f"got {cfg.export.lookahead}, {cfg.export.replica_reacting_steps}")
+    if cfg.export.replica_late_idm_every < 1:
+        raise StageError(f"export.replica_late_idm_every must be >= 1 (frames), got "
+                         f"{cfg.export.replica_late_idm_every}")
     if not (cfg.export.lookahead_min_speed >= 0 and math.isfinite(cfg.export.lookahead_min_speed)):
         raise StageError(f"export.lookahead_min_speed must be a finite speed >= 0 (m/s), got "
                          f"{cfg.export.lookahead_min_speed}")

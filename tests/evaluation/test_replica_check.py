@@ -28,3 +28,12 @@ def test_a_missing_labels_file_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert main([str(tmp_path / "none.npz")]) == 2
     err = capsys.readouterr().err
     assert "cannot use" in err and err.count("\n") == 1
+
+
+def test_a_bad_shortcut_setting_is_one_line_and_exit_code_2(tmp_path, capsys):
+    path = tmp_path / "labels.npz"
+    np.savez(path, hist=np.zeros((1, 2, 2, 7), np.float32), hist_mask=np.ones((1, 2, 2), bool),
+             valid=np.ones((1, 125), bool), first=np.full((1, 125), 3), episode=np.zeros(1))
+    assert main([str(path), "--late-idm-every", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--late-idm-every must be >= 1" in err and err.count("\n") == 1

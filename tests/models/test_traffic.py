@@ -12,10 +12,13 @@ from models.traffic import (
     Road,
     box_distance,
     envelope_distance,
+    initial_traffic,
+    phased,
     replica_hazard,
     replica_margins,
     road_heading,
     rollout,
+    step_frames,
 )
 
 ACTION = {name: i for i, name in enumerate(ACTION_NAMES)}
@@ -64,6 +67,18 @@ def test_idm_brakes_behind_a_slower_leader_and_keeps_its_speed_on_a_free_road():
     after = states(hist, mask, ["IDLE"])[-1]
     assert after.speed[1, 0, 0].item() < 21.0  # 30 m behind a 15 m/s leader: it brakes
     assert after.speed[3, 0, 0].item() == pytest.approx(22.0, abs=1e-3)  # nothing ahead
+
+
+def test_a_vehicle_changing_lanes_brakes_for_the_leader_on_either_lane():
+    slow_leader = vehicle(125, -8, 15, 0)  # on lane 0; lane 1 is free ahead
+    for heading, brakes in ((-0.2, True), (0.0, False)):  # turning into lane 0, or staying
+        hist, mask = scene([vehicle(0, 0, 25, 2), vehicle(100, -4, 22, 1, heading),
+                            slow_leader])
+        first = states(hist, mask, ["IDLE"])[0]
+        if brakes:
+            assert first.speed[1, 0, 0].item() < 21.5
+        else:
+            assert first.speed[1, 0, 0].item() == pytest.approx(22.0, abs=1e-4)
 
 
 def test_mobil_changes_lanes_for_a_gain_unless_it_would_make_the_new_follower_brake():
@@ -134,6 +149,25 @@ def test_mobil_at_the_step_start_leaves_the_first_phase_as_it_was():
     assert torch.equal(once[0], exact[0])  # phase 0 decides on frame 0 either way
     assert not torch.equal(once[1:], exact[1:])  # the later phases decide on older states
     assert torch.isfinite(once).all() and (once < 1).any() and (once > 1).any()
+
+
+def test_held_idm_brakes_at_the_first_frame_rate_and_leaves_the_reacting_steps_alone():
+    hist, mask = scene([vehicle(0, 0, 25, 2), vehicle(100, -8, 22, 0),
+                        vehicle(130, -8, 15, 0), vehicle(200, -4, 22, 1)])
+    start = phased(initial_traffic(hist, mask, 1, ROAD), ROAD)
+    exact = [t.speed[1, 0, 0].item() for _, t in step_frames(start, 0, 1, ROAD)]
+    held = [t.speed[1, 0, 0].item() for _, t in step_frames(start, 0, 1, ROAD, 5)]
+    assert held[0] == pytest.approx(exact[0], abs=1e-6)  # the same first evaluation
+    rate = held[0] - 22.0
+    assert rate < -0.2  # braking behind the 15 m/s leader, then at that rate all step
+    assert held == pytest.approx([22.0 + rate * (i + 1) for i in range(5)], abs=1e-4)
+    assert held[-1] != pytest.approx(exact[-1], abs=1e-3)  # IDM eases off as the gap closes
+    candidates = torch.from_numpy(enumerate_candidates(3))[None]
+    plain = replica_margins(hist, mask, candidates, (8.0, 2.5), Road(reacting_steps=1))
+    once = replica_margins(hist, mask, candidates, (8.0, 2.5),
+                           Road(reacting_steps=1, late_idm_every=5))
+    assert torch.equal(once[..., 0], plain[..., 0])  # the step the planner acts on
+    assert not torch.equal(once[..., 1:], plain[..., 1:])  # the later ones hold the IDM
 
 
 def test_the_road_heading_is_the_one_most_others_share():
