@@ -373,7 +373,9 @@ def step_frames(t: Traffic, step_index: int, b: int, road: Road, idm_every: int 
     for frame in range(road.substeps):
         fresh = frame % idm_every == 0
         if fresh or (frame in phases and not road.mobil_at_start):  # a target lane moves
-            lane, near = closest_lane(t, road), Neighbours(t, road)  # neither
+            lane = closest_lane(t, road)  # neither
+        if fresh:  # the others' IDM (and MOBIL at the step's start) read it
+            near = Neighbours(t, road)
         if road.mobil_at_start and frame == 0:
             decided = lane_changes(t, near, lane, road)
         if frame in phases:  # the rows of the phase deciding now take their decision
