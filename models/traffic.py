@@ -17,7 +17,8 @@ does not show) is covered by rolling out once per phase, MOBIL evaluated at fram
 or 4 of every step, and averaging; a vehicle already changing lanes decides nothing in
 the first step. Vehicles beyond the observed slots are not simulated, nor are crashes
 between other vehicles. Three shortcuts trade a little of this for time (`Road`
-reacting_steps, mobil_at_start and late_idm_every, README: the traffic replica).
+reacting_steps, mobil_at_start and late_idm_every, README: the traffic replica), and
+`Road.tail_steps` looks past the candidates' own steps, the ego keeping its commands.
 
 `replica_margins` returns, per candidate and decision step, the smallest normalised
 distance of any vehicle to the ego: below 1 their boxes overlap during the step (a
@@ -71,6 +72,8 @@ class Road:
     # evaluation a step) and acts at its own frame
     late_idm_every: int = 1  # after the reacting steps the others' IDM accelerations are
     # evaluated every this many frames and held in between (1: every frame)
+    tail_steps: int = 0  # decision steps rolled out after each candidate's own, its ego
+    # keeping its last commands (IDLE): the risk of being caught just after the horizon
 
 
 @dataclass
@@ -324,26 +327,58 @@ def closest_lane(t: Traffic, road: Road) -> torch.Tensor:
     return torch.round(t.y / road.lane_width).clamp(0, road.lanes - 1)
 
 
-def envelope_distance(t: Traffic, envelope: tuple[float, float]) -> torch.Tensor:
-    """(B, K): min over present others of max(|dx| / length, |dy| / width) to the ego."""
-    dx = (t.x[1:] - t.x[:1]).abs() / envelope[0]
-    dy = (t.y[1:] - t.y[:1]).abs() / envelope[1]
-    distance = torch.where(t.present[1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
-    return distance.min(dim=0).values
+@dataclass
+class Poses:
+    """Where the vehicles of a Traffic state are over several frames: x, y and heading
+    (frames, N, B, K), present (N, B, 1); distances are taken on all frames at once."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heading: torch.Tensor
+    present: torch.Tensor
 
 
-def box_distance(t: Traffic, road: Road, width: float = 2.0) -> torch.Tensor:
-    """(B, K): min over present others of max(|dx| / (ex + ex'), |dy| / (ey + ey')), the
-    half extents along and across the road of their rectangles and the ego's (length x
+def poses(frames: list[Traffic]) -> Poses:
+    """The poses of consecutive Traffic states (N, B, K): (len(frames), N, B, K)."""
+    def stacked(values):  # one Concat and one Reshape in the graph (stack: an Unsqueeze each)
+        return torch.cat(values).reshape(len(values), *values[0].shape[:-1], -1)
+
+    return Poses(stacked([f.x for f in frames]), stacked([f.y for f in frames]),
+                 stacked([f.heading for f in frames]), frames[-1].present)
+
+
+def others(v: torch.Tensor) -> torch.Tensor:
+    """Every vehicle but the ego of (..., N, B, K)."""
+    return v[..., 1:, :, :]
+
+
+def ego_of(v: torch.Tensor) -> torch.Tensor:
+    """The ego's row (slot 0) of (..., N, B, K), kept as an axis of one."""
+    return v[..., :1, :, :]
+
+
+def envelope_distance(t: Traffic | Poses, envelope: tuple[float, float]) -> torch.Tensor:
+    """(..., B, K): min over present others of max(|dx| / length, |dy| / width) to the
+    ego, of a state (N, B, K) or of every frame of poses (..., N, B, K)."""
+    dx = (others(t.x) - ego_of(t.x)).abs() / envelope[0]
+    dy = (others(t.y) - ego_of(t.y)).abs() / envelope[1]
+    distance = torch.where(others(t.present), torch.maximum(dx, dy), torch.full_like(dx, FAR))
+    return distance.min(dim=-3).values
+
+
+def box_distance(t: Traffic | Poses, road: Road, width: float = 2.0) -> torch.Tensor:
+    """(..., B, K): min over present others of max(|dx| / (ex + ex'), |dy| / (ey + ey')),
+    the half extents along and across the road of their rectangles and the ego's (length x
     width, rotated by heading): below 1 the bounding boxes overlap, a slightly wider test
-    than highway-env's rectangles (the same when both drive straight)."""
+    than highway-env's rectangles (the same when both drive straight). Of a state (N, B,
+    K) or of every frame of poses (..., N, B, K)."""
     c, s = torch.cos(t.heading).abs(), torch.sin(t.heading).abs()
-    c, s = c[1:] + c[:1], s[1:] + s[:1]  # summed over each pair
+    c, s = others(c) + ego_of(c), others(s) + ego_of(s)  # summed over each pair
     half_length, half_width = road.length / 2, width / 2
-    dx = (t.x[1:] - t.x[:1]).abs() / (half_length * c + half_width * s)
-    dy = (t.y[1:] - t.y[:1]).abs() / (half_length * s + half_width * c)
-    ratio = torch.where(t.present[1:], torch.maximum(dx, dy), torch.full_like(dx, FAR))
-    return ratio.min(dim=0).values
+    dx = (others(t.x) - ego_of(t.x)).abs() / (half_length * c + half_width * s)
+    dy = (others(t.y) - ego_of(t.y)).abs() / (half_length * s + half_width * c)
+    ratio = torch.where(others(t.present), torch.maximum(dx, dy), torch.full_like(dx, FAR))
+    return ratio.min(dim=-3).values
 
 
 def rollout(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
@@ -398,12 +433,12 @@ def step_frames(t: Traffic, step_index: int, b: int, road: Road, idm_every: int 
         yield frame, t
 
 
-def step_margin(t: Traffic, frame: int, closest: torch.Tensor | None, envelope, road: Road):
-    """The running minimum of one step's distances (`replica_margins`) after `frame`."""
-    distance = box_distance(t, road)
-    if frame == road.substeps - 1:
-        distance = torch.minimum(distance, envelope_distance(t, envelope))
-    return distance if closest is None else torch.minimum(closest, distance)
+def step_margin(p: Poses, envelope, road: Road) -> torch.Tensor:
+    """(B, K) one decision step's smallest distance (`replica_margins`) from the poses of
+    its frames (frames, N, B, K)."""
+    end = Poses(p.x[-1], p.y[-1], p.heading[-1], p.present)
+    return torch.minimum(box_distance(p, road).min(dim=0).values,
+                         envelope_distance(end, envelope))
 
 
 def branch(t: Traffic, n: int) -> Traffic:
@@ -418,9 +453,9 @@ def branch(t: Traffic, n: int) -> Traffic:
 def replica_margins(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
                     envelope: tuple[float, float], road: Road = Road(),
                     n_actions: int = 5) -> torch.Tensor:
-    """(P, B, K, F): per MOBIL phase (`rollout`) and decision step the smallest distance
-    of any vehicle to the ego: `box_distance` (a collision) at every frame of the step,
-    `envelope_distance` at its end (where the envelope oracle checks it).
+    """(P, B, K, F + road.tail_steps): per MOBIL phase (`rollout`) and decision step the
+    smallest distance of any vehicle to the ego: `box_distance` (a collision) at every frame
+    of the step, `envelope_distance` at its end (where the envelope oracle checks it).
 
     Candidates sharing a prefix share its rollout: step s is simulated once per distinct
     prefix of the full enumeration of `n_actions` ids (models/candidates.py order), n^(s+1)
@@ -429,29 +464,41 @@ def replica_margins(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: tor
     `road.reacting_steps` steps the others stop branching: they drive on once per prefix
     of that length, around an ego that keeps its commands (IDLE), and only the ego
     branches (`with_ego`): exact where nobody reacts to the ego, while a follower the ego
-    cuts in front of after them no longer brakes for it."""
+    cuts in front of after them no longer brakes for it. The `road.tail_steps` after the
+    candidates' own steps branch nothing: the same numbers as an IDLE step appended to
+    every candidate."""
     b, k, horizon = candidates.shape
     p = len(road.mobil_phases)
     t = phased(initial_traffic(hist, hist_mask, 1, road), road)
     prefix = torch.zeros_like(candidates[..., 0]).repeat(p, 1)  # (P b, K) row of each prefix
     margins, ego = [], None
-    for step_index in range(horizon):
-        closest = None
+    for step_index in range(horizon + road.tail_steps):
+        own = step_index < horizon  # a step of the candidates' own: it branches n ways
         if step_index < road.reacting_steps:
-            start = branch(t, n_actions)
-            start = ego_command(start, each_action(start, n_actions), road)
-            for frame, t in step_frames(start, step_index, b, road):
-                closest = step_margin(t, frame, closest, envelope, road)
+            start = commanded(branch(t, n_actions), n_actions, road) if own else t
+            frames = [t for _, t in step_frames(start, step_index, b, road)]
+            seen = poses(frames)
         else:
-            ego = branch(slot(t, 0) if ego is None else ego, n_actions)
-            ego = ego_command(ego, each_action(ego, n_actions), road)
+            ego = slot(t, 0) if ego is None else ego
+            ego = commanded(branch(ego, n_actions), n_actions, road) if own else ego
             start = t  # its ego IDLE: as it was
-            for frame, t in step_frames(start, step_index, b, road, road.late_idm_every):
+            frames, egos = [], []
+            for _, t in step_frames(start, step_index, b, road, road.late_idm_every):
                 ego = step(ego, ego_acceleration(ego, road), road)
-                closest = step_margin(with_ego(ego, t), frame, closest, envelope, road)
-        prefix = prefix * n_actions + candidates[..., step_index].repeat(p, 1)
+                frames.append(t)
+                egos.append(ego)
+            seen = with_ego(poses(egos), poses(frames))
+        t = frames[-1]
+        closest = step_margin(seen, envelope, road)
+        if own:
+            prefix = prefix * n_actions + candidates[..., step_index].repeat(p, 1)
         margins.append(torch.gather(closest, 1, prefix))  # (P b, K)
-    return torch.stack(margins, dim=-1).reshape(p, b, k, horizon)
+    return torch.stack(margins, dim=-1).reshape(p, b, k, len(margins))
+
+
+def commanded(t: Traffic, n_actions: int, road: Road) -> Traffic:
+    """A `branch`ed state with each branch's ego command set (`each_action`)."""
+    return ego_command(t, each_action(t, n_actions), road)
 
 
 def each_action(t: Traffic, n_actions: int) -> torch.Tensor:
@@ -465,40 +512,45 @@ def slot(t: Traffic, index: int) -> Traffic:
     return Traffic(*(v[index:index + 1] for v in vars(t).values()))
 
 
-def with_ego(ego: Traffic, t: Traffic) -> Traffic:
-    """The ego branches (1, P b, W) among the others of `t` (N, P b, w), w dividing W:
-    branch i meets the others of candidate i // (W / w)."""
+def with_ego(ego: Poses, p: Poses) -> Poses:
+    """The ego branches (frames, 1, P b, W) among the others of `p` (frames, N, P b, w), w
+    dividing W: branch i meets the others of candidate i // (W / w)."""
     parent = torch.arange(ego.x.shape[-1], device=ego.x.device) // (
-        ego.x.shape[-1] // t.x.shape[-1])
-    return Traffic(*(torch.cat([e, v[1:] if v.dtype == torch.bool else v[1:, :, parent]])
-                     for e, v in zip(vars(ego).values(), vars(t).values(), strict=True)))
+        ego.x.shape[-1] // p.x.shape[-1])
+    return Poses(*(torch.cat([ego_of(e), others(v) if v.dtype == torch.bool
+                              else others(v)[..., parent]], dim=-3)
+                   for e, v in zip(vars(ego).values(), vars(p).values(), strict=True)))
 
 
 def replica_hazard(hist: torch.Tensor, hist_mask: torch.Tensor, candidates: torch.Tensor,
                    envelope: tuple[float, float], road: Road = Road(),
                    width: float = 0.1) -> torch.Tensor:
-    """(B, K, F) per-step event probability: sigmoid((1 - margin) / width) of
-    `replica_margins`, averaged over the MOBIL phases."""
+    """(B, K, F + road.tail_steps) per-step event probability: sigmoid((1 - margin) /
+    width) of `replica_margins`, averaged over the MOBIL phases."""
     margins = replica_margins(hist, hist_mask, candidates, envelope, road)
     return torch.sigmoid((1.0 - margins) / width).mean(dim=0)
 
 
 class TrafficReplica(nn.Module):
     """The replica as a planner part: forward(hist (B, H, N, D), hist_mask (B, H, N),
-    candidates (B, K, F)) -> the per-step event probability (B, K, F) (`replica_hazard`)
-    on a road of `lanes` lanes with the safety `envelope` (length, width);
-    reacting_steps, mobil_at_start and late_idm_every as `Road` takes them."""
+    candidates (B, K, F)) -> the per-step event probability (B, K, F + tail_steps)
+    (`replica_hazard`) on a road of `lanes` lanes with the safety `envelope` (length,
+    width); reacting_steps, mobil_at_start, late_idm_every and tail_steps as `Road` takes
+    them."""
 
     def __init__(self, lanes: int = 3, envelope: tuple[float, float] = (8.0, 2.5),
                  reacting_steps: int = 3, mobil_at_start: bool = False,
-                 late_idm_every: int = 1):
+                 late_idm_every: int = 1, tail_steps: int = 0):
         super().__init__()
-        if lanes < 1 or min(envelope) <= 0 or reacting_steps < 0 or late_idm_every < 1:
+        if (lanes < 1 or min(envelope) <= 0 or reacting_steps < 0 or late_idm_every < 1
+                or tail_steps < 0):
             raise ValueError(f"the replica needs lanes >= 1, a positive envelope, "
-                             f"reacting_steps >= 0 and late_idm_every >= 1, got {lanes}, "
-                             f"{envelope}, {reacting_steps}, {late_idm_every}")
+                             f"reacting_steps >= 0, late_idm_every >= 1 and tail_steps >= 0, "
+                             f"got {lanes}, {envelope}, {reacting_steps}, {late_idm_every}, "
+                             f"{tail_steps}")
         self.road = Road(lanes=int(lanes), reacting_steps=int(reacting_steps),
-                         mobil_at_start=bool(mobil_at_start), late_idm_every=int(late_idm_every))
+                         mobil_at_start=bool(mobil_at_start), late_idm_every=int(late_idm_every),
+                         tail_steps=int(tail_steps))
         self.envelope = (float(envelope[0]), float(envelope[1]))
 
     def forward(self, hist: torch.Tensor, hist_mask: torch.Tensor,

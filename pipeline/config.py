@@ -269,6 +269,9 @@ class ExportConfig:
     replica_late_idm_every: int = 1  # after the reacting steps the other drivers' IDM
     # accelerations are evaluated every this many frames and held in between (5: once a
     # step; 1: every frame, exact)
+    replica_tail_steps: int = 0  # decision steps the replica rolls out after each
+    # candidate's own, its ego keeping its last commands (IDLE): the collision probability
+    # then also counts being caught just after the horizon (README, the traffic replica)
     # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
     # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
     # least accurate exactly where the planner is tempted (tailgating, cutting in), so

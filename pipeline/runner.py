@@ -68,7 +68,8 @@ KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
 KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0, "replica": False},
                 "export": {"lookahead_brake": False, "lookahead_min_speed": 20.0,
                            "replica": False, "replica_reacting_steps": 3,
-                           "replica_mobil_at_start": False, "replica_late_idm_every": 1},
+                           "replica_mobil_at_start": False, "replica_late_idm_every": 1,
+                           "replica_tail_steps": 0},
                 "simulate": {"lane_guard": False, "guard_front_gap": 2.0,
                              "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0}}
 

@@ -53,6 +53,8 @@ def sidecar_fields(cfg: Config, spec: dict, model, critic: bool = False) -> dict
     envelope = f"(envelope {model.vehicle_length:g} m x {model.vehicle_width:g} m)"
     replica = cfg.export.replica or (critic and cfg.critic.replica)
     risk = f"traffic replica {envelope}" if replica else f"{model.risk} {envelope}"
+    if cfg.export.replica and cfg.export.replica_tail_steps:  # its horizon is longer
+        risk += f", {cfg.export.replica_tail_steps} IDLE steps after the candidates'"
     return {"action_names": list(ACTION_NAMES), "history": spec["history"],
             "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
             "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
@@ -75,7 +77,8 @@ def traffic_replica(cfg: Config):
         return None
     return TrafficReplica(replica_lanes(cfg, "export.replica"),
                           (e.envelope_length, e.envelope_width), e.replica_reacting_steps,
-                          e.replica_mobil_at_start, e.replica_late_idm_every)
+                          e.replica_mobil_at_start, e.replica_late_idm_every,
+                          e.replica_tail_steps)
 
 
 def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
@@ -140,9 +143,11 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 def check(cfg: Config) -> None:
     gamma = cfg.export.gamma
     below_one = gamma < 1.0 if cfg.export.bootstrap else gamma <= 1.0
-    if cfg.export.lookahead < 0 or cfg.export.replica_reacting_steps < 0:
-        raise StageError(f"export.lookahead and export.replica_reacting_steps must be >= 0, "
-                         f"got {cfg.export.lookahead}, {cfg.export.replica_reacting_steps}")
+    e = cfg.export
+    if min(e.lookahead, e.replica_reacting_steps, e.replica_tail_steps) < 0:
+        raise StageError(f"export.lookahead, export.replica_reacting_steps and "
+                         f"export.replica_tail_steps must be >= 0, got {e.lookahead}, "
+                         f"{e.replica_reacting_steps}, {e.replica_tail_steps}")
     if cfg.export.replica_late_idm_every < 1:
         raise StageError(f"export.replica_late_idm_every must be >= 1 (frames), got "
                          f"{cfg.export.replica_late_idm_every}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -170,6 +171,30 @@ def test_held_idm_brakes_at_the_first_frame_rate_and_leaves_the_reacting_steps_a
     assert not torch.equal(once[..., 1:], plain[..., 1:])  # the later ones hold the IDM
 
 
+def test_tail_steps_are_an_idle_step_appended_to_every_candidate():
+    """A tail step branches nothing, yet gives each candidate what an explicit IDLE step
+    would, with or without the others reacting to it, and leaves the own steps alone."""
+    hist, mask = scene([vehicle(0, 0, 27, 1), vehicle(22, 0, 21, 1), vehicle(-12, 4, 26, 2),
+                        vehicle(6, -4, 23, 0), vehicle(40, 4.5, 22, 2, -0.05)])
+    three = torch.from_numpy(enumerate_candidates(3))[None]
+    four = torch.cat([three, torch.full_like(three[..., :1], ACTION["IDLE"])], dim=-1)
+    for road in (Road(reacting_steps=1, mobil_at_start=True, late_idm_every=5),
+                 Road(reacting_steps=4)):
+        tail = replica_margins(hist, mask, three, (8.0, 2.5), replace(road, tail_steps=1))
+        assert tail.shape == (3, 1, 125, 4)
+        assert torch.equal(tail, replica_margins(hist, mask, four, (8.0, 2.5), road))
+        assert torch.equal(tail[..., :3], replica_margins(hist, mask, three, (8.0, 2.5), road))
+
+
+def test_a_tail_step_sees_the_leader_caught_just_after_the_horizon():
+    hist, mask = scene([vehicle(0, 0, 30, 1), vehicle(35, 0, 20, 1)])
+    keep = torch.tensor([[[ACTION["IDLE"]] * 2]])  # 30 m/s closing 10 m/s a second on 35 m
+    plain = replica_hazard(hist, mask, keep, (8.0, 2.5))[0, 0]
+    tail = replica_hazard(hist, mask, keep, (8.0, 2.5), Road(tail_steps=1))[0, 0]
+    assert plain.max() < 0.5 < tail[-1]  # the envelope is met in the third step only
+    assert torch.equal(tail[:2], plain)
+
+
 def test_the_road_heading_is_the_one_most_others_share():
     rel = torch.tensor([[0.0, -0.1, -0.1, 0.2, -0.1]])  # slot 0: the ego
     present = torch.tensor([[True, True, True, True, True]])
@@ -246,3 +271,5 @@ def test_a_planner_scores_with_the_replica_and_exports_with_parity(tmp_path):
         Planner(model, gamma=0.9, critic=critic_for(model), replica=replica)
     with pytest.raises(ValueError, match="lanes >= 1, a positive envelope"):
         TrafficReplica(0)
+    with pytest.raises(ValueError, match="tail_steps >= 0"):
+        TrafficReplica(3, tail_steps=-1)

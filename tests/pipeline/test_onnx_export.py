@@ -95,8 +95,9 @@ def test_export_refuses_gamma_one_when_bootstrapping(overrides, refused):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["export.lookahead=-1"], "export.lookahead and export.replica_reacting_steps must be"),
-    (["export.replica_reacting_steps=-1"], "export.replica_reacting_steps must be >= 0"),
+    (["export.lookahead=-1"], "export.lookahead, export.replica_reacting_steps and"),
+    (["export.replica_reacting_steps=-1"], "export.replica_tail_steps must be >= 0, got 0, -1"),
+    (["export.replica_tail_steps=-2"], "export.replica_tail_steps must be >= 0, got 0, 3, -2"),
     (["export.replica_late_idm_every=0"], "export.replica_late_idm_every must be >= 1"),
     (["export.lookahead_min_speed=-5"], "export.lookahead_min_speed must be a finite speed"),
     (["export.lookahead_min_speed=.inf"], "export.lookahead_min_speed must be a finite speed"),
