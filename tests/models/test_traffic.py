@@ -256,11 +256,12 @@ def test_a_planner_scores_with_the_replica_and_exports_with_parity(tmp_path):
     hist, mask = batch["hist"], batch["hist_mask"].float()
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(25, 1, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
-    replica = TrafficReplica(3, (8.0, 2.5))
+    replica = TrafficReplica(3, (8.0, 2.5), tail_steps=1)  # the graph's tail step too
     planner = Planner(model, gamma=0.9, bootstrap=True, replica=replica)
     with torch.no_grad():
         risk = planner(hist, mask, candidates, noise)[0]
         hazard = replica(hist, mask, candidates[None])[0]
+        assert hazard.shape == (25, 3)
         assert torch.allclose(risk, 1 - torch.prod(1 - hazard, dim=-1))
         own = Planner(model, gamma=0.9, bootstrap=True)(hist, mask, candidates, noise)
         assert not torch.allclose(risk, own[0])  # not the world model's own risk
