@@ -141,24 +141,24 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
 
 def check(cfg: Config) -> None:
-    gamma = cfg.export.gamma
-    below_one = gamma < 1.0 if cfg.export.bootstrap else gamma <= 1.0
     e = cfg.export
+    gamma = e.gamma
+    below_one = gamma < 1.0 if e.bootstrap else gamma <= 1.0
     if min(e.lookahead, e.replica_reacting_steps, e.replica_tail_steps) < 0:
         raise StageError(f"export.lookahead, export.replica_reacting_steps and "
                          f"export.replica_tail_steps must be >= 0, got {e.lookahead}, "
                          f"{e.replica_reacting_steps}, {e.replica_tail_steps}")
-    if cfg.export.replica_late_idm_every < 1:
+    if e.replica_late_idm_every < 1:
         raise StageError(f"export.replica_late_idm_every must be >= 1 (frames), got "
-                         f"{cfg.export.replica_late_idm_every}")
-    if not (cfg.export.lookahead_min_speed >= 0 and math.isfinite(cfg.export.lookahead_min_speed)):
+                         f"{e.replica_late_idm_every}")
+    if not (e.lookahead_min_speed >= 0 and math.isfinite(e.lookahead_min_speed)):
         raise StageError(f"export.lookahead_min_speed must be a finite speed >= 0 (m/s), got "
-                         f"{cfg.export.lookahead_min_speed}")
-    if cfg.export.replica and cfg.critic.episodes > 0:
+                         f"{e.lookahead_min_speed}")
+    if e.replica and cfg.critic.episodes > 0:
         raise StageError("export.replica gives the planner's risk and so does a critic "
                          "(critic.episodes > 0): set one of them off (a critic can correct "
                          "the replica with critic.replica=true)")
-    if cfg.export.replica:
+    if e.replica:
         from pipeline.stages.critic import replica_lanes
 
         replica_lanes(cfg, "export.replica")  # a one-line error for a road it cannot replay
