@@ -19,7 +19,7 @@ import numpy as np
 
 from evaluation import metrics
 from evaluation.oracle import OracleLookahead
-from evaluation.planner_policy import PlannerPolicy
+from pipeline.planner.policy import PlannerPolicy
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ agrees with itself. While collecting (``drivecast iterate``) each decision first
 - with probability ``epsilon`` the first action is uniformly random among the first
   actions of the candidates on the road;
 - otherwise it is drawn uniformly among the ``top_k`` best first actions, ranked by the
-  planner's own decision rule (``evaluation.decision.choose``; ``ranked_first_actions``).
+  planner's own decision rule (``pipeline.planner.decision.choose``; ``ranked_first_actions``).
   While any candidate is within the risk budget, only first actions whose best candidate
   is within it are drawn. ``top_k = 1`` and ``epsilon = 0`` is exactly the greedy planner.
 
@@ -29,9 +29,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from evaluation.decision import choose
-from evaluation.planner_policy import PlannerPolicy
 from evaluation.policies import IDLE, as_generator
+from pipeline.planner.decision import choose
+from pipeline.planner.policy import PlannerPolicy
 
 
 def candidate_subset(scores, index: np.ndarray) -> SimpleNamespace:
@@ -43,7 +43,7 @@ def candidate_subset(scores, index: np.ndarray) -> SimpleNamespace:
 def ranked_first_actions(scores, candidates: np.ndarray, risk_weight: float,
                          uncertainty_weight: float, risk_budget: float) -> np.ndarray:
     """The best candidate of each distinct first action, best first: the planner's own
-    choice (`evaluation.decision.choose`), then its choice once that first action is ruled
+    choice (`pipeline.planner.decision.choose`), then its choice once that first action is ruled
     out, and so on, so the ranking follows the decision rule whatever it is."""
     remaining, ranked = np.arange(len(candidates)), []
     while len(remaining):

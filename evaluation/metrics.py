@@ -336,3 +336,18 @@ def expected_calibration_error(prob, label, mask=None, n_bins: int = CALIBRATION
     filled = bins.count > 0
     gaps = np.abs(bins.frequency[filled] - bins.mean_prob[filled])
     return float(np.sum(bins.count[filled] / total * gaps))
+
+
+Z95 = 1.959964  # two-sided 95% quantile of the standard normal
+
+
+def wilson_interval(events: float, trials: float) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate (events of trials)."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    rate = events / trials
+    z2 = Z95 * Z95
+    centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = Z95 * np.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) \
+        / (1 + z2 / trials)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

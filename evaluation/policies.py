@@ -1,19 +1,17 @@
 """Behaviour policies for data collection, also used as baselines.
 
-Protocol: a policy has a ``name`` (str), ``reset(rng)`` called at the start of every episode
-with a seed or ``np.random.Generator`` (for reproducibility), and ``act(env) -> int`` returning
-a DiscreteMetaAction (0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT, 3 FASTER, 4 SLOWER).
-
-``env`` may be the gymnasium env (wrapped, e.g. a RecordingEnv) or its ``unwrapped``
-highway-env AbstractEnv: policies only read ``env.unwrapped`` (the TRUE simulator state:
-road, vehicles, lanes) and never step or modify it.
+Every policy subclasses `Policy` (the contract: a ``name``, ``reset(rng)`` and
+``act(env) -> int``; see its docstring). ``env`` may be the gymnasium env (wrapped, e.g. a
+RecordingEnv) or its ``unwrapped`` highway-env AbstractEnv: these policies only read
+``env.unwrapped`` (the TRUE simulator state: road, vehicles, lanes) and never step or
+modify it.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -30,19 +28,35 @@ from models.candidates import (
 NUM_ACTIONS = len(ACTION_NAMES)
 
 
-class Policy(Protocol):
+class Policy(abc.ABC):
+    """The behaviour-policy contract: what drives the ego in data collection, evaluation
+    and as a baseline.
+
+    name: a short label (str) for tables and file names.
+    reset(rng): called at the start of every episode with a seed, an
+    ``np.random.Generator`` or None; a policy that draws random numbers draws them from a
+    generator set here only, so an episode is reproducible from its seed.
+    act(env) -> int: the next DiscreteMetaAction (0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT,
+    3 FASTER, 4 SLOWER) for the simulator `env` (gymnasium env or its ``unwrapped``); it
+    may read the env but never steps or modifies it.
+    """
+
     name: str
 
-    def reset(self, rng: np.random.Generator | int | None = None) -> None: ...
+    @abc.abstractmethod
+    def reset(self, rng: np.random.Generator | int | None = None) -> None:
+        """Start an episode; `rng` seeds any randomness of the policy."""
 
-    def act(self, env) -> int: ...
+    @abc.abstractmethod
+    def act(self, env) -> int:
+        """The next meta-action id for the current state of `env`."""
 
 
 def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-class IdlePolicy:
+class IdlePolicy(Policy):
     """Always IDLE: keeps the lane and the initial target speed."""
 
     name = "idle"
@@ -54,7 +68,7 @@ class IdlePolicy:
         return IDLE
 
 
-class RandomPolicy:
+class RandomPolicy(Policy):
     """Uniformly random meta-action from its own generator."""
 
     name = "random"
@@ -109,7 +123,7 @@ def lane_view(ego, lane_index) -> LaneView:
     return LaneView(front_gap, front_ttc, rear_gap, rear_ttc, rear_speed)
 
 
-class RuleBasedPolicy:
+class RuleBasedPolicy(Policy):
     """Time-to-collision aware lane keeper (acts on the true simulator state).
 
     Each decision looks at the ego's target lane (where it is heading):
@@ -218,10 +232,10 @@ def side_lanes(ego) -> list:
     ]
 
 
-class MixturePolicy:
+class MixturePolicy(Policy):
     """``base`` with probability 1 - epsilon, a uniformly random action with probability epsilon."""
 
-    def __init__(self, base, epsilon: float) -> None:
+    def __init__(self, base: Policy, epsilon: float) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.base, self.epsilon = base, float(epsilon)
@@ -242,7 +256,7 @@ class MixturePolicy:
 POLICIES = {"idle": IdlePolicy, "random": RandomPolicy, "rule": RuleBasedPolicy}
 
 
-def make_policy(name: str, epsilon: float = 0.0):
+def make_policy(name: str, epsilon: float = 0.0) -> Policy:
     """Policy by name (``idle``, ``random``, ``rule``), mixed with epsilon-random actions if > 0."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy '{name}'; choose one of {sorted(POLICIES)}")

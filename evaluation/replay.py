@@ -4,7 +4,7 @@ The risk critic's labels (pipeline/critic_labels.py) hold, for every road candid
 recorded decision, whether the true simulator brings it into the safety envelope within
 its F steps (`first` < F) and its true discounted return. Replaying a decision means
 scoring those same candidates with the ONNX planner and applying the decision rule
-(evaluation/decision.py) at a given risk budget and lambda: the chosen candidate can then
+(pipeline/planner/decision.py) at a given risk budget and lambda: the chosen candidate can then
 be judged without driving. A grid of settings costs one scoring pass, so settings are
 screened in seconds rather than the minutes of 100 closed-loop episodes.
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from evaluation.counterfactual import Decision, counterfactual_summary
-from evaluation.decision import choose
 from evaluation.metrics import auroc, decision_auroc
 from models.candidates import FASTER, LANE_LEFT, LANE_RIGHT, SLOWER
+from pipeline.planner.decision import choose
 
 LANE_CHANGES = (LANE_LEFT, LANE_RIGHT)
 REFERENCES = ("true risk", "truth")  # the model's return with the true risk; both true
@@ -45,7 +45,7 @@ class Scored:
 
 @dataclass(frozen=True)
 class Scores:
-    """The three arrays `evaluation.decision.choose` reads."""
+    """The three arrays `pipeline.planner.decision.choose` reads."""
 
     collision_prob: np.ndarray
     expected_return: np.ndarray

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.config import Config, load_config, to_dict
+from pipeline.config import Config, ConfigError, dump_yaml, load_config, reference_markdown, to_dict
 from pipeline.runner import check_config, is_ddp_worker, run_until
 from pipeline.tracking import Tracker, config_params
 
@@ -76,6 +76,19 @@ def bench(which: str, config_path: str | None, overrides: list[str]) -> int:
 
     cfg = load_config(config_path, overrides)
     BENCHMARKS[which](cfg)
+    return 0
+
+
+def config(config_path: str | None, overrides: list[str], reference: bool) -> int:
+    """Print the resolved config as YAML, or (`reference`) the Markdown reference of every
+    config section and field (docs/configuration.md is its output)."""
+    if not reference:
+        print(dump_yaml(load_config(config_path, overrides)), end="")
+        return 0
+    if config_path is not None or overrides:
+        raise ConfigError("drivecast config --reference describes every field; it takes no "
+                          "config file or overrides")
+    print(reference_markdown(), end="")
     return 0
 
 

@@ -1,17 +1,28 @@
 """The typed configuration tree: YAML file + dotted overrides -> frozen dataclasses.
 
-Every field is documented where it is declared. Loading validates everything at once:
-an unknown key, a wrong type or a missing file raises `ConfigError` with one sentence
-naming the key or path. Derived values come from `resolve()`; nothing writes into a
-loaded config.
+Every field is documented where it is declared: one comment line saying what it is, its
+unit and its choices (longer explanations sit in the class docstring);
+`drivecast config --reference` turns them into docs/configuration.md. A YAML file may
+name a `base` file (relative to its own directory) whose keys it is merged over. Loading
+validates everything at once: an unknown key, a wrong type or a missing file raises
+`ConfigError` with one sentence naming the key or path. Derived values come from
+`model_kwargs()`; nothing writes into a loaded config.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
+import inspect
+import io
+import json
+import os
+import textwrap
+import tokenize
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,21 +46,44 @@ class Variant(str, enum.Enum):
     value_equivalent = "value_equivalent"
 
 
-class RiskSource(str, enum.Enum):
-    """Where the model's collision probability comes from (see models/risk.py)."""
+class ModelRisk(str, enum.Enum):
+    """How the world model turns its imagination into a collision probability
+    (models/risk.py)."""
 
     overlap = "overlap"
     head = "head"
     combined = "combined"
 
 
+class PlannerRisk(str, enum.Enum):
+    """The planner's risk source (models/risk_sources.py): the world model's imagination,
+    the traffic replica, or the risk critic."""
+
+    model = "model"
+    replica = "replica"
+    critic = "critic"
+
+
+class CriticPrior(str, enum.Enum):
+    """The risk the critic's hazard corrects: the world model's or the traffic replica's."""
+
+    model = "model"
+    replica = "replica"
+
+
 @dataclass(frozen=True)
 class PolicyMix:
     """One behaviour policy of the ingest mixture."""
 
-    name: str = "rule"  # idle | random | rule
-    epsilon: float = 0.0  # probability of a uniformly random meta-action instead
-    weight: float = 1.0  # share of episodes driven by this policy
+    name: str = "rule"  # behaviour policy: idle | random | rule
+    epsilon: float = 0.0  # probability of a uniformly random meta-action instead, in [0, 1]
+    weight: float = 1.0  # relative share of episodes driven by this policy
+
+
+def default_policies() -> list[PolicyMix]:
+    """Mostly the rule policy with some noise, some clean rule driving, some random driving."""
+    return [PolicyMix("rule", 0.2, 0.7), PolicyMix("rule", 0.0, 0.2),
+            PolicyMix("random", 0.0, 0.1)]
 
 
 @dataclass(frozen=True)
@@ -57,40 +91,45 @@ class RecordedConfig:
     """Recorded trajectories (ingest.source: recorded): files, column mapping, units, scenes.
 
     Empty strings and zeros take the preset's value (highd, ngsim) or the default named in
-    the comment. pipeline/recorded*.py implements it; the README's "Recorded datasets"
-    section documents every step.
+    the field's comment; pipeline/recorded/ implements it.
+
+    `columns` maps roles to column names, merged over the preset's; the roles are time,
+    track, x, y (required), vx, vy, heading, length, width and lane. `position: box_corner`
+    is the corner with the smallest x and y of a box `length` along x and `width` along y.
+    `y_axis: left` means map coordinates (east/north), mirrored on read; `right` means
+    image coordinates (highD, NGSIM local, highway-env).
+
+    Meta-actions are inferred relative to the road direction: the median heading (mod 180
+    deg) of the ego and the vehicles within `road_radius` of it, over a `road_window`
+    centred on the step. A step whose lateral displacement per step duration reaches
+    `lateral_speed` is LANE_LEFT / LANE_RIGHT; one whose speed change per step duration
+    reaches `acceleration` is FASTER / SLOWER. With `near_miss_ttc` > 0 the collision labels
+    are near misses (time to collision with a vehicle ahead or behind below it); with 0 they
+    are unknown and masked.
     """
 
     path: str = ""  # a CSV/Parquet file, a directory or a glob; each file is one recording
-    preset: str = ""  # "" (generic) | highd | ngsim: that layout's columns and units
-    columns: dict = field(default_factory=dict)  # role -> column name, merged over the
-    # preset's; roles: time, track, x, y (required), vx, vy, heading, length, width, lane
-    time_unit: str = ""  # s | ms | iso (ISO 8601 text) | frame (frame numbers); default s
+    preset: str = ""  # column layout and units: "" (generic) | highd | ngsim
+    columns: dict = field(default_factory=dict)  # role -> column name, over the preset's
+    time_unit: str = ""  # time column unit: s | ms | iso (ISO 8601 text) | frame; default s
     frame_rate: float = 0.0  # Hz of time_unit frame (highd: read from recordingMeta.csv)
-    length_unit: str = ""  # m | ft: unit of x, y, length, width (per second: vx, vy); default m
-    heading_unit: str = ""  # rad | deg, counter-clockwise from +x in the file's axes; default rad
-    position: str = ""  # what x, y locate: centre | front_centre | box_corner (the corner
-    # with the smallest x and y of a box `length` along x, `width` along y); default centre
-    y_axis: str = ""  # left | right: where +y points for a driver heading along +x. left: map
-    # coordinates (east/north), mirrored on read; right: image coordinates (highD, NGSIM
-    # local, highway-env); default left
+    length_unit: str = ""  # unit of x, y, length, width (and per s: vx, vy): m | ft; default m
+    heading_unit: str = ""  # rad | deg, counter-clockwise from +x in the file; default rad
+    position: str = ""  # point that x, y locate: centre | front_centre | box_corner
+    y_axis: str = ""  # where +y points for a driver heading along +x: left | right
     sort_rows: bool = False  # sort rows by track and time first; else they must be in order
     frequency: int = 10  # Hz of the resampled frames (linear interpolation)
     policy_frequency: int = 1  # meta-actions per second; must divide `frequency`
-    max_gap: float = 0.5  # s; a track is split into two tracks at a longer gap between samples
-    scene_seconds: float = 30.0  # recordings are cut into scenes this long: the time ranges
-    # that train/val/test split (no scene is in two splits)
-    ego_min_seconds: float = 8.0  # a vehicle in a scene this long becomes an ego in turn
-    egos_per_scene: int = 0  # at most this many egos per scene, drawn with the seed (0: all)
-    neighbour_radius: float = 100.0  # m; an ego's episode keeps vehicles that come this close
-    lateral_speed: float = 0.6  # m/s; lateral displacement / step duration (relative to the
-    # road direction) at or above which a step is LANE_LEFT / LANE_RIGHT
-    acceleration: float = 0.6  # m/s^2; speed change / step duration for FASTER / SLOWER
-    road_radius: float = 50.0  # m; road direction = median heading (mod 180 deg) of the ego
-    # and the vehicles this close to it ...
-    road_window: float = 10.0  # s; ... over this long a window centred on the step
-    near_miss_ttc: float = 0.0  # s; > 0: collision labels are near misses (time to collision
-    # with a vehicle ahead or behind below this); 0: collision labels are unknown (masked)
+    max_gap: float = 0.5  # s: a longer gap between a track's samples splits the track
+    scene_seconds: float = 30.0  # s: length of a scene, the unit the train/val/test split keeps
+    ego_min_seconds: float = 8.0  # s: a vehicle in a scene this long becomes an ego in turn
+    egos_per_scene: int = 0  # most egos per scene, drawn with the seed (0: all)
+    neighbour_radius: float = 100.0  # m: an ego's episode keeps vehicles that come this close
+    lateral_speed: float = 0.6  # m/s: lateral speed at or above which a step is a lane change
+    acceleration: float = 0.6  # m/s^2: speed change at or above which a step is FASTER/SLOWER
+    road_radius: float = 50.0  # m: vehicles this close to the ego set the road direction
+    road_window: float = 10.0  # s: time window, centred on the step, of the road direction
+    near_miss_ttc: float = 0.0  # s: TTC under which a step is a near miss (0: labels masked)
     scenes_per_shard: int = 8  # scenes per Parquet shard
 
 
@@ -98,34 +137,34 @@ class RecordedConfig:
 class IngestConfig:
     """Collect a trajectory dataset from highway-env, or read recorded trajectories."""
 
-    source: str = "highway"  # where data comes from: highway (simulator) | recorded (files,
-    # see `recorded`)
-    env_id: str = "highway-fast-v0"  # any highway-env id: highway-v0, merge-v0, ...
+    source: str = "highway"  # where data comes from: highway (simulator) | recorded (files)
+    env_id: str = "highway-fast-v0"  # highway-env id: highway-fast-v0, highway-v0, merge-v0, ...
     env_config: dict = field(default_factory=dict)  # highway-env config overrides
     episodes: int = 40  # episodes to record
-    policies: list[PolicyMix] = field(
-        default_factory=lambda: [PolicyMix("rule", 0.2, 0.7), PolicyMix("rule", 0.0, 0.2),
-                                 PolicyMix("random", 0.0, 0.1)]
-    )
+    policies: list[PolicyMix] = field(default_factory=default_policies)  # behaviour mixture
     workers: int = 2  # parallel worker processes (the dataset does not depend on it)
     episodes_per_shard: int = 4  # episodes per Parquet shard (the unit of resume)
-    recorded: RecordedConfig = field(default_factory=RecordedConfig)  # source: recorded
+    recorded: RecordedConfig = field(default_factory=RecordedConfig)  # files of source: recorded
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """World-model shape. `size` expands into widths via `resolve()`."""
+    """World-model shape. `size` expands into widths via `model_kwargs()` (MODEL_SIZES).
 
-    variant: Variant = Variant.probabilistic
-    size: str = "small"  # debug | small | base
+    `risk` is the collision probability that evaluate and the planner's model risk use:
+    overlap (the forecast boxes of the ego and a neighbour overlap, models/risk.py; needs no
+    collision labels), head (the learned collision head) or combined
+    (1 - (1 - head)(1 - overlap)).
+    """
+
+    variant: Variant = Variant.probabilistic  # deterministic | probabilistic | value_equivalent
+    size: str = "small"  # width preset: debug | small | base
     history: int = 10  # H: history frames (simulation frames) fed to the encoder
     horizon: int = 5  # F: future decision steps forecast per window
-    vehicles: int = 8  # N: vehicle slots (ego + N-1 nearest)
+    vehicles: int = 8  # N: vehicle slots (the ego and its N-1 nearest)
     ensemble: int = 4  # E: prior heads for epistemic uncertainty
     stride: int = 1  # decision steps between consecutive window starts
-    risk: RiskSource = RiskSource.overlap  # the collision probability evaluate and the planner
-    # use: overlap (forecast boxes of ego and a neighbour overlap, models/risk.py; needs no
-    # collision labels), head (the learned collision head), combined (1 - (1-head)(1-overlap))
+    risk: ModelRisk = ModelRisk.overlap  # imagined collision probability: overlap | head | combined
 
 
 # Named size presets: widths of the world model (constructor arguments of WorldModel).
@@ -154,33 +193,37 @@ def model_kwargs(model: ModelConfig, dt: float) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Lightning training of the world model."""
+    """Lightning training of the world model (AdamW).
 
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float = 3e-3  # peak learning rate (linear warm-up, then cosine decay to 5%)
-    weight_decay: float = 1e-5
-    grad_clip: float = 10.0
+    The learning rate rises linearly over a short warm-up to `lr`, then decays along a
+    cosine to 5% of it. Early stopping watches val/forecast_ade (the open-loop position
+    error of the other vehicles), or val/loss for the value_equivalent variant.
+    """
+
+    epochs: int = 40  # most training epochs
+    batch_size: int = 128  # windows per batch
+    lr: float = 3e-3  # peak learning rate
+    weight_decay: float = 1e-5  # AdamW weight decay
+    grad_clip: float = 10.0  # gradient norm above which gradients are scaled down
     val_fraction: float = 0.15  # share of episodes held out for validation
     test_fraction: float = 0.15  # share of episodes held out for testing
-    patience: int = 10  # early-stopping patience in epochs (val/forecast_ade: open-loop
-    # position error of the other vehicles; val/loss for value_equivalent)
+    patience: int = 10  # epochs without improvement before early stopping
     resume: bool = False  # continue from the last checkpoint of the same stage key
-    precision: str = "32-true"  # any Lightning precision, e.g. bf16-mixed
-    accelerator: str = "cpu"  # cpu | gpu | auto ...
-    devices: int = 1
-    strategy: str = "auto"  # auto | ddp | ...
-    num_nodes: int = 1
-    num_workers: int = 0  # DataLoader workers
-    loss: LossWeights = field(default_factory=LossWeights)
+    precision: str = "32-true"  # any Lightning precision: 32-true | bf16-mixed | 16-mixed ...
+    accelerator: str = "cpu"  # Lightning accelerator: cpu | gpu | auto ...
+    devices: int = 1  # devices per node
+    strategy: str = "auto"  # Lightning strategy: auto | ddp ...
+    num_nodes: int = 1  # machines taking part in training
+    num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    loss: LossWeights = field(default_factory=LossWeights)  # weights of the loss terms
 
 
 @dataclass(frozen=True)
 class TestSet:
     """A shifted scenario: collected like `ingest` but with another env or env config."""
 
-    name: str
-    env_id: str = ""  # empty: ingest.env_id (and ingest.env_config is inherited)
+    name: str  # name of the test set in the report and the artifacts
+    env_id: str = ""  # highway-env id; empty: ingest.env_id, with ingest.env_config inherited
     env_config: dict = field(default_factory=dict)  # merged over the inherited env config
 
 
@@ -196,127 +239,145 @@ class EvaluateConfig:
     """Forecast, risk and uncertainty evaluation on held-out and shifted test sets."""
 
     episodes: int = 16  # episodes collected per shifted test set
-    testsets: list[TestSet] = field(default_factory=default_testsets)
-    samples: int = 6  # k sampled futures for minADE_k / minFDE_k
+    testsets: list[TestSet] = field(default_factory=default_testsets)  # shifted scenarios
+    samples: int = 6  # k: sampled futures for minADE_k / minFDE_k
     scenes: int = 3  # forecast pictures in the report
-    lane_keeping_tau: float = 1.0  # s, time constant of the lane-keeping baseline
+    lane_keeping_tau: float = 1.0  # s: time constant of the lane-keeping baseline
 
 
 @dataclass(frozen=True)
 class CriticConfig:
     """The risk critic (models/critic.py): the planner's collision probability learned from
-    decisions whose every candidate was judged on copies of the true simulator."""
+    decisions whose every candidate was judged on copies of the true simulator.
 
-    episodes: int = 0  # labelled episodes per round (0: no critic, the planner uses the
-    # world model's risk)
-    rounds: int = 1  # round 1 is driven by the envelope oracle; each later round by the
-    # planner with the previous round's critic, so its own mistakes get labelled too
-    epsilon: float = 0.1  # per decision: probability of a random first action (else the
-    # envelope oracle drives), so the critic also sees states the oracle avoids
-    epochs: int = 30
+    Round 1 is driven by the envelope oracle (a random first action with probability
+    `epsilon`, so the critic also sees states the oracle avoids); each later round by the
+    planner with the previous round's critic, so its own mistakes get labelled too.
+
+    `commit` 0 labels each candidate with its own first event; k < F labels it with the
+    first event under the best continuation of its first k actions
+    (pipeline/critic_labels.py `contingent_first`). `context` lets the hazard also read the
+    observed scene's lane summary (each lane's nearest leader and follower,
+    models/lane_scene.py) and the candidate's actions. `mirror` adds the training decisions
+    seen in a mirror across the road (left and right swapped). With `members` > 1 the
+    critics start from different initialisations and the planner averages their hazard
+    logits (models/critic.py CriticEnsemble). `rank_weight` weighs a logistic loss over each
+    decision's (truly unsafe, truly safe) candidate pairs (models/critic.py rank_loss), the
+    order the decision rule acts on. `prior: replica` needs a straight highway-env road.
+    """
+
+    episodes: int = 0  # labelled episodes per round (0: no critic)
+    rounds: int = 1  # labelling rounds (round 1: the envelope oracle drives; later: the planner)
+    epsilon: float = 0.1  # per decision: probability of a random first action, in [0, 1]
+    epochs: int = 30  # training epochs
     batch_size: int = 16  # decisions per batch, each with all of its candidates
-    lr: float = 0.002  # peak of the one-cycle schedule (AdamW)
-    hidden: int = 128  # MLP width (64 fits as well on held-out decisions, 18 MFLOP less per
-    # decision, but drove highway.yaml into 8% collisions vs 5%: within noise, not adopted)
+    lr: float = 0.002  # peak learning rate of the one-cycle schedule (AdamW)
+    hidden: int = 128  # MLP width
     samples: int = 2  # imagined latent samples per candidate in training
-    val_fraction: float = 0.125  # episodes held out for the validation figures
-    commit: int = 0  # steps of each candidate its label holds the planner to: 0 = all F
-    # (the candidate's own first event); k < F = the first event under the best
-    # continuation of its first k actions (pipeline/critic_labels.py `contingent_first`)
-    context: bool = False  # the hazard also reads the observed scene's lane summary (each
-    # lane's nearest leader and follower, models/lane_scene.py) and the candidate's actions
-    mirror: bool = False  # also fit on the training decisions seen in a mirror across the
-    # road (left and right swapped: pipeline/critic_labels.py `mirrored`), twice the scenes
-    members: int = 1  # critics fitted side by side on the same batches, each initialised
-    # apart; the planner averages their hazard logits (models/critic.py CriticEnsemble)
-    rank_weight: float = 0.0  # weight of a ranking term added to the likelihood: a logistic
-    # loss over each decision's (truly unsafe, truly safe) candidate pairs
-    # (models/critic.py rank_loss), the order the decision rule acts on
-    replica: bool = False  # the hazard corrects the traffic replica's risk (highway-env's
-    # IDM and MOBIL drivers rolled out per candidate, models/traffic.py) instead of the
-    # world model's own; needs a straight highway-env road (`lanes_count`)
+    val_fraction: float = 0.125  # share of episodes held out for the validation figures
+    commit: int = 0  # steps of each candidate its label holds the planner to (0: all F)
+    context: bool = False  # the hazard also reads the scene's lane summary and the actions
+    mirror: bool = False  # also fit on the training decisions mirrored across the road
+    members: int = 1  # critics fitted side by side; the planner averages their hazard logits
+    rank_weight: float = 0.0  # weight of the candidate-ranking loss added to the likelihood
+    prior: CriticPrior = CriticPrior.model  # the risk the hazard corrects: model | replica
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """The ONNX planner: the world model scoring K candidate maneuver sequences."""
+    """The ONNX planner: the world model scoring K candidate maneuver sequences.
+
+    `risk` chooses the planner's collision probability (models/risk_sources.py): model (the
+    world model's imagination, see model.risk), replica (highway-env's IDM and MOBIL drivers
+    rolled out per candidate in the graph, models/traffic.py: a hand-written reference that
+    needs a straight highway-env road) or critic (fitted by the critic stage; needs
+    critic.episodes > 0).
+
+    With `bootstrap` the return adds the value of driving on after the horizon,
+    gamma^F r_F / (1 - gamma), times the probability of surviving the horizon: a crash then
+    costs the future it ends. `lookahead` > 0 makes that value also need surviving that many
+    more decision steps of constant-velocity extrapolation from the horizon's end; with
+    `lookahead_brake` the ego brakes there for a slower vehicle ahead, down to
+    `lookahead_min_speed` (models/risk.py `extrapolated_risk`).
+
+    The replica's other drivers react to each candidate's own ego during the first
+    `replica_reacting_steps`; after them they drive on around an ego that keeps its
+    commands, and only the ego branches. `replica_mobil_at_start` decides each MOBIL phase
+    on the step's first frame and acts at its own frame (one MOBIL evaluation per step
+    instead of one per phase). After the reacting steps the IDM accelerations are evaluated
+    every `replica_late_idm_every` frames and held in between (1: every frame, exact).
+    `replica_tail_steps` rolls out that many IDLE steps after each candidate's own, so being
+    caught just after the horizon counts too.
+
+    The overlap risk (model.risk overlap or combined) checks a safety envelope
+    `envelope_length` x `envelope_width` around the ego rather than the bare 5 m x 2 m car:
+    forecasts are least accurate where the planner is tempted (tailgating, cutting in), and
+    the margin trades speed for safety there.
+    """
 
     horizon: int = 3  # F: decision steps per candidate sequence (<= model.horizon)
-    samples: int = 2  # S: imagined latent samples per candidate (fixed noise input); on
-    # highway.yaml S=2 drove as safely as S=4 (4% vs 5% collisions) at half the latency, and
-    # with the critic S=1 as safely as S=2 (highway.yaml uses 1)
+    samples: int = 2  # S: imagined latent samples per candidate (a fixed noise input)
     gamma: float = 0.9  # discount of the predicted return
-    bootstrap: bool = True  # add the value of driving on after the horizon, gamma^F r_F /
-    # (1 - gamma) times P(surviving the horizon): a crash then costs the future it ends
-    # (highway.yaml, 100 episodes: collisions 10% -> 5%)
-    lookahead: int = 0  # with bootstrap, that value also needs surviving this many more
-    # decision steps of constant-velocity extrapolation from the horizon's end (0: off);
-    # with the world model's risk 2: 2% vs 4% collisions on seeds 1000-1099, 3% vs 3% on
-    # 2000-2099; with the critic 3 halves them for about 1 m/s (highway.yaml: 3, README)
-    lookahead_brake: bool = False  # in that extrapolation the ego brakes for a slower
-    # vehicle ahead, down to lookahead_min_speed (models/risk.py `extrapolated_risk`): only
-    # a leader slower than the ego can ever go then costs value (README, the lookahead)
-    lookahead_min_speed: float = 20.0  # m/s: highway-env's lowest meta-action target speed
-    replica: bool = False  # the planner's collision probability is the traffic replica's
-    # (highway-env's IDM and MOBIL drivers rolled out per candidate in the graph,
-    # models/traffic.py) instead of the world model's; not with a critic (critic.episodes 0);
-    # needs a straight highway-env road (`lanes_count`)
-    replica_reacting_steps: int = 3  # decision steps in which the replica's other drivers
-    # react to each candidate's own ego; after them they drive on around an ego that keeps
-    # its commands, and only the ego branches (fewer rows to simulate; README, the replica)
-    replica_mobil_at_start: bool = False  # each MOBIL phase decides on the step's first
-    # frame and acts at its own frame: one MOBIL evaluation a step instead of one a phase
-    replica_late_idm_every: int = 1  # after the reacting steps the other drivers' IDM
-    # accelerations are evaluated every this many frames and held in between (5: once a
-    # step; 1: every frame, exact)
-    replica_tail_steps: int = 0  # decision steps the replica rolls out after each
-    # candidate's own, its ego keeping its last commands (IDLE): the collision probability
-    # then also counts being caught just after the horizon (README, the traffic replica)
-    # The planner's overlap risk (model.risk overlap/combined) checks a safety envelope, not
-    # the bare 5 m x 2 m car: a box this long and wide around the ego (m). Forecasts are
-    # least accurate exactly where the planner is tempted (tailgating, cutting in), so
-    # the margin buys safety for speed: 8 x 2.5 took highway collisions from 55% to 5%.
-    envelope_length: float = 8.0
-    envelope_width: float = 2.5
+    bootstrap: bool = True  # add the survival-weighted value of driving on after the horizon
+    lookahead: int = 0  # decision steps of constant-velocity extrapolation after it (0: off)
+    lookahead_brake: bool = False  # in that extrapolation the ego brakes for a slower leader
+    lookahead_min_speed: float = 20.0  # m/s: braking floor (highway-env's lowest target speed)
+    risk: PlannerRisk = PlannerRisk.model  # planner's risk source: model | replica | critic
+    replica_reacting_steps: int = 3  # decision steps in which the replica's drivers react to ego
+    replica_mobil_at_start: bool = False  # replica: one MOBIL evaluation a step, on its first frame
+    replica_late_idm_every: int = 1  # replica: frames between IDM evaluations after reacting steps
+    replica_tail_steps: int = 0  # replica: IDLE steps rolled out after each candidate's own
+    envelope_length: float = 8.0  # m: length of the safety envelope around the ego
+    envelope_width: float = 2.5  # m: width of the safety envelope around the ego
     opset: int = 17  # ONNX opset (pinned)
     tolerance: float = 1e-4  # max |torch - onnxruntime| accepted by the parity check
     parity_scenes: int = 16  # recorded test scenes the parity check runs on
     model_name: str = "drivecast-planner"  # MLflow registered model name
 
 
+def default_baselines() -> list[str]:
+    return ["idle", "random", "rule", "oracle"]
+
+
 @dataclass(frozen=True)
 class SimulateConfig:
-    """Closed-loop episodes in highway-env driven by the ONNX planner, and baselines."""
+    """Closed-loop episodes in highway-env driven by the ONNX planner, and baselines.
 
-    planner: str = ""  # empty: this run's export; else an .onnx path or models:/<name>/<version>
-    env_id: str = ""  # empty: ingest.env_id (with ingest.env_config)
+    The decision rule scores utility = return - risk_weight * risk - uncertainty_weight *
+    uncertainty and rejects candidates whose collision probability exceeds `risk_budget`
+    (when none is within it, the least risky one is taken). Once the one-step forecast
+    error has exceeded `surprise_threshold` on `surprise_patience` consecutive decisions, a
+    fallback policy drives. `oracle_envelope` makes the oracle also reject sequences that
+    bring a vehicle into the planner's safety envelope (export.envelope_*): the planner's
+    rule with a perfect forecast. `counterfactual_episodes` also drives every scored
+    candidate of the first episodes on simulator copies (evaluation/counterfactual.py), to
+    check the planner's risk on the maneuvers it rejects. `lane_guard` refuses lane changes
+    into too small a gap while an allowed candidate is within the budget
+    (pipeline/planner/lane_guard.py). The planner always runs in one process, so that its
+    latency is measured alone; `workers` applies to the baselines.
+    """
+
+    planner: str = ""  # empty: this run's export; else an .onnx path or `models:/<name>/<version>`
+    env_id: str = ""  # highway-env id; empty: ingest.env_id (with ingest.env_config)
     env_config: dict = field(default_factory=dict)  # merged over the inherited env config
-    episodes: int = 20
+    episodes: int = 20  # closed-loop episodes per policy
     seed: int = 1000  # episode seeds are seed .. seed+episodes-1 (never used by ingest)
-    risk_weight: float = 1.0  # lambda: utility = return - lambda*risk - beta*uncertainty
-    uncertainty_weight: float = 0.0  # beta
-    risk_budget: float = 0.2  # candidates above this collision probability are rejected
-    # (none within it: the least risky one is taken)
+    risk_weight: float = 1.0  # lambda: weight of the collision probability in the utility
+    uncertainty_weight: float = 0.0  # beta: weight of the uncertainty in the utility
+    risk_budget: float = 0.2  # collision probability above which a candidate is rejected
     surprise_threshold: float = 5.0  # m: one-step forecast error that counts as surprise
     surprise_patience: int = 2  # consecutive surprised steps before the fallback takes over
-    baselines: list[str] = field(default_factory=lambda: ["idle", "random", "rule", "oracle"])
-    oracle_horizon: int = 2  # oracle lookahead depth (5^H simulator copies per decision)
-    oracle_envelope: bool = False  # the oracle also rejects sequences that bring a vehicle
-    # into the planner's safety envelope (export.envelope_*): the planner's rule with a
-    # perfect forecast; highway, H=3, 20 episodes: 0% collisions at 29 m/s (H=2: 30%)
+    baselines: list[str] = field(default_factory=default_baselines)  # idle | random | rule | oracle
+    oracle_horizon: int = 2  # H: oracle lookahead depth (5^H simulator copies per decision)
+    oracle_envelope: bool = False  # the oracle also keeps vehicles out of the safety envelope
     gif_episodes: int = 1  # episodes rendered into simulate.gif (0: none)
-    counterfactual_episodes: int = 0  # first episodes whose every scored candidate is also
-    # driven on simulator copies, to check the planner's risk on the maneuvers it rejects
-    # (evaluation/counterfactual.py; about 1.8 s per decision at export.horizon 3)
-    lane_guard: bool = False  # refuse lane changes into too small a gap while an allowed
-    # candidate is within the budget (evaluation/lane_guard.py); highway.yaml, seeds
-    # 1000-1099 and 2000-2099: 13 collisions in 200 episodes vs 14 without, hence off
-    guard_front_gap: float = 2.0  # m, bumper to bumper, ahead in the target lane
-    guard_rear_gap: float = 2.0  # m, behind in the target lane
-    guard_rear_ttc: float = 1.0  # s: the follower in the target lane closing faster refuses
+    counterfactual_episodes: int = 0  # first episodes whose candidates all run on sim copies
+    lane_guard: bool = False  # refuse lane changes into too small a gap in the target lane
+    guard_front_gap: float = 2.0  # m, bumper to bumper: smallest gap ahead in the target lane
+    guard_rear_gap: float = 2.0  # m, bumper to bumper: smallest gap behind in the target lane
+    guard_rear_ttc: float = 1.0  # s: a target-lane follower closing in under this TTC refuses
     threads: int = 1  # onnxruntime intra-op threads
-    workers: int = 1  # processes for the baselines' episodes (the planner always runs in
-    # one, so its latency is measured alone; the oracle at H=3 takes ~1.4 s per decision)
+    workers: int = 1  # processes for the baselines' episodes
 
 
 @dataclass(frozen=True)
@@ -324,8 +385,9 @@ class ReplayConfig:
     """`drivecast replay`: the decision rule on the critic's held-out labelled decisions
     (evaluation/replay.py), one row per lambda and budget; beta is simulate's."""
 
-    risk_weights: list[float] = field(default_factory=lambda: [1.0, 3.0])
-    risk_budgets: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2])
+    risk_weights: list[float] = field(default_factory=lambda: [1.0, 3.0])  # lambdas replayed
+    risk_budgets: list[float] = field(
+        default_factory=lambda: [0.02, 0.05, 0.1, 0.2])  # risk budgets replayed
 
 
 @dataclass(frozen=True)
@@ -334,15 +396,19 @@ class IterateConfig:
     ordinary pipeline (ingest, train, export, simulate); each round k >= 1 collects episodes
     driven by round k-1's planner (in `ingest.workers` processes, in `ingest.env_id`),
     retrains warm-started from round k-1's model on all data so far, exports and simulates
-    on the evaluation seeds of `simulate` (never used for collection)."""
+    on the evaluation seeds of `simulate` (never used for collection).
+
+    With `branches` > 0, per planner decision that many other scored candidates are also
+    driven open loop for model.horizon steps on simulator copies and kept as short
+    episodes (evaluation/exploration.py): true outcomes of the maneuvers the planner
+    rejected.
+    """
 
     rounds: int = 3  # rounds in total, round 0 included (1: just the ordinary pipeline)
     episodes: int = 40  # M: episodes collected with the planner in each round >= 1
     epsilon: float = 0.1  # per decision: probability of a uniformly random first action
-    top_k: int = 1  # else the first action is drawn among the k best ones (1: greedy)
-    branches: int = 0  # per planner decision, this many other scored candidates are also
-    # driven open loop for model.horizon steps on simulator copies and kept as short episodes
-    # (evaluation/exploration.py): true outcomes of the maneuvers the planner rejected
+    top_k: int = 1  # otherwise the first action is drawn among the k best (1: greedy)
+    branches: int = 0  # other candidates per decision also driven on simulator copies
     episodes_per_shard: int = 4  # collected episodes per Parquet shard (the unit of resume)
     epochs: int = 10  # training epochs of each warm-started round (round 0: train.epochs)
     lr: float = 0.0  # peak learning rate of the warm-started rounds (0: train.lr)
@@ -352,8 +418,8 @@ class IterateConfig:
 class TrackingConfig:
     """MLflow tracking."""
 
-    uri: str = ""  # empty: sqlite:///<workdir>/mlflow.db (embedded, no server)
-    enabled: bool = True
+    uri: str = ""  # tracking URI; empty: `sqlite:///<workdir>/mlflow.db` (embedded, no server)
+    enabled: bool = True  # log runs, parameters, metrics and artifacts to MLflow
 
 
 @dataclass(frozen=True)
@@ -361,19 +427,19 @@ class Config:
     """The whole experiment."""
 
     experiment: str = "drivecast"  # MLflow experiment and artifact folder name
-    workdir: str = "runs"  # where every stage writes (<workdir>/<experiment>/<stage>/<key>)
+    workdir: str = "runs"  # where every stage writes: `<workdir>/<experiment>/<stage>/<key>`
     seed: int = 0  # the one seed every stage derives its randomness from
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    simulate: SimulateConfig = field(default_factory=SimulateConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    iterate: IterateConfig = field(default_factory=IterateConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    gridworld: GridworldConfig = field(default_factory=GridworldConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)  # the dataset
+    model: ModelConfig = field(default_factory=ModelConfig)  # the world model's shape
+    train: TrainConfig = field(default_factory=TrainConfig)  # world-model training
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)  # forecast evaluation
+    critic: CriticConfig = field(default_factory=CriticConfig)  # the risk critic
+    export: ExportConfig = field(default_factory=ExportConfig)  # the ONNX planner
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)  # closed-loop driving
+    replay: ReplayConfig = field(default_factory=ReplayConfig)  # `drivecast replay`
+    iterate: IterateConfig = field(default_factory=IterateConfig)  # the model-based loop
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow tracking
+    gridworld: GridworldConfig = field(default_factory=GridworldConfig)  # `drivecast gridworld`
 
     @property
     def tracking_uri(self) -> str:
@@ -382,14 +448,56 @@ class Config:
 
 # ---------------------------------------------------------------- loading
 
+BASE_KEY = "base"  # top-level key naming the file a config is merged over
+
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (None: all defaults), apply `key.sub=value` overrides, validate."""
-    raw = _read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML config (None: all defaults) over its `base` chain, apply `key.sub=value`
+    overrides, validate."""
+    raw = read_tree(Path(path)) if path is not None else {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
     return build(Config, raw, prefix="")
+
+
+def read_tree(path: Path) -> dict:
+    """The file's mapping merged over its `base` file's (recursively); holds no `base` key."""
+    return _compose(path, ())
+
+
+def merge_tree(base: dict, over: dict) -> dict:
+    """`over` merged onto `base`: mappings merged deeply, lists and scalars replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_tree(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _compose(path: Path, chain: tuple[Path, ...]) -> dict:
+    raw = _read_yaml(path)
+    if BASE_KEY not in raw:
+        return raw
+    chain = (*chain, path)
+    base = _base_path(path, raw.pop(BASE_KEY), chain)
+    return merge_tree(_compose(base, chain), raw)
+
+
+def _base_path(path: Path, base: Any, chain: tuple[Path, ...]) -> Path:
+    """The file `base` names, relative to `path`'s directory; refused if missing or a cycle."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file {path}: 'base' must be a path relative to the file, "
+                          f"got {base!r}")
+    target = Path(os.path.normpath(path.parent / base))
+    if not target.is_file():
+        raise ConfigError(f"config file {path}: base file {target} does not exist")
+    if any(target.resolve() == seen.resolve() for seen in chain):
+        cycle = " -> ".join(str(p) for p in (*chain, target))
+        raise ConfigError(f"config file {path}: base {base} makes a cycle ({cycle})")
+    return target
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -525,3 +633,120 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+# ---------------------------------------------------------------- reference
+
+REFERENCE_INTRO = """\
+# Configuration reference
+
+Generated from the config dataclasses (pipeline/config.py and the classes it nests) by
+`drivecast config --reference > docs/configuration.md`: edit the comments beside the
+fields, then regenerate this page.
+
+A config is a YAML file of the sections below; every key is optional and falls back to
+its default. `drivecast COMMAND CONFIG key.sub=value ...` overrides single keys (values
+are read as YAML), and `drivecast config CONFIG [overrides]` prints the resolved config.
+A file may hold `base: <path>`, relative to its own directory: that file is loaded first
+(with its own base, if any), and this file's keys are merged over it: mappings merged
+deeply, lists and scalars replaced. Experiment overlays live in `configs/experiment/`.
+"""
+
+
+def reference_markdown() -> str:
+    """Markdown reference of every config section and field: the class docstrings as
+    section intros, the comment beside each field as its meaning."""
+    sections = [_section_markdown(title, cls) for title, cls in config_sections(Config, "")]
+    return "\n".join([REFERENCE_INTRO, *sections])
+
+
+def config_sections(cls: type, title: str) -> Iterator[tuple[str, type]]:
+    """(dotted name, dataclass) of `cls` and of every section nested in it, depth first;
+    a list of sections is named `key[]`."""
+    yield title, cls
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        inner, suffix = _section_type(hints[f.name])
+        if inner is not None:
+            yield from config_sections(inner, f"{title}.{f.name}{suffix}".lstrip("."))
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field of dataclass `cls` -> the comment on its declaration's line(s)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = source_comments(source)
+    body = ast.parse(source).body[0].body
+    return {node.target.id: " ".join(comments[n] for n in range(node.lineno, node.end_lineno + 1)
+                                     if n in comments)
+            for node in body if isinstance(node, ast.AnnAssign)}
+
+
+def source_comments(source: str) -> dict[int, str]:
+    """Line number (1-based) -> text of the comment on that line of Python `source`."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {tok.start[0]: tok.string.lstrip("#").strip()
+            for tok in tokens if tok.type == tokenize.COMMENT}
+
+
+def _section_type(hint: Any) -> tuple[type | None, str]:
+    if dataclasses.is_dataclass(hint):
+        return hint, ""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0], "[]"
+    return None, ""
+
+
+def _section_markdown(title: str, cls: type) -> str:
+    hints = typing.get_type_hints(cls)
+    meanings = field_comments(cls)
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    rows += [_table_row([f"`{f.name}`", _type_text(hints[f.name]), _default_text(f),
+                         meanings.get(f.name, "")])
+             for f in dataclasses.fields(cls)]
+    heading = f"## `{title}`" if title else "## Top level"
+    if title.endswith("[]"):
+        heading += " (each item)"
+    return "\n\n".join([heading, inspect.getdoc(cls) or "", "\n".join(rows)]) + "\n"
+
+
+def _table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _type_text(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return "section"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return " | ".join(member.value for member in hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return "list of sections" if dataclasses.is_dataclass(item) else \
+            f"list of {_type_text(item)}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in typing.get_args(hint))
+    if hint is dict or origin is dict:
+        return "mapping"
+    return "null" if hint is type(None) else hint.__name__
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if dataclasses.is_dataclass(value):
+        return "(its section)"
+    return f"`{_one_line(to_dict(value))}`"
+
+
+def _one_line(value: Any) -> str:
+    """A default as one line: YAML flow style (`[1.0, 3.0]`, `{}`, `''`); a multi-line
+    string as a JSON string (newlines escaped)."""
+    if isinstance(value, str) and "\n" in value:
+        return json.dumps(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False)
+    return text.removesuffix("\n").removesuffix("\n...").strip()

@@ -1,7 +1,7 @@
 """Risk-critic labels: recorded decisions whose every candidate was judged by the truth.
 
 Episodes run in highway-env. At each decision the planner's history is cut from the live
-scene exactly as the planner cuts it (pipeline/live_scene.py), and every road candidate
+scene exactly as the planner cuts it (pipeline/planner/live_scene.py), and every road candidate
 of `export.horizon` steps is stepped on copies of the true simulator
 (evaluation/oracle.py, with the planner's safety envelope): its label is the step after
 which it first crashes or lets another vehicle into the envelope, F when never. The
@@ -54,7 +54,7 @@ class Labeller:
         from evaluation.oracle import OracleLookahead
         from models.candidates import enumerate_candidates
         from pipeline.highway_source import make_env
-        from pipeline.live_scene import LiveScene
+        from pipeline.planner.live_scene import LiveScene
 
         self.spec = spec
         self.candidates = enumerate_candidates(spec.horizon)
@@ -110,8 +110,8 @@ class Labeller:
 
 def planner_driver(spec: LabelSpec, candidates: np.ndarray):
     """The ONNX planner of `spec.planner` as a policy (one onnxruntime thread)."""
-    from evaluation.planner_policy import PlannerPolicy
-    from pipeline.scorer import OnnxScorer
+    from pipeline.planner.policy import PlannerPolicy
+    from pipeline.planner.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(spec.planner, threads=1, seed=0)
     return PlannerPolicy(scorer, candidates, risk_weight=spec.risk_weight,
@@ -134,7 +134,7 @@ def label_in_worker(labeller: Labeller, seed: int) -> dict[str, np.ndarray]:
 
 def label_episodes(spec: LabelSpec, seeds: list[int], workers: int) -> Iterator[dict]:
     """Labelled episodes, one dict per seed, in completion order (spawned workers)."""
-    from pipeline.collect import run_pool
+    from pipeline.rollouts import run_pool
 
     yield from run_pool(list(seeds), workers, label_in_worker, Labeller, (spec,))
 

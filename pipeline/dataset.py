@@ -90,7 +90,7 @@ MANIFEST_KEYS = (
     "policy_frequency",
     "shards",
 )
-# Optional manifest key of recorded datasets (pipeline/recorded.py); simulator datasets have
+# Optional manifest key of recorded datasets (pipeline/recorded/); simulator datasets have
 # none. It holds collision_labels ("unknown", or "near_miss": steps.collision is a near-miss
 # label), lanes (whether the lane column is real), scenes ([{recording, start, end}] in
 # seconds: the time ranges) and episode_groups (the scene index of every episode).

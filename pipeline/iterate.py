@@ -157,7 +157,7 @@ def heldout_figures(model, windows) -> dict[str, float]:
 
 def round_figures(rnd: Round, heldout) -> dict[str, float]:
     """The round's headline figures (FIGURES); `heldout`: round 0's test windows."""
-    from pipeline.stages.train import load_model
+    from pipeline.stage_io import load_model
 
     sim, trained = rnd.simulate.summary, rnd.train.summary
     val_key = horizon_key(trained, "val_fde_")
@@ -271,7 +271,7 @@ def run_round(cfg: Config, previous: Round | None, tracker: Tracker, force: bool
 def run_iterate(cfg: Config, tracker: Tracker, force: bool = False) -> Artifacts:
     """Walk rounds 0 .. iterate.rounds-1 (reusing complete stages), then write the loop's
     stage; `force` recomputes every stage. Returns the loop's stage."""
-    from pipeline.stages.evaluate import held_out_windows
+    from pipeline.stage_io import held_out_windows
 
     rounds: list[Round] = []
     rows: list[dict[str, float]] = []

@@ -50,6 +50,24 @@ class Stage:
     extra_key: Callable[[Config], dict] = lambda cfg: {}
 
 
+STAGES: dict[str, Stage] = {}  # every stage pipeline/stages/ defines, by name
+
+
+def register(stage: Stage) -> Stage:
+    """Make `stage` findable by name (`stage_named`), so that one stage can run another
+    (evaluate collects its shifted test sets through ingest) without importing it."""
+    STAGES[stage.name] = stage
+    return stage
+
+
+def stage_named(name: str) -> Stage:
+    """The registered stage called `name` (importing any stage module registers them all:
+    pipeline/stages/__init__.py imports each)."""
+    if name not in STAGES:
+        raise KeyError(f"no stage named '{name}' is registered (known: {', '.join(STAGES)})")
+    return STAGES[name]
+
+
 def is_ddp_worker() -> bool:
     """True in the extra processes that Lightning's DDP launcher starts by re-running the
     command (they must neither track, clear nor commit anything: rank 0 does)."""
@@ -65,9 +83,9 @@ KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
               "simulate": ("workers",)}
 # Settings added after stage keys were in use: at this value (their default, which is how
 # those stages ran) they stay out of the key, so the existing stages are still reused.
-KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0, "replica": False},
+KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0, "prior": "model"},
                 "export": {"lookahead_brake": False, "lookahead_min_speed": 20.0,
-                           "replica": False, "replica_reacting_steps": 3,
+                           "risk": "model", "replica_reacting_steps": 3,
                            "replica_mobil_at_start": False, "replica_late_idm_every": 1,
                            "replica_tail_steps": 0},
                 "simulate": {"lane_guard": False, "guard_front_gap": 2.0,

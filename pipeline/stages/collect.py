@@ -33,13 +33,11 @@ import numpy as np
 from pipeline.artifacts import Artifacts, write_json_atomic
 from pipeline.config import Config
 from pipeline.errors import StageError
-from pipeline.runner import Stage, StageContext
-from pipeline.stages.simulate import evaluation_seeds
+from pipeline.runner import Stage, StageContext, register
+from pipeline.stage_io import DATASET_DIR, PLANNER_FILE, collection_seeds, evaluation_seeds
 
-DATASET_DIR = "dataset"  # the same folder name as ingest: ingest.dataset_path works for both
 STATS_DIR = "episode_stats"
 EPISODE_OFFSET = 1_000_000  # round k's episode ids start at k * EPISODE_OFFSET
-SEED_STREAM = 7919  # spawn-key tag of collection env seeds (ingest spawns (episode,) keys)
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ def build_planner(spec: PlannerSpec):
     """The exploring planner policy over the ONNX file (numpy + onnxruntime only)."""
     from evaluation.exploration import ExploringPlanner
     from models.candidates import enumerate_candidates
-    from pipeline.scorer import OnnxScorer
+    from pipeline.planner.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(spec.onnx_path, threads=spec.threads, seed=spec.seed)
     return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon),
@@ -101,20 +99,6 @@ def build_planner(spec: PlannerSpec):
 def round_of(cfg: Config) -> int:
     """The round this stage collects for (it runs with iterate.rounds = round + 1)."""
     return cfg.iterate.rounds - 1
-
-
-def collection_seeds(seed: int, round_index: int, episodes: int,
-                     forbidden: range | set[int]) -> list[int]:
-    """`episodes` distinct env seeds of a round, from (seed, round) alone; a draw that is
-    in `forbidden` (the evaluation seeds) or already taken is skipped and drawn again."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAM,
-                                                                        round_index)))
-    seeds: list[int] = []
-    while len(seeds) < episodes:
-        drawn = int(rng.integers(2**31 - 1))
-        if drawn not in forbidden and drawn not in seeds:
-            seeds.append(drawn)
-    return seeds
 
 
 def plan_round(cfg: Config) -> list[PlannedEpisode]:
@@ -176,8 +160,8 @@ def stats_file(work: Path, shard: int) -> Path:
 
 def write_round_shard(work: Path, shard: int, results: list) -> None:
     """The shard's episode stats first, then its Parquet files (which make it complete)."""
-    from pipeline.collect import merge_episodes
     from pipeline.dataset import write_shard
+    from pipeline.rollouts import merge_episodes
 
     results = sorted(results, key=lambda r: r[0])  # the stats file in episode order
     write_json_atomic(stats_file(work, shard), {"episodes": [r[3] for r in results]})
@@ -214,7 +198,7 @@ def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_k
     """Everything that determines the collected data (compared on resume, kept in the
     manifest): the collect.py settings plus round, episode offset, env seeds, planner."""
     from evaluation.exploration import exploring_name
-    from pipeline.collect import PolicySpec, collection_settings
+    from pipeline.rollouts import PolicySpec, collection_settings
 
     it = cfg.iterate
     policy = PolicySpec(exploring_name(it.epsilon, it.top_k), it.epsilon, 1.0)
@@ -227,7 +211,7 @@ def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_k
 
 
 def check_planner_timing(worker: tuple) -> None:
-    from evaluation.planner_policy import check_timing
+    from pipeline.planner.policy import check_timing
 
     env, policy = worker
     try:
@@ -239,8 +223,7 @@ def check_planner_timing(worker: tuple) -> None:
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     """Collect `iterate.episodes` planner-driven episodes into `work/dataset`."""
-    from pipeline.collect import collect_shards, num_shards, run_pool
-    from pipeline.stages.export import PLANNER_FILE
+    from pipeline.rollouts import collect_shards, num_shards, run_pool
 
     start, it, onnx_path = time.perf_counter(), cfg.iterate, inputs["export"].path / PLANNER_FILE
     env_id, env_config = cfg.ingest.env_id, dict(cfg.ingest.env_config)
@@ -283,5 +266,5 @@ def check(cfg: Config) -> None:
                          f"val and test episodes; raise it") from None
 
 
-STAGE = Stage("collect", sections=("iterate", "ingest", "simulate"), inputs=("export",),
-              produce=produce, resumable=lambda cfg: True, check=check)
+STAGE = register(Stage("collect", sections=("iterate", "ingest", "simulate"), inputs=("export",),
+                       produce=produce, resumable=lambda cfg: True, check=check))

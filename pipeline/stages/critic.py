@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 import sys
 import time
 import zipfile
@@ -46,13 +45,18 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Artifacts, write_json_atomic
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, CriticPrior, to_dict
 from pipeline.errors import StageError
-from pipeline.runner import Stage, StageContext
-
-LABELS_FILE = "labels.npz"
-CRITIC_FILE = "critic.pt"
-CRITIC_SPEC = "critic.json"
+from pipeline.runner import Stage, StageContext, register
+from pipeline.stage_io import (
+    CRITIC_FILE,
+    CRITIC_SPEC,
+    DECISION_RULE,
+    LABELS_FILE,
+    held_out,
+    replica_lanes,
+    road_lanes,
+)
 
 
 def label_spec(cfg: Config, planner: str):
@@ -68,8 +72,7 @@ def label_spec(cfg: Config, planner: str):
 def label_seeds(cfg: Config) -> list[list[int]]:
     """Each round's episode seeds: round 0 of the collection seed stream (`drivecast
     iterate` collects from round 1 on), never an evaluation seed."""
-    from pipeline.stages.collect import collection_seeds
-    from pipeline.stages.simulate import evaluation_seeds
+    from pipeline.stage_io import collection_seeds, evaluation_seeds
 
     n = cfg.critic.episodes
     seeds = collection_seeds(cfg.seed, 0, n * cfg.critic.rounds, evaluation_seeds(cfg.simulate))
@@ -77,8 +80,6 @@ def label_seeds(cfg: Config) -> list[list[int]]:
 
 
 LABEL_VERSION = 2  # bump when labelling changes what an episode's labels are
-# the simulate stage's decision rule: it drives the planner-driven rounds (critic.rounds > 1)
-DECISION_RULE = ("risk_weight", "uncertainty_weight", "risk_budget")
 
 
 def label_cache(cfg: Config, spec, planner: str) -> Path:
@@ -141,15 +142,6 @@ def collect_labels(cfg: Config, seeds: list[int], planner: str, tag: str) -> lis
     return parts
 
 
-def held_out(episodes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """(D,) bool: the decisions of the validation episodes, as training splits them
-    (pipeline/windows.py `split_ids`, no test split)."""
-    from pipeline.windows import split_ids
-
-    val = split_ids(np.unique(episodes), fraction, 0.0, seed, "labelled episodes")["val"]
-    return np.isin(episodes, val)
-
-
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     import torch
@@ -157,8 +149,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     from models.critic import critic_spec
     from pipeline.critic_fit import fit_critic
     from pipeline.critic_labels import concat_labels, fitting_labels
-    from pipeline.stages.export import write_planner
-    from pipeline.stages.train import load_model
+    from pipeline.planner.build import write_planner
+    from pipeline.stage_io import load_model
 
     if cfg.critic.episodes == 0:
         return {"episodes": 0}
@@ -166,7 +158,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model.vehicle_length = cfg.export.envelope_length  # the prior: the planner's own risk
     model.vehicle_width = cfg.export.envelope_width
     parts, labels, critic, label_seconds = [], {}, None, 0.0
-    lanes = replica_lanes(cfg, "critic.replica") if cfg.critic.replica else 0
+    lanes = replica_lanes(cfg, "critic.prior=replica") \
+        if cfg.critic.prior is CriticPrior.replica else 0
     for r, seeds in enumerate(label_seeds(cfg)):
         planner = ""
         if critic is not None:  # this round is driven by the previous round's planner
@@ -208,66 +201,9 @@ def with_mirror(labels: dict, val: np.ndarray, cfg: Config) -> tuple[dict, np.nd
     return both, np.concatenate([val, np.zeros(len(images["episode"]), dtype=bool)])
 
 
-def env_settings(cfg: Config) -> dict:
-    """The full config of `ingest.env_id` with its `env_config` (highway-env's defaults
-    filled in)."""
-    from pipeline.highway_source import make_env
-
-    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
-    try:
-        return dict(env.unwrapped.config)
-    finally:
-        env.close()
-
-
-def road_lanes(cfg: Config, needed_by: str, settings: dict | None = None) -> int:
-    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError naming
-    the setting `needed_by` for an env without a `lanes_count`: no straight road the
-    mirror or the traffic replica knows of); settings: `env_settings(cfg)` if known."""
-    lanes = (settings if settings is not None else env_settings(cfg)).get("lanes_count")
-    if not isinstance(lanes, int) or lanes < 1:
-        raise StageError(f"{needed_by} needs a straight road with `lanes_count` lanes; "
-                         f"{cfg.ingest.env_id} has none")
-    return lanes
-
-
-def replica_lanes(cfg: Config, needed_by: str) -> int:
-    """`road_lanes` for the traffic replica (models/traffic.py), which steps highway-fast's
-    5 simulation frames of 0.2 s per decision: a StageError for an env at other rates."""
-    from models.traffic import Road
-
-    settings = env_settings(cfg)
-    rates = (settings.get("simulation_frequency"), settings.get("policy_frequency"))
-    road = Road()
-    if rates != (round(1 / road.dt), round(1 / (road.dt * road.substeps))):
-        raise StageError(f"{needed_by} replays highway-env at 5 simulation frames a second and "
-                         f"1 decision a second; {cfg.ingest.env_id} runs at {rates[0]} and "
-                         f"{rates[1]}")
-    return road_lanes(cfg, needed_by, settings)
-
-
 def positive_rate(first: np.ndarray, valid: np.ndarray, horizon: int) -> float:
     """The share of the labelled candidates that meet an event within the horizon."""
     return float(((first < horizon) & valid).sum() / max(valid.sum(), 1))
-
-
-def load_critic(critic: Artifacts):
-    """The fitted critic (a RiskCritic, or a CriticEnsemble with `members` in its spec; eval
-    mode, CPU), or None when the stage fitted none."""
-    import torch
-
-    from models.critic import make_critic
-
-    spec, weights = critic.path / CRITIC_SPEC, critic.path / CRITIC_FILE
-    if not spec.is_file():
-        return None
-    try:
-        model = make_critic(**json.loads(spec.read_text()))
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StageError(f"{critic.path} holds no usable risk critic ({first})") from None
-    return model.eval()
 
 
 def check(cfg: Config) -> None:
@@ -289,8 +225,8 @@ def check(cfg: Config) -> None:
     if c.episodes and c.episodes * c.rounds < 2:
         raise StageError("critic: episodes x rounds must be 0 (off) or at least 2 (one "
                          "episode is held out)")
-    if c.episodes and c.replica:
-        replica_lanes(cfg, "critic.replica")  # a one-line error for a road it cannot replay
+    if c.episodes and c.prior is CriticPrior.replica:
+        replica_lanes(cfg, "critic.prior=replica")  # one line for a road it cannot replay
 
 
 # what one oracle-driven round reads of `export`: the labels and the fitted hazard
@@ -311,5 +247,5 @@ def upstream_settings(cfg: Config) -> dict:
             **{name: getattr(cfg.simulate, name) for name in DECISION_RULE}}
 
 
-STAGE = Stage("critic", sections=("critic",), inputs=("train",), produce=produce,
-              check=check, extra_key=upstream_settings)
+STAGE = register(Stage("critic", sections=("critic",), inputs=("train",), produce=produce,
+                       check=check, extra_key=upstream_settings))

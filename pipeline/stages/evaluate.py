@@ -8,7 +8,6 @@ seed, so it lands in `<experiment>/ingest/<key>/` and is reused across runs.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +16,14 @@ import numpy as np
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config, TestSet
-from pipeline.runner import Stage, StageContext, run_stage
-from pipeline.stages import ingest
-from pipeline.stages.train import SPLITS, load_model, load_windows
+from pipeline.runner import Stage, StageContext, register, run_stage, stage_named
+from pipeline.stage_io import (
+    check_ingest_config,
+    dataset_path,
+    held_out_windows,
+    load_model,
+    load_windows,
+)
 from pipeline.windows import WindowSet
 
 if TYPE_CHECKING:  # evaluation/ loads sklearn, scipy and matplotlib: only when evaluating
@@ -39,12 +43,6 @@ def testset_config(cfg: Config, index: int, testset: TestSet) -> Config:
                                seed=cfg.seed + TESTSET_SEED_OFFSET * (index + 1))
 
 
-def held_out_windows(cfg: Config, inputs: Mapping[str, Artifacts]) -> WindowSet:
-    windows = load_windows(ingest.dataset_path(inputs["ingest"]), cfg)
-    test_ids = json.loads((inputs["train"].path / SPLITS).read_text())["test"]
-    return windows.subset(np.isin(windows.arrays["episode"], test_ids))
-
-
 def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
     """Each shifted highway-env scenario's windows; none for recorded data (a simulator
     scenario is no shift of recorded traffic: evaluate.testsets is ignored there)."""
@@ -52,8 +50,9 @@ def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
         return {}
     sets = {}
     for i, testset in enumerate(cfg.evaluate.testsets):
-        collected = run_stage(ingest.STAGE, testset_config(cfg, i, testset), {}, ctx.tracker)
-        sets[testset.name] = load_windows(ingest.dataset_path(collected), cfg)
+        testset_cfg = testset_config(cfg, i, testset)
+        collected = run_stage(stage_named("ingest"), testset_cfg, {}, ctx.tracker)
+        sets[testset.name] = load_windows(dataset_path(collected), cfg)
     return sets
 
 
@@ -109,8 +108,8 @@ def check(cfg: Config) -> None:
     if cfg.ingest.source == "recorded":
         return  # evaluate.testsets is not collected for recorded data
     for i, testset in enumerate(cfg.evaluate.testsets):
-        ingest.check_ingest_config(testset_config(cfg, i, testset).ingest)
+        check_ingest_config(testset_config(cfg, i, testset).ingest)
 
 
-STAGE = Stage("evaluate", sections=("evaluate", "ingest"), inputs=("ingest", "train"),
-              produce=produce, check=check)
+STAGE = register(Stage("evaluate", sections=("evaluate", "ingest"), inputs=("ingest", "train"),
+                       produce=produce, check=check))

@@ -1,7 +1,7 @@
 """Export stage: the trained world model as an ONNX planner plus its JSON sidecar.
 
 `planner.onnx` scores K candidate meta-action sequences (dynamic K); `planner.onnx.json`
-holds everything a scorer needs besides the graph (see pipeline/scorer.py). The stage
+holds everything a scorer needs besides the graph (see pipeline/planner/scorer.py). The stage
 fails when onnxruntime and torch disagree by more than `export.tolerance` on recorded
 scenes. With tracking on, the file is logged with MLflow's ONNX flavor and registered.
 """
@@ -16,11 +16,10 @@ import numpy as np
 
 from models.candidates import ACTION_NAMES
 from pipeline.artifacts import Artifacts
-from pipeline.config import Config
+from pipeline.config import Config, PlannerRisk
 from pipeline.errors import StageError
-from pipeline.runner import Stage, StageContext
-
-PLANNER_FILE = "planner.onnx"
+from pipeline.runner import Stage, StageContext, register
+from pipeline.stage_io import replica_lanes
 
 
 def parity_inputs(cfg: Config, scenes: dict[str, np.ndarray], n_candidates: int, stoch: int):
@@ -34,7 +33,7 @@ def parity_inputs(cfg: Config, scenes: dict[str, np.ndarray], n_candidates: int,
 
 
 def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> float:
-    from pipeline.onnx_export import ParityError, check_parity
+    from pipeline.planner.onnx_export import ParityError, check_parity
 
     worst = 0.0
     try:
@@ -45,65 +44,7 @@ def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> fl
     return worst
 
 
-def sidecar_fields(cfg: Config, spec: dict, model, critic: bool = False) -> dict:
-    """Everything the scorer needs besides the graph; `model` is the exported WorldModel,
-    `critic` whether a risk critic gives the collision probability."""
-    from pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAMES
-
-    envelope = f"(envelope {model.vehicle_length:g} m x {model.vehicle_width:g} m)"
-    replica = cfg.export.replica or (critic and cfg.critic.replica)
-    risk = f"traffic replica {envelope}" if replica else f"{model.risk} {envelope}"
-    if cfg.export.replica and cfg.export.replica_tail_steps:  # its horizon is longer
-        risk += f", {cfg.export.replica_tail_steps} IDLE steps after the candidates'"
-    return {"action_names": list(ACTION_NAMES), "history": spec["history"],
-            "horizon": cfg.export.horizon, "vehicles": spec["vehicles"], "obs_dim": model.obs_dim,
-            "stoch_dim": model.stoch_dim, "samples": cfg.export.samples, "dt": spec["dt"],
-            "frames_per_step": spec["frames_per_step"], "gamma": cfg.export.gamma,
-            "bootstrap": cfg.export.bootstrap, "lookahead": cfg.export.lookahead,
-            "risk": f"critic over {risk}" if critic else risk,
-            "obs_mean": spec["obs_mean"], "obs_std": spec["obs_std"],
-            "input_names": list(INPUT_NAMES), "output_names": list(OUTPUT_NAMES),
-            "opset": cfg.export.opset, "tolerance": cfg.export.tolerance}
-
-
-def traffic_replica(cfg: Config):
-    """The planner's TrafficReplica (models/traffic.py) as `export` sets it, or None when
-    export.replica is off."""
-    from models.traffic import TrafficReplica
-    from pipeline.stages.critic import replica_lanes
-
-    e = cfg.export
-    if not e.replica:
-        return None
-    return TrafficReplica(replica_lanes(cfg, "export.replica"),
-                          (e.envelope_length, e.envelope_width), e.replica_reacting_steps,
-                          e.replica_mobil_at_start, e.replica_late_idm_every,
-                          e.replica_tail_steps)
-
-
-def write_planner(model, critic, cfg: Config, spec: dict, hist: np.ndarray,
-                  hist_mask: np.ndarray, path: Path):
-    """The planner over `model` (its envelope set) and the optional `critic`, written to
-    `path` as ONNX (traced on the example scene hist (1, H, N, D), hist_mask (1, H, N)) with
-    its sidecar; returns (the torch planner, the sidecar fields)."""
-    import torch
-
-    from models.planner import Planner
-    from pipeline.onnx_export import export_planner
-    from pipeline.scorer import write_sidecar
-
-    e = cfg.export
-    planner = Planner(model, e.gamma, e.bootstrap, e.lookahead, critic,
-                      e.lookahead_min_speed if e.lookahead_brake else None,
-                      traffic_replica(cfg)).eval()
-    export_planner(planner, path, torch.from_numpy(hist), torch.from_numpy(hist_mask),
-                   n_candidates=125, samples=e.samples, opset=e.opset, horizon=e.horizon)
-    fields = sidecar_fields(cfg, spec, model, critic is not None)
-    write_sidecar(path, **fields)
-    return planner, fields
-
-
-def register(path: Path, fields: dict, cfg: Config) -> int:
+def register_model(path: Path, fields: dict, cfg: Config) -> int:
     """Log the planner with MLflow's ONNX flavor (sidecar in the metadata) and register it."""
     import mlflow
     import onnx
@@ -115,10 +56,9 @@ def register(path: Path, fields: dict, cfg: Config) -> int:
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
-    from pipeline.onnx_export import time_planner
-    from pipeline.stages.critic import load_critic
-    from pipeline.stages.evaluate import held_out_windows
-    from pipeline.stages.train import load_model
+    from pipeline.planner.build import write_planner
+    from pipeline.planner.onnx_export import time_planner
+    from pipeline.stage_io import PLANNER_FILE, held_out_windows, load_critic, load_model
 
     if cfg.export.horizon > cfg.model.horizon:
         raise StageError(f"export.horizon ({cfg.export.horizon}) exceeds the horizon the model "
@@ -136,7 +76,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
                "onnx_median_ms_k125": time_planner(path, *inputs_125),
                "onnx_bytes": path.stat().st_size}
     if ctx.run_id is not None:
-        summary["registered_version"] = register(path, fields, cfg)
+        summary["registered_version"] = register_model(path, fields, cfg)
     return summary
 
 
@@ -154,18 +94,26 @@ def check(cfg: Config) -> None:
     if not (e.lookahead_min_speed >= 0 and math.isfinite(e.lookahead_min_speed)):
         raise StageError(f"export.lookahead_min_speed must be a finite speed >= 0 (m/s), got "
                          f"{e.lookahead_min_speed}")
-    if e.replica and cfg.critic.episodes > 0:
-        raise StageError("export.replica gives the planner's risk and so does a critic "
-                         "(critic.episodes > 0): set one of them off (a critic can correct "
-                         "the replica with critic.replica=true)")
-    if e.replica:
-        from pipeline.stages.critic import replica_lanes
-
-        replica_lanes(cfg, "export.replica")  # a one-line error for a road it cannot replay
+    check_risk(cfg)
     if gamma < 0.0 or not below_one:
         raise StageError(f"export.gamma must lie in [0, 1], and below 1 with export.bootstrap "
                          f"(the value after the horizon is r / (1 - gamma)), got {gamma}")
 
 
-STAGE = Stage("export", sections=("export",), inputs=("ingest", "train", "critic"),
-              produce=produce, check=check)
+def check_risk(cfg: Config) -> None:
+    """export.risk and the critic stage agree: a critic is fitted exactly when the planner
+    uses it, and the replica's road is one it can replay."""
+    risk, fitted = cfg.export.risk, cfg.critic.episodes > 0
+    if risk is PlannerRisk.critic and not fitted:
+        raise StageError("export.risk=critic needs a fitted risk critic: set critic.episodes "
+                         "> 0")
+    if fitted and risk is not PlannerRisk.critic:
+        raise StageError(f"critic.episodes > 0 fits a risk critic that export.risk="
+                         f"{risk.value} would not use: set export.risk=critic or "
+                         f"critic.episodes=0")
+    if risk is PlannerRisk.replica:
+        replica_lanes(cfg, "export.risk=replica")  # one line for a road it cannot replay
+
+
+STAGE = register(Stage("export", sections=("export",), inputs=("ingest", "train", "critic"),
+                       produce=produce, check=check))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
-from pipeline.runner import Stage, StageContext
+from pipeline.runner import Stage, StageContext, register
 
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
@@ -20,4 +20,4 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     return run_gridworld(cfg.gridworld, work, log_metric=log_metric)
 
 
-STAGE = Stage("gridworld", sections=("gridworld",), inputs=(), produce=produce)
+STAGE = register(Stage("gridworld", sections=("gridworld",), inputs=(), produce=produce))

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from pipeline.config import Config
 from pipeline.errors import StageError
-from pipeline.runner import Stage, StageContext
+from pipeline.runner import Stage, StageContext, register
 
 NEEDED = ("hist", "hist_mask", "valid", "first", "returns", "episode")
 
@@ -40,7 +40,7 @@ def check(cfg: Config) -> None:
 
 def held_out_labels(cfg: Config, critic: Artifacts) -> tuple[dict, np.ndarray]:
     """The critic's labels and the row indices of its held-out decisions."""
-    from pipeline.stages.critic import LABELS_FILE, held_out
+    from pipeline.stage_io import LABELS_FILE, held_out
 
     path = critic.path / LABELS_FILE
     try:
@@ -61,8 +61,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     from evaluation.replay import replay_grid, replay_markdown, score_decisions
     from models.candidates import enumerate_candidates
-    from pipeline.scorer import OnnxScorer
-    from pipeline.stages.export import PLANNER_FILE
+    from pipeline.planner.scorer import OnnxScorer
+    from pipeline.stage_io import PLANNER_FILE
 
     labels, rows = held_out_labels(cfg, inputs["critic"])
     scorer = OnnxScorer.load(inputs["export"].path / PLANNER_FILE, threads=cfg.simulate.threads,
@@ -94,10 +94,10 @@ def own_setting(scored, cfg: Config) -> dict[str, float]:
 
 def decision_rule(cfg: Config) -> dict:
     """The simulate section's rule (the summary's setting; beta for every row)."""
-    from pipeline.stages.critic import DECISION_RULE
+    from pipeline.stage_io import DECISION_RULE
 
     return {name: getattr(cfg.simulate, name) for name in DECISION_RULE}
 
 
-STAGE = Stage("replay", sections=("replay",), inputs=("critic", "export"), produce=produce,
-              check=check, extra_key=decision_rule)
+STAGE = register(Stage("replay", sections=("replay",), inputs=("critic", "export"), produce=produce,
+                       check=check, extra_key=decision_rule))

@@ -17,7 +17,8 @@ from pathlib import Path
 from pipeline.artifacts import Artifacts, write_text_atomic
 from pipeline.config import Config, SimulateConfig
 from pipeline.errors import StageError
-from pipeline.runner import Stage, StageContext
+from pipeline.runner import Stage, StageContext, register
+from pipeline.stage_io import evaluation_seeds
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
@@ -33,7 +34,7 @@ def env_of(cfg: Config) -> tuple[str, dict]:
 
 def planner_path(cfg: Config, inputs: Mapping[str, Artifacts], work: Path) -> Path:
     """The ONNX file to drive with: this run's export, a file, or a registry model URI."""
-    from pipeline.stages.export import PLANNER_FILE
+    from pipeline.stage_io import PLANNER_FILE
 
     source = cfg.simulate.planner
     if not source:
@@ -51,7 +52,7 @@ def download_registered(uri: str, cfg: Config, work: Path) -> Path:
     import mlflow
     import yaml
 
-    from pipeline.scorer import write_sidecar
+    from pipeline.planner.scorer import write_sidecar
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
@@ -102,7 +103,7 @@ def baseline_episodes(cfg: Config, name: str, seeds: range) -> list:
     progress line every tenth of them."""
     import time
 
-    from pipeline.collect import run_pool
+    from pipeline.rollouts import run_pool
 
     start, step, results = time.perf_counter(), max(1, len(seeds) // 10), []
     print(f"[simulate] baseline {name} on {len(seeds)} episodes", file=sys.stderr, flush=True)
@@ -118,9 +119,9 @@ def baseline_episodes(cfg: Config, name: str, seeds: range) -> list:
 def planner_factory(cfg: Config, path: Path, policy=None):
     """A factory of fresh planner policies (`policy`: a PlannerPolicy class, default
     PlannerPolicy) over one scorer of the ONNX `path`."""
-    from evaluation.planner_policy import PlannerPolicy
     from models.candidates import enumerate_candidates
-    from pipeline.scorer import OnnxScorer
+    from pipeline.planner.policy import PlannerPolicy
+    from pipeline.planner.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
     candidates = enumerate_candidates(scorer.horizon)
@@ -134,7 +135,7 @@ def planner_factory(cfg: Config, path: Path, policy=None):
 
 def lane_guard(simulate: SimulateConfig):
     """The planner's LaneGuard, or None when `simulate.lane_guard` is off."""
-    from evaluation.lane_guard import LaneGuard
+    from pipeline.planner.lane_guard import LaneGuard
 
     if not simulate.lane_guard:
         return None
@@ -143,11 +144,6 @@ def lane_guard(simulate: SimulateConfig):
                          simulate.guard_rear_ttc)
     except ValueError as err:
         raise StageError(f"simulate.guard_*: {err}") from None
-
-
-def evaluation_seeds(simulate: SimulateConfig) -> range:
-    """The closed-loop episode seeds (iterate never collects on them)."""
-    return range(simulate.seed, simulate.seed + simulate.episodes)
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
@@ -221,8 +217,8 @@ def check(cfg: Config) -> None:
     lane_guard(cfg.simulate)  # its figures are checked before any stage runs
 
 
-STAGE = Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,
-              check=check)
+STAGE = register(Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,
+                       check=check))
 # With `simulate.planner` set, simulate needs no upstream stage (commands.py picks this).
 STANDALONE = Stage("simulate", sections=("simulate", "export", "ingest"), inputs=(),
                    produce=produce, check=check)

@@ -17,38 +17,15 @@ import numpy as np
 from pipeline.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from pipeline.config import Config, model_kwargs, to_dict
 from pipeline.errors import StageError
-from pipeline.runner import Stage, StageContext
+from pipeline.runner import Stage, StageContext, register
+from pipeline.stage_io import MODEL_FILE, MODEL_SPEC, SPLITS, dataset_path, load_model, load_windows
 from pipeline.windows import (
     WindowSet,
-    lane_centers_ego,
-    lane_centers_world,
-    make_windows,
     observation_stats,
     split_windows,
 )
 
 CHECKPOINTS = "checkpoints"
-MODEL_FILE = "model.pt"
-MODEL_SPEC = "model.json"
-SPLITS = "splits.json"
-
-
-def load_windows(dataset_dir: Path, cfg: Config) -> WindowSet:
-    """Read and validate a dataset, then cut it into the configured windows."""
-    from pipeline.dataset import read_dataset
-    from pipeline.recorded_windows import adapt_windows, is_recorded
-
-    data = read_dataset(dataset_dir)
-    dt = 1.0 / float(data.manifest["policy_frequency"])
-    windows = make_windows(data.frames, data.steps, data.frames_per_step, dt,
-                           history=cfg.model.history, horizon=cfg.model.horizon,
-                           n_slots=cfg.model.vehicles, stride=cfg.model.stride)
-    if is_recorded(data.manifest):  # scene groups, unknown labels masked, per-road lanes
-        adapt_windows(windows, data)
-        return windows
-    centers = lane_centers_world(data.frames)
-    windows.arrays["lane_centers"] = lane_centers_ego(centers, windows.arrays["ego_pose"])
-    return windows
 
 
 def split(cfg: Config, windows: WindowSet) -> dict[str, WindowSet]:
@@ -169,7 +146,6 @@ def save_model(module, cfg: Config, windows: WindowSet, work: Path) -> None:
 
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
-    from pipeline.stages.ingest import dataset_path
 
     windows = load_windows(dataset_path(inputs["ingest"]), cfg)
     return train_on(cfg, split(cfg, windows), work, ctx)
@@ -191,23 +167,8 @@ def train_on(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageCo
     return summary
 
 
-def load_model(train: Artifacts):
-    """Rebuild the trained world model (eval mode, CPU) from a train stage directory."""
-    import torch
-
-    from models.world_model import WorldModel
-
-    spec_path, weights = train.path / MODEL_SPEC, train.path / MODEL_FILE
-    if not spec_path.is_file() or not weights.is_file():
-        raise StageError(f"{train.path} holds no trained model ({MODEL_SPEC}, {MODEL_FILE})")
-    spec = json.loads(spec_path.read_text())
-    model = WorldModel(**spec["model_kwargs"])
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.eval(), spec
-
-
-STAGE = Stage("train", sections=("model", "train"), inputs=("ingest",), produce=produce,
-              resumable=lambda cfg: cfg.train.resume)
+STAGE = register(Stage("train", sections=("model", "train"), inputs=("ingest",), produce=produce,
+                       resumable=lambda cfg: cfg.train.resume))
 
 
 # ---------------------------------------------------------------- several datasets, warm start
@@ -276,7 +237,6 @@ def data_inputs(inputs: Mapping[str, Artifacts]) -> list[Artifacts]:
 def produce_warm(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
                  ctx: StageContext) -> dict[str, float]:
     """Like `produce`, on every `data_<i>` dataset, warm-started from the `init` train stage."""
-    from pipeline.stages.ingest import dataset_path
 
     parts = load_windows_many([dataset_path(d) for d in data_inputs(inputs)], cfg)
     return train_on(cfg, split_each(cfg, parts), work, ctx, init=inputs["init"])

@@ -18,7 +18,7 @@ from evaluation.closed_loop import (
     summarise,
 )
 from evaluation.policies import IdlePolicy, RandomPolicy
-from pipeline.bench_planner import export_random_planner
+from pipeline.bench.planner import export_random_planner
 from pipeline.highway_source import make_env
 
 SHORT = {"duration": 5}
@@ -128,12 +128,12 @@ def test_simulate_path_runs_without_torch(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from evaluation.closed_loop import run_episodes, summarise
-        from evaluation.decision import choose
+        from pipeline.planner.decision import choose
         from evaluation.oracle import OracleLookahead
-        from evaluation.planner_policy import PlannerPolicy
+        from pipeline.planner.policy import PlannerPolicy
         from models.candidates import enumerate_candidates
-        from pipeline.live_scene import LiveScene
-        from pipeline.scorer import OnnxScorer
+        from pipeline.planner.live_scene import LiveScene
+        from pipeline.planner.scorer import OnnxScorer
         scorer = OnnxScorer.load({str(onnx_path)!r})
         make = lambda: PlannerPolicy(scorer, enumerate_candidates(2))
         results = run_episodes("highway-fast-v0", {{"duration": 3}}, make, [5])

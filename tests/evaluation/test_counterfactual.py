@@ -10,12 +10,12 @@ from evaluation.counterfactual import (
     counterfactual_summary,
     reliability_table,
 )
-from evaluation.planner_policy import PlannerPolicy
 from evaluation.policies import FASTER
 from models.candidates import enumerate_candidates
-from pipeline.bench_planner import export_random_planner
-from pipeline.scorer import OnnxScorer
-from tests.evaluation.test_planner_policy import DEBUG_MODEL, WrappedScorer
+from pipeline.bench.planner import export_random_planner
+from pipeline.planner.policy import PlannerPolicy
+from pipeline.planner.scorer import OnnxScorer
+from tests.pipeline.planner.test_policy import DEBUG_MODEL, WrappedScorer
 
 F = 2
 CANDIDATES = enumerate_candidates(F)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from evaluation.decision import choose
 from evaluation.exploration import ExploringPlanner, branch_actions, explore_choice
-from evaluation.planner_policy import PlannerPolicy
 from models.candidates import enumerate_candidates
-from pipeline.bench_planner import export_random_planner
+from pipeline.bench.planner import export_random_planner
 from pipeline.highway_source import make_env, record_episode
-from pipeline.scorer import OnnxScorer, Scores
+from pipeline.planner.decision import choose
+from pipeline.planner.policy import PlannerPolicy
+from pipeline.planner.scorer import OnnxScorer, Scores
 
 CANDIDATES = enumerate_candidates(2)  # (25, 2)
 

@@ -7,9 +7,11 @@ from evaluation.policies import (
     IDLE,
     LANE_LEFT,
     LANE_RIGHT,
+    POLICIES,
     SLOWER,
     IdlePolicy,
     MixturePolicy,
+    Policy,
     RandomPolicy,
     RuleBasedPolicy,
     make_policy,
@@ -52,6 +54,41 @@ def test_make_policy_names_and_errors():
         make_policy("fast")
     with pytest.raises(ValueError, match="epsilon"):
         make_policy("rule", 1.5)
+
+
+def test_a_policy_must_implement_reset_and_act():
+    class NoAct(Policy):
+        name = "no-act"
+
+        def reset(self, rng=None) -> None:
+            pass
+
+    class NoReset(Policy):
+        name = "no-reset"
+
+        def act(self, env) -> int:
+            return IDLE
+
+    class Complete(NoAct):
+        def act(self, env) -> int:
+            return IDLE
+
+    for incomplete, missing in ((Policy, "act"), (NoAct, "act"), (NoReset, "reset")):
+        with pytest.raises(TypeError, match=f"abstract.*{missing}"):
+            incomplete()
+    assert isinstance(Complete(), Policy) and Complete().act(None) == IDLE
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("epsilon", [0.0, 0.3])
+def test_every_policy_make_policy_returns_is_a_policy(name, epsilon):
+    policy = make_policy(name, epsilon)
+    assert isinstance(policy, Policy)
+    assert isinstance(policy.name, str) and policy.name.startswith(name)
+    if epsilon:
+        assert isinstance(policy.base, Policy)
+    policy.reset(0)
+    assert policy.act(scene(1, [])) in range(5)
 
 
 def test_rule_speeds_up_on_a_free_road():

@@ -12,9 +12,9 @@ from evaluation.replay import (
     score_decisions,
 )
 from models.candidates import enumerate_candidates
-from pipeline.bench_planner import export_random_planner
-from pipeline.scorer import OnnxScorer
-from tests.evaluation.test_planner_policy import DEBUG_MODEL
+from pipeline.bench.planner import export_random_planner
+from pipeline.planner.scorer import OnnxScorer
+from tests.pipeline.planner.test_policy import DEBUG_MODEL
 
 
 def scored(risk, ret, event, returns, first_action):

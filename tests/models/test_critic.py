@@ -22,7 +22,8 @@ from models.critic import (
     scene_features,
 )
 from models.planner import Planner
-from pipeline.onnx_export import check_parity, export_planner
+from models.risk_sources import CriticRisk, ImaginedRisk
+from pipeline.planner.onnx_export import check_parity, export_planner
 from tests.models.test_world_model import make_batch, tiny_model
 
 
@@ -154,8 +155,8 @@ def test_planner_with_a_critic_scores_its_risk_and_a_riskless_return(tmp_path, c
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(25, 2, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
     args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
-    with_critic = Planner(model, gamma=0.9, bootstrap=True, critic=critic)
-    plain = Planner(model, gamma=0.9, bootstrap=True)
+    with_critic = Planner(model, CriticRisk(critic), gamma=0.9, bootstrap=True)
+    plain = Planner(model, ImaginedRisk(), gamma=0.9, bootstrap=True)
     with torch.no_grad():
         risk, ret, _, _ = with_critic(*args)
         out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
@@ -252,9 +253,10 @@ def test_an_ensemble_is_rebuilt_from_its_spec_and_exports_with_parity(tmp_path):
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(25, 1, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
     args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
-    planner = Planner(model, gamma=0.9, bootstrap=True, critic=again.eval())
+    planner = Planner(model, CriticRisk(again.eval()), gamma=0.9, bootstrap=True)
     with torch.no_grad():
-        one = Planner(model, gamma=0.9, bootstrap=True, critic=ensemble.members[0])(*args)[0]
+        one = Planner(model, CriticRisk(ensemble.members[0]), gamma=0.9,
+                      bootstrap=True)(*args)[0]
         assert not torch.allclose(planner(*args)[0], one)  # not just its first member
     path = tmp_path / "planner.onnx"
     export_planner(planner, path, batch["hist"], batch["hist_mask"].float(), n_candidates=25,
@@ -283,7 +285,7 @@ def test_a_replica_prior_critic_starts_at_the_replica():
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(25, 1, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
     args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
-    planner = Planner(model, gamma=0.9, bootstrap=True, critic=critic.eval())
+    planner = Planner(model, CriticRisk(critic.eval()), gamma=0.9, bootstrap=True)
     with torch.no_grad():  # the last layer starts at zero: the critic is its prior
         prior = replica_hazard(batch["hist"], batch["hist_mask"].float(), candidates[None],
                                (8.0, 2.5))[0].clamp(PRIOR_EPS, 1 - PRIOR_EPS)

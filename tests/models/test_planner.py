@@ -13,6 +13,7 @@ import torch
 
 from models.candidates import enumerate_candidates, prune_candidates
 from models.planner import Planner, collision_within_horizon, discounted_return, terminal_value
+from models.risk_sources import ImaginedRisk
 from tests.models.test_world_model import make_batch, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,19 +99,19 @@ def test_bootstrap_raises_the_return_by_the_terminal_value_and_needs_gamma_below
     noise = torch.zeros(len(candidates), 1, 2, model.stoch_dim)
     args = (batch["hist"], batch["hist_mask"].float(), candidates, noise)
     with torch.no_grad():
-        plain = Planner(model, gamma=0.9)(*args)[1]
-        boot = Planner(model, gamma=0.9, bootstrap=True)(*args)[1]
+        plain = Planner(model, ImaginedRisk(), gamma=0.9)(*args)[1]
+        boot = Planner(model, ImaginedRisk(), gamma=0.9, bootstrap=True)(*args)[1]
         out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
     extra = terminal_value(out.reward[0], out.collision[0], out.cont[0], 0.9).mean(dim=1)
     assert torch.allclose(boot - plain, extra, atol=1e-5) and not torch.allclose(boot, plain)
     with pytest.raises(ValueError, match="below 1 with bootstrap"):
-        Planner(model, gamma=1.0, bootstrap=True)
+        Planner(model, ImaginedRisk(), gamma=1.0, bootstrap=True)
 
 
 @pytest.mark.parametrize("k,s,n", [(125, 4, 5), (7, 1, 3), (1, 3, 8)])
 def test_planner_outputs(k, s, n):
     model = tiny_model(n).eval()
-    planner = Planner(model, gamma=0.9)
+    planner = Planner(model, ImaginedRisk(), gamma=0.9)
     batch = make_batch(b=1, n=n)
     candidates = torch.from_numpy(enumerate_candidates(3))[:k]
     noise = torch.randn(k, s, 3, model.stoch_dim)
@@ -132,8 +133,8 @@ def test_planner_matches_imagine():
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(len(candidates), 2, 2, model.stoch_dim)
     with torch.no_grad():
-        _, _, _, positions = Planner(model, 0.9)(batch["hist"], batch["hist_mask"].float(),
-                                                 candidates, noise)
+        planner = Planner(model, ImaginedRisk(), 0.9)
+        _, _, _, positions = planner(batch["hist"], batch["hist_mask"].float(), candidates, noise)
         out = model.imagine(batch["hist"], batch["hist_mask"], candidates[None], noise[None])
     assert torch.allclose(positions, out.states_mean[0, ..., :2].mean(1))
 
@@ -141,8 +142,9 @@ def test_planner_matches_imagine():
 def test_planner_refuses_a_batch_of_scenes():
     batch = make_batch(b=2)
     with pytest.raises(ValueError, match=r"hist must have shape \(1, H, N, D\)"):
-        Planner(tiny_model(), 0.9)(batch["hist"], batch["hist_mask"].float(),
-                                   torch.ones(3, 3, dtype=torch.long), torch.zeros(3, 1, 3, 8))
+        Planner(tiny_model(), ImaginedRisk(), 0.9)(batch["hist"], batch["hist_mask"].float(),
+                                                   torch.ones(3, 3, dtype=torch.long),
+                                                   torch.zeros(3, 1, 3, 8))
 
 
 def test_all_lane_sequences_are_enumerated():

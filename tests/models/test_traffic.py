@@ -246,9 +246,9 @@ def test_the_replica_ranks_true_simulator_labels():
 
 def test_a_planner_scores_with_the_replica_and_exports_with_parity(tmp_path):
     from models.planner import Planner
+    from models.risk_sources import ImaginedRisk, ReplicaRisk
     from models.traffic import TrafficReplica
-    from pipeline.onnx_export import check_parity, export_planner
-    from tests.models.test_critic import critic_for
+    from pipeline.planner.onnx_export import check_parity, export_planner
     from tests.models.test_world_model import make_batch, tiny_model
 
     model = tiny_model(5).eval()
@@ -257,19 +257,20 @@ def test_a_planner_scores_with_the_replica_and_exports_with_parity(tmp_path):
     candidates = torch.from_numpy(enumerate_candidates(2))
     noise = torch.randn(25, 1, 2, model.stoch_dim, generator=torch.Generator().manual_seed(2))
     replica = TrafficReplica(3, (8.0, 2.5), tail_steps=1)  # the graph's tail step too
-    planner = Planner(model, gamma=0.9, bootstrap=True, replica=replica)
+    planner = Planner(model, ReplicaRisk(replica), gamma=0.9, bootstrap=True)
     with torch.no_grad():
         risk = planner(hist, mask, candidates, noise)[0]
         hazard = replica(hist, mask, candidates[None])[0]
         assert hazard.shape == (25, 3)
         assert torch.allclose(risk, 1 - torch.prod(1 - hazard, dim=-1))
-        own = Planner(model, gamma=0.9, bootstrap=True)(hist, mask, candidates, noise)
+        own = Planner(model, ImaginedRisk(), gamma=0.9, bootstrap=True)(hist, mask, candidates,
+                                                                       noise)
         assert not torch.allclose(risk, own[0])  # not the world model's own risk
     path = tmp_path / "planner.onnx"
     export_planner(planner, path, hist, mask, n_candidates=25, samples=1, horizon=2)
     assert check_parity(planner, path, hist, mask, candidates, noise, atol=1e-4) < 1e-4
-    with pytest.raises(ValueError, match="from a critic or from the replica"):
-        Planner(model, gamma=0.9, critic=critic_for(model), replica=replica)
+    with pytest.raises(TypeError, match="ReplicaRisk wraps a TrafficReplica"):
+        ReplicaRisk(model)
     with pytest.raises(ValueError, match="lanes >= 1, a positive envelope"):
         TrafficReplica(0)
     with pytest.raises(ValueError, match="tail_steps >= 0"):

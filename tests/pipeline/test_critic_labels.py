@@ -112,7 +112,7 @@ def test_a_missing_or_corrupt_critic_is_refused_in_one_line(tmp_path):
 
     from pipeline.artifacts import Artifacts
     from pipeline.errors import StageError
-    from pipeline.stages.critic import CRITIC_FILE, CRITIC_SPEC, load_critic
+    from pipeline.stage_io import CRITIC_FILE, CRITIC_SPEC, load_critic
 
     stage = Artifacts("critic", "k", tmp_path, {})
     assert load_critic(stage) is None  # critic.episodes 0: no critic, nothing to refuse
@@ -235,23 +235,23 @@ def test_mirrored_decisions_flip_the_lateral_features_and_trade_labels():
 def test_the_mirror_and_the_replica_are_refused_for_a_road_without_lanes_count():
     from pipeline.config import load_config
     from pipeline.errors import StageError
-    from pipeline.stages.critic import road_lanes
+    from pipeline.stage_io import road_lanes
 
     assert road_lanes(load_config(None, ["ingest.env_config={lanes_count: 4}"]), "x") == 4
     with pytest.raises(StageError, match="critic.mirror needs a straight road"):
         road_lanes(load_config(None, ["ingest.env_id=merge-v0"]), "critic.mirror")
-    with pytest.raises(StageError, match="critic.replica needs a straight road"):
-        road_lanes(load_config(None, ["ingest.env_id=merge-v0"]), "critic.replica")
+    with pytest.raises(StageError, match="critic.prior=replica needs a straight road"):
+        road_lanes(load_config(None, ["ingest.env_id=merge-v0"]), "critic.prior=replica")
 
 
 def test_the_replica_is_refused_for_an_env_at_other_rates():
     from pipeline.config import load_config
     from pipeline.errors import StageError
-    from pipeline.stages.critic import replica_lanes
+    from pipeline.stage_io import replica_lanes
 
-    assert replica_lanes(load_config(None, []), "export.replica") == 3  # highway-fast-v0
-    with pytest.raises(StageError, match="export.replica replays highway-env at 5") as err:
-        replica_lanes(load_config(None, ["ingest.env_id=highway-v0"]), "export.replica")
+    assert replica_lanes(load_config(None, []), "export.risk=replica") == 3  # highway-fast-v0
+    with pytest.raises(StageError, match="export.risk=replica replays highway-env at 5") as err:
+        replica_lanes(load_config(None, ["ingest.env_id=highway-v0"]), "export.risk=replica")
     assert "\n" not in str(err.value)
 
 

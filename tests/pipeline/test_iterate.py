@@ -14,6 +14,7 @@ from pipeline.config import load_config
 from pipeline.dataset import BRANCH_POLICY, parent_episode, read_dataset
 from pipeline.iterate import horizon_key, reported_seconds, round_config
 from pipeline.runner import key_of
+from pipeline.stage_io import collection_seeds, load_windows
 from pipeline.stages import collect, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +101,8 @@ def test_the_dataset_grows_and_round_0_test_episodes_stay_held_out(loop):
 def test_round_1_starts_from_round_0s_model_and_normalisation(loop):
     import torch
 
-    from pipeline.stages.train import load_model, warm_module
+    from pipeline.stage_io import load_model
+    from pipeline.stages.train import warm_module
 
     workdir, cfg, _, _, _, _, _ = loop
     specs = [json.loads((p / "model.json").read_text()) for p in complete_dirs(workdir, "train")]
@@ -111,7 +113,7 @@ def test_round_1_starts_from_round_0s_model_and_normalisation(loop):
                    if max(json.loads((p / "splits.json").read_text())["train"])
                    < collect.EPISODE_OFFSET)
     init = artifacts.load_complete("train", round_0.name, round_0)
-    windows = train.load_windows(ingest / "dataset", cfg)
+    windows = load_windows(ingest / "dataset", cfg)
     module = warm_module(round_config(cfg, 1), init, windows)
     before = load_model(init)[0].state_dict()
     assert all(torch.equal(v, before[k]) for k, v in module.model.state_dict().items())
@@ -150,11 +152,11 @@ def test_branches_are_kept_beside_their_episode_and_split_with_it(loop):
 
 
 def test_collection_seeds_skip_forbidden_seeds_and_draw_again():
-    drawn = collect.collection_seeds(0, 1, 5, forbidden=set())
-    again = collect.collection_seeds(0, 1, 5, forbidden=set(drawn[:2]))
+    drawn = collection_seeds(0, 1, 5, forbidden=set())
+    again = collection_seeds(0, 1, 5, forbidden=set(drawn[:2]))
     assert len(again) == 5 and not set(again) & set(drawn[:2])
     assert again[:3] == drawn[2:]  # the same stream, minus the forbidden draws
-    assert collect.collection_seeds(0, 2, 5, forbidden=set()) != drawn  # another round
+    assert collection_seeds(0, 2, 5, forbidden=set()) != drawn  # another round
 
 
 def test_adding_rounds_keeps_the_keys_of_earlier_rounds():

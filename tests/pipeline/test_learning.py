@@ -12,7 +12,7 @@ from pipeline.artifacts import load_complete
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.forecast import forecast_summary
-from pipeline.stages.train import load_model, load_windows
+from pipeline.stage_io import load_model, load_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["ingest.episodes=60", "ingest.workers=2", "train.epochs=60", "train.patience=60",

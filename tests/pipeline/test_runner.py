@@ -71,17 +71,17 @@ def test_key_depends_on_config_and_inputs_but_not_on_worker_count(cfg):
 
 
 def test_a_setting_added_later_keys_a_stage_only_away_from_its_default(cfg):
-    """critic.members, critic.rank_weight and critic.replica came after critic keys were in
+    """critic.members, critic.rank_weight and critic.prior came after critic keys were in
     use: at their defaults the key is the one computed without them, so those stages are
     reused; any other value is another critic."""
     from pipeline.config import to_dict
 
     stage = Stage("c", sections=("critic",), inputs=(), produce=produce_a)
-    later = ("members", "rank_weight", "replica")
+    later = ("members", "rank_weight", "prior")
     sections = {"critic": {k: v for k, v in to_dict(cfg.critic).items() if k not in later},
                 "seed": cfg.seed}
     assert key_of(stage, cfg, {}) == artifacts.stage_key(sections, {})
-    for setting in ("critic.members=2", "critic.rank_weight=0.5", "critic.replica=true"):
+    for setting in ("critic.members=2", "critic.rank_weight=0.5", "critic.prior=replica"):
         other = load_config(None, [f"workdir={cfg.workdir}", setting])
         assert key_of(stage, other, {}) != key_of(stage, cfg, {})
 

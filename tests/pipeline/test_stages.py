@@ -85,7 +85,7 @@ def test_mlflow_holds_a_parent_run_with_nested_stage_runs(debug_run):
 
 def test_saved_model_reproduces_the_best_checkpoint(debug_run):
     from pipeline.lit_module import WorldModelModule
-    from pipeline.stages.train import load_model
+    from pipeline.stage_io import load_model
 
     (train,) = stage_dirs(debug_run, "train")
     model, spec = load_model(artifacts.load_complete("train", train.name, train))
@@ -158,7 +158,7 @@ def test_critic_labels_decisions_and_the_export_scores_with_it(debug_run):
 
 
 def test_replay_judges_the_rule_on_the_held_out_labelled_decisions(debug_run, capsys):
-    from pipeline.stages.critic import held_out
+    from pipeline.stage_io import held_out
 
     cfg = load_config(DEBUG)
     assert main(["replay", DEBUG, f"workdir={debug_run}", "replay.risk_weights=[1, 3]",
@@ -180,7 +180,8 @@ def test_replay_judges_the_rule_on_the_held_out_labelled_decisions(debug_run, ca
 
 
 def test_replay_without_labelled_decisions_is_refused(debug_run, capsys):
-    assert main(["replay", DEBUG, f"workdir={debug_run}", "critic.episodes=0"]) == 2
+    assert main(["replay", DEBUG, f"workdir={debug_run}", "critic.episodes=0",
+                 "export.risk=model"]) == 2
     assert "replay needs labelled decisions" in capsys.readouterr().err
 
 

@@ -1,0 +1,38 @@
+"""`drivecast bench NAME`: benchmarks that print their figures as ratios to a baseline
+measured in the same run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.config import Config
+
+
+def ingest(cfg: Config) -> dict[str, float]:
+    """Recording overhead vs bare highway-env, and 2 workers vs 1."""
+    from pipeline.bench.ingest import bench_ingest
+
+    return bench_ingest(env_id=cfg.ingest.env_id, seed=cfg.seed)
+
+
+def planner(cfg: Config) -> dict[str, float]:
+    """One decision over the 5^F candidates on 1 thread: onnxruntime vs torch eager, and
+    achieved FLOP/s against this machine's single-thread matmul peak."""
+    from pipeline.bench.planner import bench_planner
+    from pipeline.config import PlannerRisk, model_kwargs
+    from pipeline.planner.build import traffic_replica
+
+    return bench_planner(model_kwargs(cfg.model, dt=1.0), candidates=5 ** cfg.export.horizon,
+                         samples=cfg.export.samples, horizon=cfg.export.horizon,
+                         history=cfg.model.history, seed=cfg.seed,
+                         critic_hidden=cfg.critic.hidden if cfg.critic.episodes else 0,
+                         critic_context=cfg.critic.context, critic_members=cfg.critic.members,
+                         lookahead=cfg.export.lookahead,
+                         lookahead_min_speed=(cfg.export.lookahead_min_speed
+                                              if cfg.export.lookahead_brake else None),
+                         replica=(traffic_replica(cfg)
+                                  if cfg.export.risk is PlannerRisk.replica else None))
+
+
+BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,
+                                                                "planner": planner}

@@ -1,0 +1,14 @@
+"""The planner runtime: everything between a trained world model and a driven car.
+
+- `onnx_export`: the torch planner (models/planner.py) written as ONNX and checked for parity;
+- `scorer`: `OnnxScorer`, the ONNX file plus its JSON sidecar, served with numpy and
+  onnxruntime only;
+- `live_scene`: a running highway-env scene as the planner's ego-centric history;
+- `decision`: the decision rule (risk budget, lambda, beta) over scored candidates;
+- `policy`: `PlannerPolicy`, the planner driving the simulator, with its reality check and
+  rule-based fallback;
+- `lane_guard`: the optional gap check on the planner's first lane change.
+
+Nothing here imports torch at module level except `onnx_export`: the serving path
+(`drivecast simulate`) needs numpy, onnxruntime and the simulator only.
+"""

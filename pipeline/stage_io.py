@@ -1,0 +1,206 @@
+"""What the stages share: artifact file names, loaders of one stage's output for the next,
+the checks of a config section that more than one stage reads, and the seed ranges that
+keep evaluation and collection apart.
+
+Stages import this module, never each other (tests/pipeline/test_layout.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config, IngestConfig, SimulateConfig
+from pipeline.errors import StageError
+from pipeline.windows import WindowSet, lane_centers_ego, lane_centers_world, make_windows
+
+# ---------------------------------------------------------------- ingest
+
+DATASET_DIR = "dataset"
+
+
+def check_ingest_config(ingest: IngestConfig) -> None:
+    """Refuse values that would only fail deep inside a worker (or, for recorded data, after
+    reading a large file): the recorded mapping is checked against every file's header."""
+    if ingest.source == "recorded":
+        from pipeline.recorded import check_recorded
+
+        check_recorded(ingest.recorded)
+        return
+    from pipeline.highway_source import check_env_config, check_env_id
+    from pipeline.rollouts import check_policies
+
+    if ingest.source != "highway":
+        raise StageError(f"ingest.source '{ingest.source}' is not known (known: highway, "
+                         f"recorded)")
+    if ingest.episodes < 1:
+        raise StageError(f"ingest.episodes must be at least 1, got {ingest.episodes}")
+    try:
+        check_policies([(p.name, p.epsilon, p.weight) for p in ingest.policies])
+        check_env_id(ingest.env_id)
+        check_env_config(ingest.env_id, dict(ingest.env_config))
+    except ValueError as err:
+        raise StageError(f"ingest: {err}") from None
+
+
+def dataset_path(ingest: Artifacts) -> Path:
+    return ingest.path / DATASET_DIR
+
+
+# ---------------------------------------------------------------- train
+
+MODEL_FILE = "model.pt"
+MODEL_SPEC = "model.json"
+SPLITS = "splits.json"
+
+
+def load_windows(dataset_dir: Path, cfg: Config) -> WindowSet:
+    """Read and validate a dataset, then cut it into the configured windows."""
+    from pipeline.dataset import read_dataset
+    from pipeline.recorded.windows import adapt_windows, is_recorded
+
+    data = read_dataset(dataset_dir)
+    dt = 1.0 / float(data.manifest["policy_frequency"])
+    windows = make_windows(data.frames, data.steps, data.frames_per_step, dt,
+                           history=cfg.model.history, horizon=cfg.model.horizon,
+                           n_slots=cfg.model.vehicles, stride=cfg.model.stride)
+    if is_recorded(data.manifest):  # scene groups, unknown labels masked, per-road lanes
+        adapt_windows(windows, data)
+        return windows
+    centers = lane_centers_world(data.frames)
+    windows.arrays["lane_centers"] = lane_centers_ego(centers, windows.arrays["ego_pose"])
+    return windows
+
+
+def load_model(train: Artifacts):
+    """Rebuild the trained world model (eval mode, CPU) from a train stage directory."""
+    import torch
+
+    from models.world_model import WorldModel
+
+    spec_path, weights = train.path / MODEL_SPEC, train.path / MODEL_FILE
+    if not spec_path.is_file() or not weights.is_file():
+        raise StageError(f"{train.path} holds no trained model ({MODEL_SPEC}, {MODEL_FILE})")
+    spec = json.loads(spec_path.read_text())
+    model = WorldModel(**spec["model_kwargs"])
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval(), spec
+
+
+# ---------------------------------------------------------------- evaluate
+
+def held_out_windows(cfg: Config, inputs: Mapping[str, Artifacts]) -> WindowSet:
+    windows = load_windows(dataset_path(inputs["ingest"]), cfg)
+    test_ids = json.loads((inputs["train"].path / SPLITS).read_text())["test"]
+    return windows.subset(np.isin(windows.arrays["episode"], test_ids))
+
+
+# ---------------------------------------------------------------- export
+
+PLANNER_FILE = "planner.onnx"
+
+
+# ---------------------------------------------------------------- critic
+
+LABELS_FILE = "labels.npz"
+CRITIC_FILE = "critic.pt"
+CRITIC_SPEC = "critic.json"
+# the simulate stage's decision rule: it drives the critic's planner-driven labelling rounds
+DECISION_RULE = ("risk_weight", "uncertainty_weight", "risk_budget")
+
+
+def held_out(episodes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(D,) bool: the decisions of the validation episodes, as training splits them
+    (pipeline/windows.py `split_ids`, no test split)."""
+    from pipeline.windows import split_ids
+
+    val = split_ids(np.unique(episodes), fraction, 0.0, seed, "labelled episodes")["val"]
+    return np.isin(episodes, val)
+
+
+def load_critic(critic: Artifacts):
+    """The fitted critic (a RiskCritic, or a CriticEnsemble with `members` in its spec; eval
+    mode, CPU), or None when the stage fitted none."""
+    import torch
+
+    from models.critic import make_critic
+
+    spec, weights = critic.path / CRITIC_SPEC, critic.path / CRITIC_FILE
+    if not spec.is_file():
+        return None
+    try:
+        model = make_critic(**json.loads(spec.read_text()))
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageError(f"{critic.path} holds no usable risk critic ({first})") from None
+    return model.eval()
+
+
+def env_settings(cfg: Config) -> dict:
+    """The full config of `ingest.env_id` with its `env_config` (highway-env's defaults
+    filled in)."""
+    from pipeline.highway_source import make_env
+
+    env = make_env(cfg.ingest.env_id, dict(cfg.ingest.env_config))
+    try:
+        return dict(env.unwrapped.config)
+    finally:
+        env.close()
+
+
+def road_lanes(cfg: Config, needed_by: str, settings: dict | None = None) -> int:
+    """The number of lanes of `ingest.env_id` with its `env_config` (a StageError naming
+    the setting `needed_by` for an env without a `lanes_count`: no straight road the
+    mirror or the traffic replica knows of); settings: `env_settings(cfg)` if known."""
+    lanes = (settings if settings is not None else env_settings(cfg)).get("lanes_count")
+    if not isinstance(lanes, int) or lanes < 1:
+        raise StageError(f"{needed_by} needs a straight road with `lanes_count` lanes; "
+                         f"{cfg.ingest.env_id} has none")
+    return lanes
+
+
+def replica_lanes(cfg: Config, needed_by: str) -> int:
+    """`road_lanes` for the traffic replica (models/traffic.py), which steps highway-fast's
+    5 simulation frames of 0.2 s per decision: a StageError for an env at other rates."""
+    from models.traffic import Road
+
+    settings = env_settings(cfg)
+    rates = (settings.get("simulation_frequency"), settings.get("policy_frequency"))
+    road = Road()
+    if rates != (round(1 / road.dt), round(1 / (road.dt * road.substeps))):
+        raise StageError(f"{needed_by} replays highway-env at 5 simulation frames a second and "
+                         f"1 decision a second; {cfg.ingest.env_id} runs at {rates[0]} and "
+                         f"{rates[1]}")
+    return road_lanes(cfg, needed_by, settings)
+
+
+# ---------------------------------------------------------------- simulate
+
+def evaluation_seeds(simulate: SimulateConfig) -> range:
+    """The closed-loop episode seeds (iterate never collects on them)."""
+    return range(simulate.seed, simulate.seed + simulate.episodes)
+
+
+# ---------------------------------------------------------------- collect
+
+SEED_STREAM = 7919  # spawn-key tag of collection env seeds (ingest spawns (episode,) keys)
+
+
+def collection_seeds(seed: int, round_index: int, episodes: int,
+                     forbidden: range | set[int]) -> list[int]:
+    """`episodes` distinct env seeds of a round, from (seed, round) alone; a draw that is
+    in `forbidden` (the evaluation seeds) or already taken is skipped and drawn again."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAM,
+                                                                        round_index)))
+    seeds: list[int] = []
+    while len(seeds) < episodes:
+        drawn = int(rng.integers(2**31 - 1))
+        if drawn not in forbidden and drawn not in seeds:
+            seeds.append(drawn)
+    return seeds
