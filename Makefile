@@ -7,15 +7,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drivecast-installed
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# EnvPool's wheel without its dependencies: they pull ~750 MB of MuJoCo/Atari assets that
+# its highway scenarios do not use (pipeline/envpool_source.py loads the highway tasks alone).
+ENVPOOL ?= envpool==1.2.5
 
 .PHONY: run test install lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --no-deps "$(ENVPOOL)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -64,6 +64,14 @@ class PlannerRisk(str, enum.Enum):
     critic = "critic"
 
 
+class Backend(str, enum.Enum):
+    """The simulator that ingest runs: highway-env itself, or EnvPool's native C++ port
+    of its highway scenarios (pipeline/envpool_source.py), many episodes per process."""
+
+    highway_env = "highway-env"
+    envpool = "envpool"
+
+
 class CriticPrior(str, enum.Enum):
     """The risk the critic's hazard corrects: the world model's or the traffic replica's."""
 
@@ -139,10 +147,12 @@ class IngestConfig:
 
     source: str = "highway"  # where data comes from: highway (simulator) | recorded (files)
     env_id: str = "highway-fast-v0"  # highway-env id: highway-fast-v0, highway-v0, merge-v0, ...
+    backend: Backend = Backend.highway_env  # simulator: highway-env | envpool (highway ids only)
     env_config: dict = field(default_factory=dict)  # highway-env config overrides
     episodes: int = 40  # episodes to record
     policies: list[PolicyMix] = field(default_factory=default_policies)  # behaviour mixture
     workers: int = 2  # parallel worker processes (the dataset does not depend on it)
+    batch: int = 64  # episodes envpool steps together (the dataset does not depend on it)
     episodes_per_shard: int = 4  # episodes per Parquet shard (the unit of resume)
     recorded: RecordedConfig = field(default_factory=RecordedConfig)  # files of source: recorded
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from evaluation.batch_policies import BatchPolicy
 from evaluation.policies import make_policy
 from pipeline.dataset import (
     BRANCH_POLICY,
@@ -38,7 +39,8 @@ from pipeline.dataset import (
     write_manifest,
     write_shard,
 )
-from pipeline.highway_source import make_env, record_episode
+from pipeline.envpool_source import EnvpoolSource, batches, episode_tables, run_batch
+from pipeline.highway_source import make_env, policy_name, policy_rng, record_episode
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,35 @@ def run_plan(env, plan: EpisodePlan) -> tuple[int, dict, dict]:
     return plan.episode, frames, steps
 
 
+def run_envpool(source: EnvpoolSource, plans: list[EpisodePlan], batch: int,
+                workers: int) -> Iterator:
+    """Yield ``(episode, frames, steps)`` of each plan, run on EnvPool in groups of at most
+    ``batch`` episodes spread over ``workers`` processes; each episode runs in an
+    environment of its own seeded with its env seed, so grouping changes nothing."""
+    size = max(1, min(batch, -(-len(plans) // max(workers, 1))))
+    groups = [[plans[i] for i in chunk] for chunk in batches(len(plans), size)]
+    args = (source.env_id, source.env_config)
+    for results in run_pool(groups, workers, run=run_group, make=EnvpoolSource, make_args=args,
+                            local=source):
+        yield from results
+
+
+def run_group(source: EnvpoolSource, group: list[EpisodePlan]) -> list[tuple[int, dict, dict]]:
+    """One EnvPool batch: ``(episode, frames, steps)`` of each plan of `group`."""
+    policies = []
+    for plan in group:
+        policy = make_policy(plan.policy.name, plan.policy.epsilon)
+        policy.reset(policy_rng(plan.env_seed))
+        policies.append(policy)
+    recorder = run_batch(source, [p.env_seed for p in group], BatchPolicy(policies))
+    frames = recorder.frames_by_env()
+    return [
+        (plan.episode, *episode_tables(recorder, frames[slot], slot, plan.episode,
+                                       policy_name(policy), source.simulation_frequency))
+        for slot, (plan, policy) in enumerate(zip(group, policies, strict=True))
+    ]
+
+
 def _init_worker(make: Callable, make_args: tuple) -> None:
     global _WORKER_STATE
     _WORKER_STATE = make(*make_args)
@@ -163,10 +194,12 @@ def merge_episodes(results: list[tuple[int, dict, dict]]) -> tuple[dict, dict]:
     return frames, steps
 
 
-def collection_settings(env_id, env_config, env, seed, episodes, episodes_per_shard, specs):
+def collection_settings(env_id, env_config, env, seed, episodes, episodes_per_shard, specs,
+                        backend="highway-env"):
     """Everything that determines the dataset's content (compared on resume)."""
     settings = {
         "schema_version": SCHEMA_VERSION,
+        "backend": backend,
         "env_id": env_id,
         "env_config": env_config,
         "simulation_frequency": env.simulation_frequency,
@@ -287,24 +320,33 @@ def collect(
     workers: int = 1,
     episodes_per_shard: int = 4,
     progress: bool = True,
+    backend: str = "highway-env",
+    batch: int = 64,
 ) -> CollectStats:
     """Record ``episodes`` episodes into the dataset directory ``out_dir`` (resumable).
 
     policies: (name, epsilon, weight) tuples or PolicySpecs; each episode draws one with
-    probability proportional to weight. workers: processes ("spawn" context); the dataset is
-    identical for any worker count.
+    probability proportional to weight. backend: ``highway-env`` or ``envpool`` (``batch``
+    episodes stepped together). workers: processes ("spawn" context). The dataset is
+    identical for any worker count and batch size.
     """
     check_counts(episodes, workers, episodes_per_shard)
     specs, start = check_policies(policies), time.perf_counter()
     env_config = dict(env_config or {})
-    env = make_env(env_id, env_config)  # refuses a bad id/config before any file is written
     out_dir = Path(out_dir)
-    settings = collection_settings(
-        env_id, env_config, env, seed, episodes, episodes_per_shard, specs
-    )
     plans = [plan_episode(seed, episode, specs) for episode in range(episodes)]
-    pool = partial(run_pool, workers=workers, run=run_plan, make=make_env,
-                   make_args=(env_id, env_config), local=env)
+    if backend == "envpool":
+        env = EnvpoolSource(env_id, env_config)  # refuses a bad id/config
+        pool = partial(run_envpool, env, batch=batch, workers=workers)
+    elif backend == "highway-env":
+        env = make_env(env_id, env_config)  # refuses a bad id/config before any file is written
+        pool = partial(run_pool, workers=workers, run=run_plan, make=make_env,
+                       make_args=(env_id, env_config), local=env)
+    else:
+        raise ValueError(f"unknown backend '{backend}'; choose highway-env or envpool")
+    settings = collection_settings(
+        env_id, env_config, env, seed, episodes, episodes_per_shard, specs, backend
+    )
     return collect_shards(
         out_dir, settings, plans, episodes_per_shard, pool,
         lambda shard, done: write_shard(out_dir, shard, *merge_episodes(done)), progress, start,

@@ -79,11 +79,12 @@ def experiment_root(cfg: Config) -> Path:
 
 
 # Settings that change how a stage runs but not what it produces stay out of the key.
-KEY_EXEMPT = {"ingest": ("workers",), "train": ("resume", "num_workers"),
+KEY_EXEMPT = {"ingest": ("workers", "batch"), "train": ("resume", "num_workers"),
               "simulate": ("workers",)}
 # Settings added after stage keys were in use: at this value (their default, which is how
 # those stages ran) they stay out of the key, so the existing stages are still reused.
-KEY_DEFAULTS = {"critic": {"members": 1, "rank_weight": 0.0, "prior": "model"},
+KEY_DEFAULTS = {"ingest": {"backend": "highway-env"},
+                "critic": {"members": 1, "rank_weight": 0.0, "prior": "model"},
                 "export": {"lookahead_brake": False, "lookahead_min_speed": 20.0,
                            "risk": "model", "replica_reacting_steps": 3,
                            "replica_mobil_at_start": False, "replica_late_idm_every": 1,

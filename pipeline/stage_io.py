@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Artifacts
-from pipeline.config import Config, IngestConfig, SimulateConfig
+from pipeline.config import Backend, Config, IngestConfig, SimulateConfig
 from pipeline.errors import StageError
 from pipeline.windows import WindowSet, lane_centers_ego, lane_centers_world, make_windows
 
@@ -44,6 +44,10 @@ def check_ingest_config(ingest: IngestConfig) -> None:
         check_policies([(p.name, p.epsilon, p.weight) for p in ingest.policies])
         check_env_id(ingest.env_id)
         check_env_config(ingest.env_id, dict(ingest.env_config))
+        if ingest.backend == Backend.envpool:
+            from pipeline.envpool_source import EnvpoolSource
+
+            EnvpoolSource(ingest.env_id, dict(ingest.env_config))
     except ValueError as err:
         raise StageError(f"ingest: {err}") from None
 

@@ -33,6 +33,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         seed=cfg.seed,
         workers=cfg.ingest.workers,
         episodes_per_shard=cfg.ingest.episodes_per_shard,
+        backend=cfg.ingest.backend.value,
+        batch=cfg.ingest.batch,
     )
     return stats.summary()
 
