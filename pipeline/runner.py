@@ -154,7 +154,12 @@ def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker
     keep = (stage.resumable(cfg) and not force) or is_ddp_worker()
     work = artifacts.open_partial(root, stage.name, key, keep=keep)
     ctx = StageContext(tracker=tracker, run_id=run_id)
-    summary = dict(stage.produce(cfg, inputs, work, ctx))
+    try:
+        summary = dict(stage.produce(cfg, inputs, work, ctx))
+    except Exception:  # refused or failed; an interrupt keeps its work for the rerun
+        if not is_ddp_worker():
+            artifacts.discard_partial(work, keep)
+        raise
     final = artifacts.final_dir(root, stage.name, key)
     artifacts.commit(work, final, stage_config_text(stage, cfg), summary)
     return Artifacts(stage.name, key, final, artifacts.clean_numbers(summary))
