@@ -9,7 +9,7 @@ import pytest
 
 from models.candidates import enumerate_candidates
 from pipeline.bench.planner import export_random_planner
-from pipeline.planner.scorer import OnnxScorer, ScorerError, sidecar_path
+from pipeline.planner.scorer import OnnxScorer, ScorerError, sidecar_path, write_sidecar
 
 DEBUG_MODEL = dict(embed_dim=16, deter_dim=32, stoch_dim=8, hidden_dim=32, heads=2,
                    action_dim=8, ensemble=2, n_vehicles=6, obs_dim=7)
@@ -18,14 +18,19 @@ H, F, S = 4, 3, 2
 
 @pytest.fixture(scope="module")
 def two_exports(tmp_path_factory):
-    """Two planners of the same shapes: another seed and another gamma."""
+    """Two planners of the same shapes, the second with its own ONNX file (other bytes)
+    and a sidecar of its own saying gamma 0.95."""
+    import onnx
+
     root = tmp_path_factory.mktemp("exports")
-    paths = root / "a" / "planner.onnx", root / "b" / "planner.onnx"
-    for path, seed, gamma in zip(paths, (0, 1), (0.9, 0.95), strict=True):
-        path.parent.mkdir()
-        export_random_planner(path, DEBUG_MODEL, history=H, horizon=F, samples=S, seed=seed,
-                              gamma=gamma)
-    return paths
+    a, b = root / "a.onnx", root / "b.onnx"
+    export_random_planner(a, DEBUG_MODEL, history=H, horizon=F, samples=S)
+    graph = onnx.load(str(a))
+    graph.doc_string = "another export"
+    onnx.save(graph, str(b))
+    fields = json.loads(sidecar_path(a).read_text())
+    write_sidecar(b, **{**fields, "gamma": 0.95})
+    return a, b
 
 
 def test_a_sidecar_from_another_export_is_refused(two_exports, tmp_path):
