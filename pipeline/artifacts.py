@@ -76,8 +76,22 @@ def is_complete(path: Path) -> bool:
 
 
 def load_complete(stage: str, key: str, path: Path) -> Artifacts:
-    summary = json.loads((path / SUMMARY).read_text())
-    return Artifacts(stage, key, path, summary, reused=True)
+    return Artifacts(stage, key, path, read_summary(stage, path), reused=True)
+
+
+def read_summary(stage: str, path: Path) -> dict[str, Any]:
+    """A complete stage's summary.json (a JSON object of figures), or a StageError naming
+    the file and how to compute the stage again."""
+    file = path / SUMMARY
+    fix = f"remove {path} or run drivecast {stage} with --force to compute it again"
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = getattr(err, "msg", None) or getattr(err, "strerror", None) or str(err)
+        raise StageError(f"{file} cannot be read ({reason}): {fix}") from None
+    if not isinstance(summary, dict):
+        raise StageError(f"{file} is not a JSON object of figures: {fix}")
+    return summary
 
 
 @contextmanager

@@ -53,3 +53,27 @@ def test_a_killed_and_resumed_training_ends_as_one_that_ran_through(tmp_path, mo
         {k: v for k, v in resumed.items() if k not in TIMING}
     weights = [torch.load(d / "model.pt", weights_only=True) for d in (a, b)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_resuming_from_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    from pipeline.artifacts import Artifacts
+    from pipeline.config import load_config
+    from pipeline.runner import key_of, stage_named
+
+    common = [DEBUG, "tracking.enabled=false", f"workdir={tmp_path}", "train.resume=true"]
+    assert main(["ingest", *common]) == 0
+    cfg = load_config(common[0], common[1:])
+    (ingest,) = [p for p in (tmp_path / "debug" / "ingest").iterdir()
+                 if not p.name.startswith(".")]
+    key = key_of(stage_named("train"), cfg, {"ingest": Artifacts("ingest", ingest.name,
+                                                                 ingest, {})})
+    last = tmp_path / "debug" / "train" / f".partial-{key}" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 half a checkpoint")
+    capsys.readouterr()
+    assert main(["train", *common]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("drivecast: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"{last}: checkpoint cannot be read" in lines[0]
+    assert last.is_file()  # kept: the message says what to do with it

@@ -59,3 +59,18 @@ def test_a_refused_stage_marks_its_mlflow_runs_failed(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
     status = {r.info.run_name: r.info.status for r in client.search_runs([tracker.experiment_id])}
     assert status == {"train": "FAILED", "a": "FINISHED", "b": "FAILED"}
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "{\"value\": "])
+def test_a_damaged_summary_in_a_complete_directory_is_refused_in_one_line(tmp_path, text):
+    from pipeline import artifacts
+
+    cfg = load_config(None, [f"workdir={tmp_path}", "experiment=t", "tracking.enabled=false"])
+    done = run_stage(OK, cfg, {}, Tracker(cfg))
+    (done.path / "summary.json").write_text(text)
+    with pytest.raises(StageError, match="summary.json .*: remove .* or run drivecast a with "
+                       "--force") as err:
+        run_stage(OK, cfg, {}, Tracker(cfg))
+    assert "\n" not in str(err.value)
+    recomputed = run_stage(OK, cfg, {}, Tracker(cfg), force=True)
+    assert artifacts.read_summary("a", recomputed.path) == {"value": 1.0}
