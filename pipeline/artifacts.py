@@ -163,6 +163,23 @@ def discard_partial(work: Path, keep: bool) -> None:
         work.parent.rmdir()
 
 
+FULL_DISK_BYTES = 16 << 20  # free space under which a failed write is put down to a full disk
+
+
+def disk_full_error(root: Path, err: Exception) -> StageError | None:
+    """A one-line StageError for an error that is not one already (torch and Lightning
+    report a failed write as a RuntimeError without errno) raised while the disk under
+    `root` is full; None otherwise."""
+    if isinstance(err, StageError | OSError) or not root.exists():
+        return None
+    free = shutil.disk_usage(root).free
+    if free >= FULL_DISK_BYTES:
+        return None
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return StageError(f"{root}: the disk is full ({free >> 10} KiB free) and a write failed "
+                      f"({first}); free some space and run again")
+
+
 def commit(work: Path, final: Path, config_text: str, summary: Mapping[str, float]) -> None:
     """Write config.yaml and summary.json into `work`, then rename it to `final`."""
     write_text_atomic(work / CONFIG, config_text)

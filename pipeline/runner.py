@@ -156,9 +156,12 @@ def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker
     ctx = StageContext(tracker=tracker, run_id=run_id)
     try:
         summary = dict(stage.produce(cfg, inputs, work, ctx))
-    except Exception:  # refused or failed; an interrupt keeps its work for the rerun
+    except Exception as err:  # refused or failed; an interrupt keeps its work for the rerun
+        full = artifacts.disk_full_error(root, err)  # before freeing the partial's space
         if not is_ddp_worker():
             artifacts.discard_partial(work, keep)
+        if full is not None:
+            raise full from err
         raise
     final = artifacts.final_dir(root, stage.name, key)
     artifacts.commit(work, final, stage_config_text(stage, cfg), summary)

@@ -5,6 +5,8 @@ import errno
 import os
 from pathlib import Path
 
+import pytest
+
 from pipeline import dataset
 from pipeline.cli import main
 
@@ -64,3 +66,29 @@ def test_a_full_disk_during_ingest_ends_in_one_line_and_the_rerun_completes(
     assert not [p for p in (tmp_path / "debug" / "ingest").iterdir()
                 if not p.name.startswith(".")]  # nothing complete-looking
     assert main(args) == 0
+
+
+def test_a_write_failing_on_a_full_disk_without_an_errno_ends_in_one_line(tmp_path, capsys,
+                                                                          monkeypatch):
+    """torch.save and Lightning report a full disk as a RuntimeError: a stage failing while
+    the workdir's disk is full says so in one line."""
+    import shutil
+
+    from pipeline import runner
+    from pipeline.config import load_config
+    from pipeline.errors import StageError
+    from pipeline.tracking import Tracker
+
+    def produce(cfg, inputs, work, ctx):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    cfg = load_config(None, [f"workdir={tmp_path}", "experiment=t", "tracking.enabled=false"])
+    tracker = Tracker(cfg)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    stage = runner.Stage("a", sections=("train",), inputs=(), produce=produce)
+    with pytest.raises(StageError, match=r"the disk is full \(4 KiB free\) and a write "
+                       "failed .*file write failed") as err:
+        runner.run_stage(stage, cfg, {}, tracker)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "t" / "a").exists()
