@@ -225,9 +225,21 @@ def write_shard(dataset_dir: str | Path, index: int, frames: dict, steps: dict) 
     identity = written_identity(dataset_dir)
     frames_table = to_table(frames, "frames", identity)
     steps_table = to_table(steps, "steps", identity)
+    check_writable(frames_path, frames_table)
+    check_writable(steps_path, steps_table)
     write_table(frames_path, frames_table)
     write_table(steps_path, steps_table)
     return shard_entry(index, steps_table.column("episode").to_numpy(), frames_table.num_rows)
+
+
+def check_writable(path: Path, table: pa.Table) -> None:
+    """Refuse to write a shard its reader would refuse: NaN or inf in a float column (a
+    value beyond float32's range becomes inf)."""
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_floating(column.type) and not np.isfinite(column.to_numpy()).all():
+            raise DatasetError(f"{path}: column '{name}' would hold NaN or inf (a value beyond "
+                               f"float32's range?); the shard is not written")
 
 
 def dataset_identity(manifest: dict) -> str:

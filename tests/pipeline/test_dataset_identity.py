@@ -89,3 +89,14 @@ def test_a_malformed_manifest_is_refused_in_one_line(tmp_path, change, named):
     with pytest.raises(DatasetError, match=named.replace("(", r"\(")) as err:
         read_dataset(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_shard_its_reader_would_refuse_is_not_written(tmp_path):
+    import numpy as np
+
+    frames, steps = fake_episode(0)
+    frames["x"] = np.where(np.arange(len(frames["x"])) == 4, 1e300, frames["x"])  # -> inf
+    with pytest.raises(DatasetError, match="shard-00000.frames.parquet: column 'x' would hold "
+                       "NaN or inf"):
+        write_shard(tmp_path, 0, frames, steps)
+    assert not list(tmp_path.iterdir())
