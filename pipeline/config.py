@@ -614,7 +614,7 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
 # Checked when a config is loaded, so a bad value is refused before any stage runs. Settings
 # that a stage's own check refuses (ingest.episodes and policies, export.lookahead and the
 # replica's steps, critic.*, simulate.episodes, workers and lane guard, iterate.*) keep
-# that check's message.
+# that check's message (replay's ranges too: here only that its numbers are finite).
 
 AT_LEAST_ONE = ("ingest.workers", "ingest.episodes_per_shard",
                 "ingest.recorded.scenes_per_shard", "model.history", "model.horizon",
@@ -656,9 +656,9 @@ def check_values(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.test_fraction' must lie in [0, 1) and leave "
                           f"training episodes beside train.val_fraction ({t.val_fraction}), "
                           f"got {t.test_fraction!r}")
-    for key in ("replay.risk_weights", "replay.risk_budgets"):
-        if not all(math.isfinite(v) and v >= 0 for v in dotted_value(cfg, key)):
-            raise ConfigError(f"config key '{key}' must hold finite numbers >= 0, got "
+    for key in ("replay.risk_weights", "replay.risk_budgets"):  # ranges: the replay's check
+        if not all(math.isfinite(v) for v in dotted_value(cfg, key)):
+            raise ConfigError(f"config key '{key}' must hold finite numbers, got "
                               f"{dotted_value(cfg, key)!r}")
 
 

@@ -24,6 +24,7 @@ DEBUG = str(Path(__file__).resolve().parents[2] / "configs" / "debug.yaml")
     ("export.horizon=0", "export.horizon"),
     ("simulate.risk_budget=2", "simulate.risk_budget"),
     ("seed=-1", "seed"),
+    ("replay.risk_weights=[.nan]", "replay.risk_weights"),
 ])
 def test_a_value_out_of_range_is_refused_before_any_stage_runs(tmp_path, capsys, override,
                                                                named):
