@@ -20,10 +20,12 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from pipeline.errors import StageError
 
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
@@ -38,6 +40,20 @@ class Artifacts:
     path: Path
     summary: Mapping[str, float]
     reused: bool = False
+
+
+def check_workdir(workdir: Path) -> None:
+    """Refuse a workdir that is a file or cannot be written (StageError naming it), before
+    any stage runs; creates it otherwise (every command writes there)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise StageError(f"workdir {workdir} is a file, not a folder: set workdir= to a folder")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as err:
+        raise StageError(f"workdir {workdir} cannot be written ({err.strerror or err}): set "
+                         f"workdir= to a writable folder") from None
 
 
 def stage_key(stage_config: Any, input_keys: Mapping[str, str]) -> str:
@@ -60,28 +76,70 @@ def is_complete(path: Path) -> bool:
 
 
 def load_complete(stage: str, key: str, path: Path) -> Artifacts:
-    summary = json.loads((path / SUMMARY).read_text())
-    return Artifacts(stage, key, path, summary, reused=True)
+    return Artifacts(stage, key, path, read_summary(stage, path), reused=True)
+
+
+def read_summary(stage: str, path: Path) -> dict[str, Any]:
+    """A complete stage's summary.json (a JSON object of figures), or a StageError naming
+    the file and how to compute the stage again."""
+    file = path / SUMMARY
+    fix = f"remove {path} or run drivecast {stage} with --force to compute it again"
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = getattr(err, "msg", None) or getattr(err, "strerror", None) or str(err)
+        raise StageError(f"{file} cannot be read ({reason}): {fix}") from None
+    if not isinstance(summary, dict):
+        raise StageError(f"{file} is not a JSON object of figures: {fix}")
+    return summary
 
 
 @contextmanager
 def stage_lock(root: Path, stage: str, key: str) -> Iterator[None]:
     """Hold `<root>/.locks/<stage>-<key>` exclusively (an advisory file lock, released
     when the process ends however it ends); wait, saying so, while another process holds
-    it. The locks live apart so that a stage's directory holds only its keyed results."""
+    it. The locks live apart so that a stage's directory holds only its keyed results; the
+    holder removes its lock file when done, so a finished run leaves no lock behind."""
     path = root / ".locks" / f"{stage}-{key}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    handle = acquire_lock(path, f"[{stage}] another drivecast process is computing {key}: "
+                                "waiting for it")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a waiter then sees a removed file
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        with suppress(OSError):  # only when empty; another process may be adding a lock
+            path.parent.rmdir()
+
+
+def acquire_lock(path: Path, waiting: str) -> IO:
+    """An open handle holding the flock of `path`, the file that is at `path` now (a holder
+    that finished meanwhile removed the one this process waited on: it locks afresh)."""
+    told = False
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a")  # noqa: SIM115 (it outlives this call: it holds the lock)
+        except FileNotFoundError:  # the folder was removed between mkdir and open
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"[{stage}] another drivecast process is computing {key}: waiting for it",
-                  file=sys.stderr, flush=True)
+            if not told:
+                print(waiting, file=sys.stderr, flush=True)
+                told = True
             fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        if is_same_file(handle, path):
+            return handle
+        handle.close()
+
+
+def is_same_file(handle: IO, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def open_partial(root: Path, stage: str, key: str, keep: bool) -> Path:
@@ -91,6 +149,35 @@ def open_partial(root: Path, stage: str, key: str, keep: bool) -> Path:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+def discard_partial(work: Path, keep: bool) -> None:
+    """After a refused or failed stage: remove its working directory, or with `keep` (a
+    resumable stage's finished work) only if it is empty; then the stage folder if empty."""
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        with suppress(OSError):
+            work.rmdir()  # only when empty
+    with suppress(OSError):
+        work.parent.rmdir()
+
+
+FULL_DISK_BYTES = 16 << 20  # free space under which a failed write is put down to a full disk
+
+
+def disk_full_error(root: Path, err: Exception) -> StageError | None:
+    """A one-line StageError for an error that is not one already (torch and Lightning
+    report a failed write as a RuntimeError without errno) raised while the disk under
+    `root` is full; None otherwise."""
+    if isinstance(err, StageError | OSError) or not root.exists():
+        return None
+    free = shutil.disk_usage(root).free
+    if free >= FULL_DISK_BYTES:
+        return None
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return StageError(f"{root}: the disk is full ({free >> 10} KiB free) and a write failed "
+                      f"({first}); free some space and run again")
 
 
 def commit(work: Path, final: Path, config_text: str, summary: Mapping[str, float]) -> None:

@@ -21,6 +21,7 @@ Each verb's subparser names its handler (`set_defaults(handler=...)`): a new ver
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from pipeline.errors import DrivecastError
@@ -191,7 +192,29 @@ def main(argv: list[str] | None = None) -> int:
     except DrivecastError as err:
         print(f"drivecast: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # the filesystem refused: permissions, a file in the way, full disk
+        print(f"drivecast: error: {os_error_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("drivecast: interrupted; finished work is kept and reused on the next run",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space and run again (finished work is kept)",
+    errno.EDQUOT: "free some space and run again (finished work is kept)",
+    errno.EACCES: "check its permissions or set workdir= to a writable folder",
+    errno.EPERM: "check its permissions or set workdir= to a writable folder",
+    errno.EROFS: "set workdir= to a writable folder",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EEXIST: "a file is in the way: move it, or set workdir= elsewhere",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a filesystem error: the path, what went wrong and what to do."""
+    what = err.strerror or (str(err).strip().splitlines() or [type(err).__name__])[0]
+    where = f"{err.filename}: " if err.filename else ""
+    hint = OS_ERROR_HINTS.get(err.errno)
+    return f"{where}{what}" + (f"; {hint}" if hint else "")

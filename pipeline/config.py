@@ -17,6 +17,7 @@ import enum
 import inspect
 import io
 import json
+import math
 import os
 import textwrap
 import tokenize
@@ -465,10 +466,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (None: all defaults) over its `base` chain, apply `key.sub=value`
     overrides, validate."""
     raw = read_tree(Path(path)) if path is not None else {}
+    empty = path is not None and not raw
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return build(Config, raw, prefix="")
+    cfg = build(Config, raw, prefix="")
+    if empty:  # after `build`, so that a misspelt override is named first
+        raise ConfigError(f"config file {path} is empty: give it at least one section, or "
+                          f"leave the file out to run with every default")
+    check_values(cfg)
+    return cfg
 
 
 def read_tree(path: Path) -> dict:
@@ -611,6 +618,65 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
     if not isinstance(value, hint):
         raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
     return value
+
+
+# ---------------------------------------------------------------- value ranges
+# Checked when a config is loaded, so a bad value is refused before any stage runs. Settings
+# that a stage's own check refuses (ingest.episodes and policies, export.lookahead and the
+# replica's steps, critic.*, simulate.episodes, workers and lane guard, iterate.*) keep
+# that check's message (replay's ranges too: here only that its numbers are finite).
+
+AT_LEAST_ONE = ("ingest.workers", "ingest.episodes_per_shard",
+                "ingest.recorded.scenes_per_shard", "model.history", "model.horizon",
+                "model.vehicles", "model.ensemble", "model.stride", "train.epochs",
+                "train.batch_size", "train.devices", "train.num_nodes", "evaluate.episodes",
+                "evaluate.samples", "export.horizon", "export.samples", "export.opset",
+                "export.parity_scenes", "simulate.surprise_patience", "simulate.oracle_horizon",
+                "simulate.threads")
+AT_LEAST_ZERO = ("seed", "train.patience", "train.num_workers", "evaluate.scenes",
+                 "simulate.seed", "simulate.gif_episodes")
+POSITIVE = ("train.lr", "evaluate.lane_keeping_tau", "export.envelope_length",
+            "export.envelope_width", "export.tolerance", "simulate.surprise_threshold")
+NOT_NEGATIVE = ("train.weight_decay", "train.grad_clip", "simulate.risk_weight",
+                "simulate.uncertainty_weight",
+                *(f"train.loss.{f.name}" for f in dataclasses.fields(LossWeights)))
+OPEN_FRACTIONS = ("train.val_fraction",)
+CLOSED_FRACTIONS = ("simulate.risk_budget",)
+
+
+def check_values(cfg: Config) -> None:
+    """Refuse a value out of its range (ConfigError naming the key and the range)."""
+    if cfg.model.size not in MODEL_SIZES:
+        raise ConfigError(f"config key 'model.size' must be one of {', '.join(MODEL_SIZES)}, "
+                          f"got '{cfg.model.size}'")
+    rules = [(AT_LEAST_ONE, lambda v: v >= 1, "must be at least 1"),
+             (AT_LEAST_ZERO, lambda v: v >= 0, "must be at least 0"),
+             (POSITIVE, lambda v: math.isfinite(v) and v > 0, "must be a finite number above 0"),
+             (NOT_NEGATIVE, lambda v: math.isfinite(v) and v >= 0,
+              "must be a finite number >= 0"),
+             (OPEN_FRACTIONS, lambda v: 0 < v < 1, "must lie strictly between 0 and 1"),
+             (CLOSED_FRACTIONS, lambda v: 0 <= v <= 1, "must lie in [0, 1]")]
+    for keys, ok, rule in rules:
+        for key in keys:
+            value = dotted_value(cfg, key)
+            if not ok(value):
+                raise ConfigError(f"config key '{key}' {rule}, got {value!r}")
+    t = cfg.train
+    if not 0 <= t.test_fraction < 1 or t.val_fraction + t.test_fraction >= 1:
+        raise ConfigError(f"config key 'train.test_fraction' must lie in [0, 1) and leave "
+                          f"training episodes beside train.val_fraction ({t.val_fraction}), "
+                          f"got {t.test_fraction!r}")
+    for key in ("replay.risk_weights", "replay.risk_budgets"):  # ranges: the replay's check
+        if not all(math.isfinite(v) for v in dotted_value(cfg, key)):
+            raise ConfigError(f"config key '{key}' must hold finite numbers, got "
+                              f"{dotted_value(cfg, key)!r}")
+
+
+def dotted_value(cfg: Any, key: str) -> Any:
+    """The value of `key` ('train.loss.forecast') in a loaded config."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 # ---------------------------------------------------------------- saving

@@ -14,6 +14,7 @@ each shard sorted by episode then frame then vehicle id), which is what windowin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "dataset.json"
 SCHEMA_VERSION_KEY = b"drivecast.schema_version"
 TABLE_KEY = b"drivecast.table"
+DATASET_KEY = b"drivecast.dataset"  # the identity of the dataset a shard was written for
 
 FRAME_COLUMNS: dict[str, pa.DataType] = {
     "episode": pa.int64(),
@@ -90,6 +92,14 @@ MANIFEST_KEYS = (
     "policy_frequency",
     "shards",
 )
+# What a dataset is, as its shards carry it: a shard written for a manifest with other
+# values (another env, other frequencies) is refused when read with this one.
+IDENTITY_KEYS = MANIFEST_KEYS[:-1]
+# Each manifest shard entry: key -> type. Entries written since the checksums came also
+# hold frames_sha256 and steps_sha256 (hex digests of the two files).
+SHARD_ENTRY_KEYS = {"name": str, "frames_file": str, "steps_file": str, "episodes": list,
+                    "num_frames": int, "num_steps": int}
+CHECKSUM_KEYS = {"frames_file": "frames_sha256", "steps_file": "steps_sha256"}
 # Optional manifest key of recorded datasets (pipeline/recorded/); simulator datasets have
 # none. It holds collision_labels ("unknown", or "near_miss": steps.collision is a near-miss
 # label), lanes (whether the lane column is real), scenes ([{recording, start, end}] in
@@ -178,8 +188,9 @@ def atomic_write_bytes(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def to_table(columns: dict, table: str) -> pa.Table:
-    """Build a pyarrow table of ``table`` ("frames" or "steps") from numpy-like columns."""
+def to_table(columns: dict, table: str, identity: str | None = None) -> pa.Table:
+    """Build a pyarrow table of ``table`` ("frames" or "steps") from numpy-like columns;
+    ``identity``: that of the dataset it is written for (`dataset_identity`)."""
     schema_columns = TABLE_COLUMNS[table]
     missing = [name for name in schema_columns if name not in columns]
     if missing:
@@ -189,6 +200,8 @@ def to_table(columns: dict, table: str) -> pa.Table:
         raise ValueError(f"{table} columns have different lengths: {lengths}")
     arrays = {name: to_arrow(columns[name], kind) for name, kind in schema_columns.items()}
     metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), TABLE_KEY: table.encode()}
+    if identity is not None:
+        metadata[DATASET_KEY] = identity.encode()
     schema = pa.schema([pa.field(n, k, nullable=False) for n, k in schema_columns.items()])
     return pa.Table.from_pydict(arrays, schema=schema.with_metadata(metadata))
 
@@ -209,10 +222,55 @@ def write_shard(dataset_dir: str | Path, index: int, frames: dict, steps: dict) 
     frames/steps: column name -> 1-D array, with the columns of FRAME_COLUMNS / STEP_COLUMNS.
     """
     frames_path, steps_path = shard_files(dataset_dir, index)
-    frames_table, steps_table = to_table(frames, "frames"), to_table(steps, "steps")
+    identity = written_identity(dataset_dir)
+    frames_table = to_table(frames, "frames", identity)
+    steps_table = to_table(steps, "steps", identity)
+    check_writable(frames_path, frames_table)
+    check_writable(steps_path, steps_table)
     write_table(frames_path, frames_table)
     write_table(steps_path, steps_table)
     return shard_entry(index, steps_table.column("episode").to_numpy(), frames_table.num_rows)
+
+
+def check_writable(path: Path, table: pa.Table) -> None:
+    """Refuse to write a shard its reader would refuse: NaN or inf in a float column (a
+    value beyond float32's range becomes inf)."""
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_floating(column.type) and not np.isfinite(column.to_numpy()).all():
+            raise DatasetError(f"{path}: column '{name}' would hold NaN or inf (a value beyond "
+                               f"float32's range?); the shard is not written")
+
+
+def dataset_identity(manifest: dict) -> str:
+    """16 hex digits of a hash of the manifest's IDENTITY_KEYS."""
+    payload = json.dumps({key: manifest.get(key) for key in IDENTITY_KEYS}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def written_identity(dataset_dir: str | Path) -> str | None:
+    """The identity of the manifest a writer put in ``dataset_dir`` before its shards (the
+    collections and the recorded ingest do), or None without one."""
+    path = Path(dataset_dir) / MANIFEST_NAME
+    return dataset_identity(json.loads(path.read_text())) if path.is_file() else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def with_checksums(dataset_dir: Path, entry: dict) -> dict:
+    """The shard entry with the sha256 of each of its files that is written."""
+    entry = dict(entry)
+    for file_key, sum_key in CHECKSUM_KEYS.items():
+        path = dataset_dir / entry[file_key]
+        if sum_key not in entry and path.is_file():
+            entry[sum_key] = file_sha256(path)
+    return entry
 
 
 def shard_entry(index: int, step_episodes: np.ndarray, num_frames: int) -> dict:
@@ -243,7 +301,7 @@ def write_manifest(
         "env_config": env_config,
         "simulation_frequency": int(simulation_frequency),
         "policy_frequency": int(policy_frequency),
-        "shards": shards,
+        "shards": [with_checksums(Path(dataset_dir), entry) for entry in shards],
         **extra,
     }
     path = Path(dataset_dir) / MANIFEST_NAME
@@ -267,9 +325,13 @@ def read_manifest(dataset_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: manifest is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: manifest must hold a JSON object, not "
+                           f"{type(manifest).__name__}")
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
         raise DatasetError(f"{path}: manifest lacks key(s) {missing}")
+    check_manifest_values(path, manifest)
     if manifest["schema_version"] != SCHEMA_VERSION:
         raise DatasetError(
             f"{path}: schema_version is {manifest['schema_version']!r}, "
@@ -280,8 +342,41 @@ def read_manifest(dataset_dir: str | Path) -> dict:
     return manifest
 
 
-def read_table_file(path: Path, table: str) -> dict[str, np.ndarray]:
-    """Read one shard file, validate it against the schema, return numpy columns."""
+def check_manifest_values(path: Path, manifest: dict) -> None:
+    """The frequencies and the shard list have the shape the reader relies on."""
+    sim, policy = manifest["simulation_frequency"], manifest["policy_frequency"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (sim, policy)) \
+            or sim % policy:
+        raise DatasetError(f"{path}: simulation_frequency and policy_frequency must be "
+                           f"positive integers, the first a multiple of the second, got {sim!r} "
+                           f"and {policy!r}")
+    if not isinstance(manifest["shards"], list):
+        raise DatasetError(f"{path}: 'shards' must be a list of shard entries, got "
+                           f"{type(manifest['shards']).__name__}")
+    for number, entry in enumerate(manifest["shards"]):
+        check_shard_entry(path, number, entry)
+
+
+def check_shard_entry(path: Path, number: int, entry) -> None:
+    where = f"{path}: shard entry {number}"
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where} must be a JSON object, got {entry!r}"[:300])
+    for key, kind in SHARD_ENTRY_KEYS.items():
+        if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+            raise DatasetError(f"{where} needs '{key}' as {kind.__name__}, got "
+                               f"{entry.get(key)!r}"[:300])
+    for key in ("frames_file", "steps_file"):
+        if Path(entry[key]).name != entry[key] or entry[key] in ("", ".", ".."):
+            raise DatasetError(f"{where}: '{key}' must name a file in the dataset directory, "
+                               f"got {entry[key]!r}")
+    if not all(isinstance(e, int) and not isinstance(e, bool) for e in entry["episodes"]):
+        raise DatasetError(f"{where}: 'episodes' must be a list of integers")
+
+
+def read_table_file(path: Path, table: str, identity: str | None = None,
+                    checksum: str | None = None) -> dict[str, np.ndarray]:
+    """Read one shard file, validate it against the schema (and against the identity and
+    checksum its manifest records, when given), return numpy columns."""
     if not path.is_file():
         raise DatasetError(f"{path}: shard file listed in the manifest is missing")
     try:
@@ -290,9 +385,16 @@ def read_table_file(path: Path, table: str) -> dict[str, np.ndarray]:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DatasetError(f"{path}: corrupt or truncated parquet file ({reason})") from None
     check_schema_version(path, data.schema.metadata or {})
-    return {
+    columns = {
         name: column_array(path, data, name, kind) for name, kind in TABLE_COLUMNS[table].items()
     }
+    check_identity(path, data.schema.metadata or {}, identity)
+    if checksum is not None and file_sha256(path) != checksum:  # last: a damaged file is
+        # named for its damage first
+        raise DatasetError(f"{path}: contents differ from the checksum in {MANIFEST_NAME} "
+                           f"(changed, or copied from another dataset); run the stage that "
+                           f"wrote it again with --force")
+    return columns
 
 
 def check_schema_version(path: Path, metadata: dict) -> None:
@@ -304,6 +406,15 @@ def check_schema_version(path: Path, metadata: dict) -> None:
             f"{path}: schema_version is {found.decode()!r}, "
             f"this code reads version {SCHEMA_VERSION}"
         )
+
+
+def check_identity(path: Path, metadata: dict, identity: str | None) -> None:
+    """A shard stamped for another dataset (another env, other frequencies) is refused."""
+    found = metadata.get(DATASET_KEY)
+    if identity is not None and found is not None and found.decode() != identity:
+        raise DatasetError(f"{path}: shard belongs to another dataset (identity "
+                           f"{found.decode()}; {MANIFEST_NAME} here is {identity}: another "
+                           f"env_id, env_config or frequency); it cannot be mixed into this one")
 
 
 def column_array(path: Path, data: pa.Table, name: str, kind: pa.DataType) -> np.ndarray:
@@ -338,12 +449,27 @@ def read_dataset(path: str | Path) -> Dataset:
     """
     path = Path(path)
     manifest = read_manifest(path)
+    identity = dataset_identity(manifest)
     frames, steps = [], []
     for shard in manifest["shards"]:
-        frames.append(read_table_file(path / shard["frames_file"], "frames"))
-        steps.append(read_table_file(path / shard["steps_file"], "steps"))
+        frames.append(read_table_file(path / shard["frames_file"], "frames", identity,
+                                      shard.get("frames_sha256")))
+        steps.append(read_table_file(path / shard["steps_file"], "steps", identity,
+                                     shard.get("steps_sha256")))
         check_same_episodes(path / shard["steps_file"], frames[-1], steps[-1])
+        check_entry_counts(path / MANIFEST_NAME, shard, frames[-1], steps[-1])
     return Dataset(path, concat_columns(frames, "frames"), concat_columns(steps, "steps"), manifest)
+
+
+def check_entry_counts(path: Path, shard: dict, frames: dict, steps: dict) -> None:
+    """The shard holds the episodes and rows its manifest entry lists."""
+    found = (sorted(np.unique(steps["episode"]).tolist()), len(frames["episode"]),
+             len(steps["episode"]))
+    listed = (sorted(shard["episodes"]), shard["num_frames"], shard["num_steps"])
+    if found != listed:
+        raise DatasetError(f"{path}: shard '{shard['name']}' lists episodes {listed[0]}, "
+                           f"{listed[1]} frame rows and {listed[2]} step rows, its files hold "
+                           f"{found[0]}, {found[1]} and {found[2]}"[:400])
 
 
 def check_same_episodes(path: Path, frames: dict, steps: dict) -> None:

@@ -7,12 +7,13 @@ The maths lives in `models/`; this module only feeds batches to
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.losses import LossWeights, world_model_loss
 from models.world_model import WorldModel
@@ -37,10 +38,61 @@ class WindowDataset(Dataset):
 
 def window_loader(arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool, seed: int,
                   num_workers: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(WindowDataset(arrays), batch_size=batch_size, shuffle=shuffle,
-                      generator=generator, num_workers=num_workers,
+    """Batches of windows; shuffled in an order that depends on (seed, epoch) alone."""
+    dataset = WindowDataset(arrays)
+    sampler = EpochShuffle(len(dataset), seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       persistent_workers=num_workers > 0)
+
+
+def epoch_seed(seed: int, *position: int) -> int:
+    """A seed of its own for each (epoch[, batch]) of a training seeded with `seed`."""
+    return int(np.random.SeedSequence([seed, *position]).generate_state(1)[0])
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone (Lightning calls `set_epoch` before each
+    epoch): a training resumed at epoch k sees the batches one that ran through saw, where
+    a loader's own generator would start again from its first epoch's order."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class EpochSeed(L.Callback):
+    """Reseeds torch, numpy and random before every training batch from (seed, epoch,
+    batch) and before every validation from (seed, epoch): the sampled latents then do not
+    depend on what ran before in this process, so a training resumed from an epoch's
+    checkpoint goes on as one that ran through (Lightning's checkpoints hold no generator
+    states, and the first epoch of a fit draws from them where later ones do not)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        reseed(epoch_seed(self.seed, trainer.current_epoch, batch_idx))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer,
+                                  pl_module: L.LightningModule) -> None:
+        reseed(epoch_seed(self.seed, trainer.current_epoch))
+
+
+def reseed(seed: int) -> None:
+    """Seed every generator a training draws from."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class WorldModelModule(L.LightningModule):

@@ -155,7 +155,15 @@ def _compute(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts], tracker
     keep = (stage.resumable(cfg) and not force) or is_ddp_worker()
     work = artifacts.open_partial(root, stage.name, key, keep=keep)
     ctx = StageContext(tracker=tracker, run_id=run_id)
-    summary = dict(stage.produce(cfg, inputs, work, ctx))
+    try:
+        summary = dict(stage.produce(cfg, inputs, work, ctx))
+    except Exception as err:  # refused or failed; an interrupt keeps its work for the rerun
+        full = artifacts.disk_full_error(root, err)  # before freeing the partial's space
+        if not is_ddp_worker():
+            artifacts.discard_partial(work, keep)
+        if full is not None:
+            raise full from err
+        raise
     final = artifacts.final_dir(root, stage.name, key)
     artifacts.commit(work, final, stage_config_text(stage, cfg), summary)
     return Artifacts(stage.name, key, final, artifacts.clean_numbers(summary))

@@ -8,16 +8,20 @@ The default store is embedded (`sqlite:///<workdir>/mlflow.db`, artifacts under
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import check_workdir
 from pipeline.config import Config, flatten, to_dict
+from pipeline.errors import DrivecastError, StageError
 
 MAX_PARAM_CHARS = 500
 PARAMS_PER_CALL = 100
+STORE_LOCK = ".mlflow-store.lock"  # in the workdir: taken while a process opens the store
 
 
 class Tracker:
@@ -27,14 +31,24 @@ class Tracker:
         self.enabled = cfg.tracking.enabled
         self.uri = cfg.tracking_uri
         self.experiment_id: str | None = None
+        check_workdir(Path(cfg.workdir))
         if self.enabled:
+            with store_turn(Path(cfg.workdir)):
+                self._connect_or_refuse(cfg)
+
+    def _connect_or_refuse(self, cfg: Config) -> None:
+        try:
             self._connect(cfg)
+        except DrivecastError:
+            raise
+        except Exception as err:  # MLflow and its database layer raise many types here
+            raise StageError(f"tracking store {self.uri} cannot be used ({_one_line(err)}): "
+                             f"check tracking.uri, or set tracking.enabled=false") from None
 
     def _connect(self, cfg: Config) -> None:
         _quiet_mlflow_logs()
         import mlflow
 
-        Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.uri)
         found = mlflow.get_experiment_by_name(cfg.experiment)
         if found is None:
@@ -95,6 +109,23 @@ class Tracker:
             import mlflow
 
             mlflow.set_tags(dict(tags))
+
+
+@contextlib.contextmanager
+def store_turn(workdir: Path) -> Iterator[None]:
+    """One process at a time opens the store: MLflow creates a fresh SQLite store's schema
+    (and an experiment) on first use, and two processes doing it at once collide."""
+    with open(workdir / STORE_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def config_params(section: Any, prefix: str) -> dict[str, Any]:

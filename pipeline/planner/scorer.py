@@ -23,7 +23,8 @@ import numpy as np
 from pipeline.artifacts import write_text_atomic
 from pipeline.errors import DrivecastError
 
-SIDECAR_VERSION = 2  # 2: adds "bootstrap", "lookahead" and "risk"
+SIDECAR_VERSION = 3  # 2: adds "bootstrap", "lookahead" and "risk"; 3: adds "onnx_sha256"
+READABLE_VERSIONS = (2, 3)  # a version 2 sidecar (exported before 3) carries no hash
 SIDECAR_KEYS = (
     "format_version",  # int, SIDECAR_VERSION
     "action_names",  # list[str], index = action id
@@ -46,6 +47,7 @@ SIDECAR_KEYS = (
     "output_names",  # collision_prob, expected_return, uncertainty, positions
     "opset",  # ONNX opset of the default domain
     "tolerance",  # max abs torch-vs-onnxruntime difference accepted at export
+    "onnx_sha256",  # hex sha256 of the ONNX file it was written for (from version 3)
 )
 INT_KEYS = ("format_version", "history", "horizon", "vehicles", "obs_dim", "stoch_dim",
             "samples", "frames_per_step", "opset")
@@ -77,14 +79,41 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
 def write_sidecar(onnx_path: str | os.PathLike, **fields) -> Path:
     """Write the sidecar of ``onnx_path`` atomically and return its path.
 
-    fields: every key of SIDECAR_KEYS except format_version (added here); unknown or
-    missing keys are refused.
+    fields: every key of SIDECAR_KEYS except format_version and onnx_sha256 (both added
+    here, the hash of the file at ``onnx_path``); unknown or missing keys are refused.
     """
-    fields = {"format_version": SIDECAR_VERSION, **{k: plain(v) for k, v in fields.items()}}
+    fields = {k: plain(v) for k, v in fields.items() if k not in ("format_version",
+                                                                 "onnx_sha256")}
+    fields = {"format_version": SIDECAR_VERSION, **fields, "onnx_sha256": "0" * 64}
     path = sidecar_path(onnx_path)
     check_sidecar(fields, path)
+    if not Path(onnx_path).is_file():
+        raise ScorerError(f"ONNX planner {onnx_path} is missing: its sidecar records its hash, "
+                          f"so the ONNX file is written first")
+    fields["onnx_sha256"] = onnx_sha256(Path(onnx_path))
     write_text_atomic(path, json.dumps(fields, indent=2))
     return path
+
+
+def onnx_sha256(path: Path) -> str:
+    """Hex sha256 of the file at ``path`` (hashlib is all the serving path needs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_belongs(onnx_path: Path, meta: dict) -> None:
+    """The sidecar was written for this very ONNX file (not another export's)."""
+    if meta["format_version"] < 3:
+        return
+    if onnx_sha256(onnx_path) != meta["onnx_sha256"]:
+        raise ScorerError(f"ONNX planner {onnx_path} is not the file its sidecar "
+                          f"{sidecar_path(onnx_path)} was written for (sha256 differs): serve "
+                          f"each planner.onnx with the sidecar exported beside it")
 
 
 def plain(value):
@@ -112,11 +141,12 @@ def read_sidecar(path: Path) -> dict:
 def check_sidecar(fields: dict, path: Path) -> None:
     """Refuse a wrong version, missing/unknown keys and values of the wrong kind."""
     version = fields.get("format_version")
-    if version != SIDECAR_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ScorerError(f"planner sidecar {path} has format_version {version!r}; this "
-                          f"scorer reads version {SIDECAR_VERSION}")
-    missing = [key for key in SIDECAR_KEYS if key not in fields]
-    unknown = sorted(set(fields) - set(SIDECAR_KEYS))
+                          f"scorer reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    keys = SIDECAR_KEYS if version == SIDECAR_VERSION else SIDECAR_KEYS[:-1]
+    missing = [key for key in keys if key not in fields]
+    unknown = sorted(set(fields) - set(keys))
     if missing or unknown:
         raise ScorerError(f"planner sidecar {path} is missing keys {missing} / has unknown "
                           f"keys {unknown}")
@@ -130,6 +160,11 @@ def check_sidecar(fields: dict, path: Path) -> None:
             raise ScorerError(f"planner sidecar {path}: '{key}' must be a non-negative "
                               f"number, got {value!r}")
     check_sidecar_lists(fields, path)
+    digest = fields.get("onnx_sha256", "0" * 64)
+    if not (isinstance(digest, str) and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)):
+        raise ScorerError(f"planner sidecar {path}: 'onnx_sha256' must be 64 hex digits, got "
+                          f"{digest!r}"[:300])
 
 
 def check_sidecar_lists(fields: dict, path: Path) -> None:
@@ -236,6 +271,7 @@ class OnnxScorer:
         path = Path(onnx_path)
         session = open_session(path, threads)
         meta = read_sidecar(sidecar_path(path))
+        check_belongs(path, meta)
         check_graph(session, meta, path)
         opset = graph_opset(path)
         if opset is not None and opset != meta["opset"]:
@@ -264,8 +300,8 @@ class OnnxScorer:
 
     def check_history(self, hist, hist_mask) -> tuple[np.ndarray, np.ndarray]:
         h, n, d = self.history, self.vehicles, self.obs_dim
-        hist = np.ascontiguousarray(hist, dtype=np.float32)
-        hist_mask = np.asarray(hist_mask)
+        hist = as_array("hist", hist, np.float32)
+        hist_mask = as_array("hist_mask", hist_mask, None)
         if hist.shape != (h, n, d):
             raise ScorerError(f"hist must have shape (H, N, D) = {(h, n, d)} for {self.path}, "
                               f"got {hist.shape}")
@@ -277,7 +313,7 @@ class OnnxScorer:
         return hist, hist_mask.astype(bool)
 
     def check_candidates(self, candidates) -> np.ndarray:
-        candidates, f = np.ascontiguousarray(candidates), self.horizon
+        candidates, f = as_array("candidates", candidates, None), self.horizon
         if candidates.ndim != 2 or candidates.shape[1] != f or len(candidates) == 0:
             raise ScorerError(f"candidates must have shape (K, F) with K >= 1 and F = {f} for "
                               f"{self.path}, got {candidates.shape}")
@@ -296,3 +332,15 @@ class OnnxScorer:
             if value.shape != want[name]:
                 raise ScorerError(f"ONNX planner {self.path} returned {name} with shape "
                                   f"{value.shape}, expected {want[name]}")
+
+
+def as_array(name: str, value, dtype) -> np.ndarray:
+    """``value`` as a contiguous numpy array (of ``dtype`` if given), or a one-line
+    ScorerError naming the input (text, ragged lists and objects are not numbers)."""
+    try:
+        array = np.ascontiguousarray(value, dtype=dtype)
+    except (ValueError, TypeError) as error:
+        raise ScorerError(f"{name} must be an array of numbers ({one_line(error)})") from None
+    if array.dtype.kind not in "biuf":
+        raise ScorerError(f"{name} must be an array of numbers, got dtype {array.dtype}")
+    return array

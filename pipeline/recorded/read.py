@@ -21,6 +21,11 @@ import pyarrow.parquet as pq
 from pipeline.recorded.mapping import Mapping, RecordedError, frame_rate, is_parquet
 
 LENGTH_ROLES = ("x", "y", "length", "width", "vx", "vy")
+# Largest magnitude of each role after unit conversion (SI): positions far outside any road
+# map (UTM northings stay below 1e7 m), speeds above any road vehicle's, boxes longer than
+# any vehicle, recordings longer than 11 days. A value beyond is a broken file, not traffic.
+LIMITS = {"x": 1e7, "y": 1e7, "vx": 150.0, "vy": 150.0, "length": 100.0, "width": 100.0,
+          "time": 1e6}
 SHOWN = 3  # locations quoted in an error message
 
 
@@ -176,6 +181,26 @@ def check_finite(path: Path, columns: dict[str, np.ndarray], names: dict[str, st
                             f"columns ({per_column}) at {where(path, rows)}")
 
 
+def check_has_rows(path: Path, table: pa.Table) -> None:
+    if table.num_rows == 0:
+        raise RecordedError(f"{path}: holds a header but no rows")
+
+
+def check_ranges(path: Path, columns: dict[str, np.ndarray], names: dict[str, str],
+                 source_row: np.ndarray) -> None:
+    """Refuse values beyond LIMITS (converted to m, m/s, s), naming column and lines."""
+    for role, limit in LIMITS.items():
+        if role not in columns:
+            continue
+        bad = np.flatnonzero(np.abs(columns[role]) > limit)
+        if len(bad):
+            unit = {"time": "s since the first timestamp", "vx": "m/s", "vy": "m/s"}.get(role,
+                                                                                       "m")
+            raise RecordedError(f"{path}: column '{names[role]}' holds {len(bad)} value(s) "
+                                f"beyond {limit:g} {unit} (after unit conversion), e.g. "
+                                f"{columns[role][bad[0]]:g} at {where(path, source_row[bad])}")
+
+
 def check_time_order(path: Path, track: np.ndarray, time: np.ndarray, name: str,
                      source_row: np.ndarray) -> None:
     """Within each track, rows must come with strictly increasing time."""
@@ -201,6 +226,7 @@ def read_recording(path: Path, mapping: Mapping) -> Rows:
     except (pa.ArrowException, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RecordedError(f"{path}: cannot read the file ({reason})") from None
+    check_has_rows(path, table)
     columns = {role: column_values(path, table, name, ids=role == "track")
                for role, name in mapping.columns.items() if role != "time"}
     columns["time"] = to_seconds(path, table, mapping)
@@ -216,4 +242,5 @@ def read_recording(path: Path, mapping: Mapping) -> Rows:
             columns[role] = columns[role] * mapping.length_scale
     if "heading" in columns and mapping.heading_unit == "deg":
         columns["heading"] = np.deg2rad(columns["heading"])
+    check_ranges(path, columns, mapping.columns, source_row)
     return Rows(path, columns, source_row)

@@ -41,13 +41,16 @@ def build_trainer(cfg: Config, work: Path, ctx: StageContext):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from pipeline.lit_module import EpochSeed
+
     t, monitor = cfg.train, monitored_metric(cfg)
     checkpoint = ModelCheckpoint(dirpath=work / CHECKPOINTS, filename="best", monitor=monitor,
                                  mode="min", save_top_k=1, save_last=True)
     return L.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=t.precision, gradient_clip_val=t.grad_clip,
-        callbacks=[checkpoint, EarlyStopping(monitor, patience=t.patience, mode="min")],
+        callbacks=[checkpoint, EarlyStopping(monitor, patience=t.patience, mode="min"),
+                   EpochSeed(cfg.seed)],
         logger=mlflow_logger(cfg, ctx), default_root_dir=work, deterministic=True,
         log_every_n_steps=1, enable_model_summary=False,
     )
@@ -91,12 +94,18 @@ def target_scale(train: WindowSet) -> np.ndarray:
 
 
 def completed_epochs(checkpoint: str | None) -> int:
-    """Epochs a (last) checkpoint has finished; 0 without one."""
+    """Epochs a (last) checkpoint has finished; 0 without one. A checkpoint that cannot be
+    read (a kill while it was written by an older Lightning, a full disk) is refused."""
     if checkpoint is None:
         return 0
     import torch
 
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception as err:  # torch.load raises many types on a damaged file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise StageError(f"{checkpoint}: checkpoint cannot be read ({reason}); delete it to "
+                         f"train from the start, or run without train.resume") from None
 
 
 def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext,
@@ -156,11 +165,13 @@ def train_on(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageCo
     """Fit on `splits` (optionally warm-started from the train stage `init`), write the
     splits and the model, and return the stage summary."""
     from pipeline.forecast import forecast_summary
+    from pipeline.lit_module import reseed
 
     write_json_atomic(work / SPLITS, {k: np.unique(v.arrays["episode"]).tolist()
                                       for k, v in splits.items()})
     module, figures = fit(cfg, splits, work, ctx, init=init)
     save_model(module, cfg, splits["train"], work)  # (its dt and frames per step)
+    reseed(cfg.seed)  # the figures' samples: the same after a resumed or a whole training
     summary = forecast_summary(module.model, splits["val"], prefix="val_") | figures
     summary |= {"params": sum(p.numel() for p in module.model.parameters()),
                 "train_windows": len(splits["train"]), "val_windows": len(splits["val"])}
