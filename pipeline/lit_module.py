@@ -16,16 +16,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.losses import LossWeights, world_model_loss
 from models.world_model import WorldModel
+from models.world_models import make_world_model
 
 TENSOR_KEYS = ("hist", "hist_mask", "actions", "future", "future_mask", "reward", "collision",
                "cont", "step_mask", "label_mask")
+OPTIONAL_KEYS = ("size", "future_frames", "future_frames_mask")  # read by the interaction variant
 
 
 class WindowDataset(Dataset):
     """Windows (the contract's arrays) as a map-style dataset of tensor dicts."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
-        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in TENSOR_KEYS}
+        keys = TENSOR_KEYS + tuple(k for k in OPTIONAL_KEYS if k in arrays)
+        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in keys}
         self.size = len(arrays["actions"])
 
     def __len__(self) -> int:
@@ -51,7 +54,7 @@ class WorldModelModule(L.LightningModule):
                  target_scale: list[float]):
         super().__init__()
         self.save_hyperparameters()
-        self.model = WorldModel(**model_kwargs)
+        self.model = make_world_model(**model_kwargs)
         self.model.set_normalization(torch.tensor(obs_mean), torch.tensor(obs_std),
                                      torch.tensor(target_scale))
         self.weights = LossWeights(**loss_weights)
