@@ -11,7 +11,8 @@ One latent state per vehicle, stepped at `substeps` points inside each decision 
       m_i     = attention of vehicle i over all present vehicles j, keys from h_j and the
                 pair's relative state and size (absent vehicles masked out)
       h_i     = GRUCell([m_i, z_i, embed(a_t), is_ego, own state], h_i)
-      v_i    += acceleration head(h_i) * dt_sub;  p_i += mean velocity * dt_sub
+      v_i    += acceleration head(h_i) * dt_sub (+ for the ego a learned per-action,
+                per-sub-step velocity change);  p_i += mean velocity * dt_sub
 
 The ego's meta-action a_t enters every vehicle's update (the ego's own motion follows it;
 the others see the ego's imagined state through attention, so they respond to it). The
@@ -196,6 +197,10 @@ class InteractionWorldModel(nn.Module):
         self.prior = EnsembleMLP(ensemble, hidden_dim, hidden_dim, 2 * vehicle_stoch)
         self.posterior = mlp(hidden_dim + KINEMATIC_DIM + 1, hidden_dim, 2 * vehicle_stoch)
         self.motion = nn.Linear(hidden_dim, 2 + KINEMATIC_DIM)  # acceleration, raw std
+        # the ego's mean velocity change per sub-step of each meta-action (in units of ten times
+        # the velocity spread): a direct path from the action to the ego's motion, learned
+        # from the data like every other weight (a lane change is 4 m in about a second)
+        self.ego_profile = nn.Parameter(torch.zeros(n_actions, substeps, 2))
         self.presence = nn.Linear(hidden_dim, 1)
         self.scalar_heads = mlp(2 * hidden_dim, hidden_dim, 3)  # reward, collision, continue
         self.register_buffer("target_scale", torch.ones(KINEMATIC_DIM))
@@ -386,6 +391,8 @@ class InteractionWorldModel(nn.Module):
         embedded = self.action_embed(actions)  # (M, F, A)
         sub_dt = self.dt / j
         accel_scale = self.target_scale[2:] / self.dt
+        profile_scale = 10.0 * self.encoder.obs_std[2:KINEMATIC_DIM]
+        others = torch.zeros_like(state[:, 1:, 2:])  # (M, N-1, 2): no profile for the others
         std_scale = self.target_scale / j
         states, stds, presence, scene, stoch = [], [], [], [], []
         prior_means, prior_stds, post_means, post_stds = [], [], [], []
@@ -402,13 +409,15 @@ class InteractionWorldModel(nn.Module):
                 post_stds.append(post[1])
             stoch.append(z.reshape(m, -1))
             action = embedded[:, t, None].expand(-1, n, -1)  # (M, N, A)
+            profile = self.ego_profile.index_select(0, actions[:, t]) * profile_scale  # (M, J, 2)
             for i in range(j):
                 message = self.interact(hidden, self._pair_features(state, ctx.sizes), present)
                 inputs = torch.cat([message, z, action, is_ego, self._own_features(state)], -1)
                 hidden = self.cell(inputs.reshape(m * n, -1),
                                    hidden.reshape(m * n, -1)).reshape(m, n, -1) * keep
                 out = apply_2d(self.motion, hidden)  # (M, N, 6)
-                velocity = state[..., 2:] + out[..., :2] * accel_scale * sub_dt
+                ego_change = torch.cat([profile[:, i, None], others], dim=1)  # (M, N, 2)
+                velocity = state[..., 2:] + out[..., :2] * accel_scale * sub_dt + ego_change
                 position = state[..., :2] + 0.5 * (state[..., 2:] + velocity) * sub_dt
                 state = torch.cat([position, velocity], dim=-1) * keep  # (M, N, 4)
                 elapsed = t * j + i + 1  # sub-steps since t0
