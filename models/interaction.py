@@ -51,7 +51,8 @@ from models.world_model import (
 VARIANT = "interaction"
 DEFAULT_SIZE = (5.0, 2.0)  # highway-env's vehicle length and width (m), when none is given
 SIZE_SCALE = (2.0, 0.5)  # spread used to normalise lengths and widths
-PAIR_DIM = 2 * KINEMATIC_DIM + 2  # relative [x, y, vx, vy], their squares-free signs, size
+PAIR_SCALE = (10.0, 2.0, 5.0, 1.0)  # metres, metres, m/s, m/s: offsets of a typical neighbour
+PAIR_DIM = KINEMATIC_DIM + 5 + 2  # relative state, proximity features, the sender's size
 
 
 class InteractionContext(NamedTuple):
@@ -331,16 +332,21 @@ class InteractionWorldModel(nn.Module):
         return (sizes.to(default.dtype) - default) / scale * present[..., None]
 
     def _pair_features(self, state: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-        """state (M, N, 4) physical, sizes (M, N, 2) normalised -> (M, N, N, PAIR_DIM):
-        for receiver i (axis 1) and sender j (axis 2), (s_j - s_i) / obs_std, the same
-        divided by (1 + |.|) (near pairs resolved finely) and j's size."""
-        scale = self.encoder.obs_std[:KINEMATIC_DIM]
-        norm = state / scale
-        relative = norm[:, None, :, :] - norm[:, :, None, :]  # (M, N, N, 4)
-        near = relative[..., :2] / (1.0 + relative[..., :2].abs())
-        near = torch.cat([near, relative[..., 2:] / (1.0 + relative[..., 2:].abs())], dim=-1)
+        """state (M, N, 4) physical, sizes (M, N, 2) normalised -> (M, N, N, PAIR_DIM): for
+        receiver i (axis 1) and sender j (axis 2), s_j - s_i scaled by PAIR_SCALE; the
+        closeness c = 1 / (1 + |dx|), the signed side dx / (1 + |dx|), the lateral overlap
+        o = exp(-dy^2) (about 1 in the same lane), c * o and the closing speed times c * o
+        (what car following reacts to); and j's size."""
+        scale = torch.tensor(PAIR_SCALE, dtype=state.dtype, device=state.device)
+        relative = (state[:, None, :, :] - state[:, :, None, :]) / scale  # (M, N, N, 4)
+        dx, dy, dvx, _ = relative.unbind(-1)
+        closeness = 1.0 / (1.0 + dx.abs())
+        overlap = torch.exp(-dy * dy)
+        near_same_lane = closeness * overlap
+        proximity = torch.stack([closeness, dx * closeness, overlap, near_same_lane,
+                                 -dvx * near_same_lane], dim=-1)  # (M, N, N, 5)
         size = sizes[:, None, :, :].expand(-1, state.shape[1], -1, -1)
-        return torch.cat([relative, near, size], dim=-1)
+        return torch.cat([relative, proximity, size], dim=-1)
 
     def _own_features(self, state: torch.Tensor) -> torch.Tensor:
         """state (M, N, 4) physical -> normalised [y, vx, vy] (M, N, 3) (x in the t0 frame
