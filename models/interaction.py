@@ -123,37 +123,55 @@ class VehicleFeatures(SceneEncoder):
 
 
 class PairAttention(nn.Module):
-    """Multi-head attention of every vehicle over every present vehicle (itself included),
-    keys and values from the other's hidden state plus an MLP of the pair's relative state
-    and the other's size: (M, N, G) -> messages (M, N, C)."""
+    """Multi-head attention of every vehicle over every present vehicle (itself included):
+    keys and values are a projection of the other's hidden state plus a projection of the
+    pair's features (relative state, proximity, the other's size; nonlinear already):
+    (M, N, G) -> messages (M, N, C).
+
+    The pair projections are never formed per pair: q_i . (Wk h_j + Pk p_ij) is taken as
+    q_i . Wk h_j + (Pk^T q_i) . p_ij and sum_j w_ij (Wv h_j + Pv p_ij) as
+    sum_j w_ij Wv h_j + Pv sum_j w_ij p_ij, so the widest tensors are (M, N, N, P),
+    P = PAIR_DIM, not (M, N, N, C), and every product is a batched matmul: the planner
+    has K*S*N*N pairs per sub-step."""
 
     def __init__(self, hidden_dim: int, embed_dim: int, heads: int):
         super().__init__()
         if embed_dim % heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by heads {heads}")
-        self.heads = heads
+        self.heads, self.embed_dim = heads, embed_dim
         self.query = nn.Linear(hidden_dim, embed_dim)
         self.node = nn.Linear(hidden_dim, 2 * embed_dim)
-        self.pair = mlp(PAIR_DIM, embed_dim, 2 * embed_dim)
+        self.pair_key = nn.Parameter(torch.empty(heads, embed_dim // heads, PAIR_DIM))
+        self.pair_value = nn.Parameter(torch.empty(heads, embed_dim // heads, PAIR_DIM))
+        for weight in (self.pair_key, self.pair_value):
+            nn.init.uniform_(weight, -PAIR_DIM ** -0.5, PAIR_DIM ** -0.5)
         self.out = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, hidden: torch.Tensor, pair: torch.Tensor,
                 present: torch.Tensor) -> torch.Tensor:
-        """hidden (M, N, G), pair (M, N, N, PAIR_DIM) features of j seen from i (axis 1 =
-        i, axis 2 = j), present (M, N) bool -> messages (M, N, C)."""
+        """hidden (M, N, G), pair (M, N, N, P) features of j seen from i (axis 1 = i,
+        axis 2 = j), present (M, N) bool -> messages (M, N, C)."""
         m, n, _ = hidden.shape
-        c = self.out.in_features
-        d = c // self.heads
-        query = self.query(hidden).reshape(m, n, self.heads, d).transpose(1, 2)  # (M, h, N, d)
-        node = self.node(hidden)[:, None]  # (M, 1, N, 2C)
-        key, value = (node + apply_2d(self.pair, pair)).chunk(2, dim=-1)  # (M, N, N, C)
-        key = key.reshape(m, n, n, self.heads, d).permute(0, 3, 1, 2, 4)  # (M, h, N, N, d)
-        value = value.reshape(m, n, n, self.heads, d).permute(0, 3, 1, 2, 4)
-        scores = (key * query[..., None, :]).sum(-1) / math.sqrt(d)  # (M, h, N, N)
-        scores = scores.masked_fill(~present[:, None, None, :], -1e9)
-        weights = torch.softmax(scores, dim=-1)  # (M, h, N, N)
-        message = (weights[..., None] * value).sum(-2)  # (M, h, N, d)
-        return self.out(message.transpose(1, 2).reshape(m, n, c))  # (M, N, C)
+        h, d = self.heads, self.embed_dim // self.heads
+        p = pair.shape[-1]
+        query = self.query(hidden).reshape(m, n, h, d)
+        key, value = self.node(hidden).chunk(2, dim=-1)
+        key = key.reshape(m, n, h, d).transpose(1, 2)  # (M, h, N_j, d)
+        value = value.reshape(m, n, h, d).transpose(1, 2)  # (M, h, N_j, d)
+        node_scores = query.transpose(1, 2) @ key.transpose(-1, -2)  # (M, h, N_i, N_j)
+        by_head = query.permute(2, 0, 1, 3).reshape(h, m * n, d)  # (h, M*N_i, d)
+        query_pair = (by_head @ self.pair_key).permute(1, 2, 0)  # (M*N_i, P, h)
+        pairs = pair.reshape(m * n, n, p)  # (M*N_i, N_j, P)
+        pair_scores = (pairs @ query_pair).reshape(m, n, n, h)  # (M, N_i, N_j, h)
+        scores = (node_scores.permute(0, 2, 3, 1) + pair_scores) / math.sqrt(d)
+        scores = scores.masked_fill(~present[:, None, :, None], -1e9)
+        weights = torch.softmax(scores, dim=2)  # (M, N_i, N_j, h) over the senders j
+        from_nodes = weights.permute(0, 3, 1, 2) @ value  # (M, h, N_i, d)
+        pooled = weights.reshape(m * n, n, h).transpose(1, 2) @ pairs  # (M*N_i, h, P)
+        pooled = pooled.transpose(0, 1)  # (h, M*N_i, P)
+        from_pairs = (pooled @ self.pair_value.transpose(1, 2)).reshape(h, m, n, d)
+        message = from_nodes.permute(0, 2, 1, 3) + from_pairs.permute(1, 2, 0, 3)  # (M,N,h,d)
+        return self.out(message.reshape(m, n, h * d))  # (M, N, C)
 
 
 class InteractionWorldModel(nn.Module):
