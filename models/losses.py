@@ -122,10 +122,6 @@ def combine_rollouts(obs: Observation, batch: Any,
 def world_model_loss(model: WorldModel, batch: Any,
                      weights: LossWeights | None = None) -> tuple[torch.Tensor, dict]:
     """Total loss (scalar) and detached metrics (name -> 0-d tensor) for one window batch."""
-    if model.variant == "interaction":  # per-vehicle latents: its own loss
-        from models.interaction_loss import interaction_loss
-
-        return interaction_loss(model, batch, weights)
     weights = weights or LossWeights()
     obs = model.observe(batch)
     terms, open_ade = combine_rollouts(obs, batch, weights)

@@ -1,7 +1,7 @@
 """Lightning wraps the world model: optimiser, the combined loss and logging.
 
 The maths lives in `models/`; this module only feeds batches to
-`models.losses.world_model_loss` and logs what it returns.
+`models.world_models.training_loss` (the variant's loss) and logs what it returns.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.losses import LossWeights, world_model_loss
+from models.losses import LossWeights
 from models.world_model import WorldModel
-from models.world_models import make_world_model
+from models.world_models import make_world_model, training_loss
 
 TENSOR_KEYS = ("hist", "hist_mask", "actions", "future", "future_mask", "reward", "collision",
                "cont", "step_mask", "label_mask")
@@ -60,7 +60,7 @@ class WorldModelModule(L.LightningModule):
         self.weights = LossWeights(**loss_weights)
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        loss, metrics = world_model_loss(self.model, batch, self.weights)
+        loss, metrics = training_loss(self.model, batch, self.weights)
         size = batch["actions"].shape[0]
         self.log(f"{split}/loss", loss, prog_bar=True, on_epoch=True, on_step=False,
                  batch_size=size, sync_dist=split != "train")

@@ -8,8 +8,7 @@ import torch
 
 from models.interaction import InteractionWorldModel
 from models.interaction_loss import interaction_loss, sub_step_targets
-from models.losses import world_model_loss
-from models.world_models import make_world_model
+from models.world_models import make_world_model, training_loss
 from tests.models.test_world_model import make_batch
 
 TINY = {"obs_dim": 7, "embed_dim": 16, "hidden_dim": 24, "vehicle_stoch": 2, "heads": 2,
@@ -144,7 +143,7 @@ def test_loss_uses_the_frames_inside_each_step_and_trains_every_part():
     targets = sub_step_targets(batch, 3, model.substeps)  # 4 frames per step -> every 2nd
     assert targets[0].shape == (4, 6, 5, 4)
     torch.testing.assert_close(targets[0][:, 1::2], batch["future"])
-    loss, metrics = world_model_loss(model, batch)  # dispatches on the variant
+    loss, metrics = training_loss(model, batch)  # dispatches on the variant
     assert torch.isfinite(loss) and metrics["forecast_frames_nll"] > 0
     loss.backward()
     silent = [name for name, p in model.named_parameters()
