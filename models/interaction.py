@@ -224,6 +224,8 @@ class InteractionWorldModel(nn.Module):
         self.scalar_heads = mlp(2 * hidden_dim, hidden_dim, 3)  # reward, collision, continue
         self.register_buffer("target_scale", torch.ones(KINEMATIC_DIM))
 
+    reads_sizes = True  # imagine() takes the vehicles' lengths and widths (sizes=...)
+
     @property
     def stochastic(self) -> bool:
         return True

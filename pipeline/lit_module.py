@@ -109,7 +109,10 @@ def warmup_cosine(total_steps: int, warmup: float = 0.05, floor: float = 0.05):
 def forecast_ade(model: WorldModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean position error (m) of the other vehicles under the open-loop prior-mean rollout
     (what evaluation scores), over present steps; the early-stopping metric."""
-    imagined = model.imagine(batch["hist"], batch["hist_mask"], batch["actions"][:, None])
+    extra = ({"sizes": batch["size"]} if getattr(model, "reads_sizes", False) and "size" in batch
+             else {})
+    imagined = model.imagine(batch["hist"], batch["hist_mask"], batch["actions"][:, None],
+                             **extra)
     position = imagined.states_mean[:, 0, 0, ..., :2]  # (B, F, N, 2)
     error = (position - batch["future"][..., :2]).norm(dim=-1)  # (B, F, N)
     valid = batch["future_mask"].bool() & batch["step_mask"].bool()[..., None]
