@@ -10,12 +10,14 @@ One latent state per vehicle, stepped at `substeps` points inside each decision 
     per sub-step:
       m_i     = attention of vehicle i over all present vehicles j, keys from h_j and the
                 pair's relative state and size (absent vehicles masked out)
-      h_i     = GRUCell([m_i, z_i, embed(a_t), is_ego, own state], h_i)
+      h_i     = GRUCell([m_i, z_i, embed(a_t) (ego only), is_ego, own state], h_i)
       v_i    += acceleration head(h_i) * dt_sub (+ for the ego a learned per-action,
                 per-sub-step velocity change);  p_i += mean velocity * dt_sub
 
-The ego's meta-action a_t enters every vehicle's update (the ego's own motion follows it;
-the others see the ego's imagined state through attention, so they respond to it). The
+The ego's meta-action a_t enters the ego's update only: the others respond to the ego
+through its imagined state, which they read by attention at every sub-step, as drivers
+do (given the action, they would learn the data's correlations between the ego's
+choices and the traffic instead: "the ego changes lanes, so everyone is slow"). The
 rollout runs on its own predicted states, also in training, so the loss is a multi-step
 open-loop loss. Nothing depends on the order of slots 1..N-1: tokens, attention and the
 pooled scene summary are all permutation-equivariant or invariant.
@@ -434,7 +436,7 @@ class InteractionWorldModel(nn.Module):
                 post_means.append(post[0])
                 post_stds.append(post[1])
             stoch.append(z.reshape(m, -1))
-            action = embedded[:, t, None].expand(-1, n, -1)  # (M, N, A)
+            action = embedded[:, t, None] * is_ego  # (M, N, A): zeros for the others
             profile = self.ego_profile.index_select(0, actions[:, t]) * profile_scale  # (M, J, 2)
             for i in range(j):
                 message = self.interact(hidden, self._pair_features(state, ctx.sizes), present)
