@@ -40,11 +40,12 @@ class ConfigError(DrivecastError, ValueError):
 
 
 class Variant(str, enum.Enum):
-    """World-model variants (see models/world_model.py)."""
+    """World-model variants (see models/world_model.py; interaction: models/interaction.py)."""
 
     deterministic = "deterministic"
     probabilistic = "probabilistic"
     value_equivalent = "value_equivalent"
+    interaction = "interaction"
 
 
 class ModelRisk(str, enum.Enum):
@@ -162,13 +163,17 @@ class IngestConfig:
 class ModelConfig:
     """World-model shape. `size` expands into widths via `model_kwargs()` (MODEL_SIZES).
 
+    `variant`: the RSSM (models/world_model.py) as probabilistic, deterministic or
+    value_equivalent, or interaction (models/interaction.py: a latent state per vehicle,
+    attention between vehicles at sub-steps of each decision; INTERACTION_SIZES).
+
     `risk` is the collision probability that evaluate and the planner's model risk use:
     overlap (the forecast boxes of the ego and a neighbour overlap, models/risk.py; needs no
     collision labels), head (the learned collision head) or combined
     (1 - (1 - head)(1 - overlap)).
     """
 
-    variant: Variant = Variant.probabilistic  # deterministic | probabilistic | value_equivalent
+    variant: Variant = Variant.probabilistic  # an RSSM kind or interaction (see above)
     size: str = "small"  # width preset: debug | small | base
     history: int = 10  # H: history frames (simulation frames) fed to the encoder
     horizon: int = 5  # F: future decision steps forecast per window
@@ -188,6 +193,18 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
              "action_dim": 16, "slot_dim": 32, "prior_hidden_dim": 64},
 }
 
+# The same presets for the interaction variant (constructor arguments of
+# models/interaction.py InteractionWorldModel): per-vehicle latent widths and the sub-steps
+# of each decision step at which vehicles interact.
+INTERACTION_SIZES: dict[str, dict[str, int]] = {
+    "debug": {"embed_dim": 16, "hidden_dim": 32, "vehicle_stoch": 2, "heads": 2,
+              "action_dim": 8, "substeps": 5},
+    "small": {"embed_dim": 32, "hidden_dim": 64, "vehicle_stoch": 4, "heads": 2,
+              "action_dim": 8, "substeps": 5},
+    "base": {"embed_dim": 64, "hidden_dim": 96, "vehicle_stoch": 4, "heads": 4,
+             "action_dim": 16, "substeps": 5},
+}
+
 
 def model_kwargs(model: ModelConfig, dt: float) -> dict[str, Any]:
     """WorldModel constructor arguments: the size preset expanded plus the window geometry."""
@@ -196,10 +213,11 @@ def model_kwargs(model: ModelConfig, dt: float) -> dict[str, Any]:
     if model.size not in MODEL_SIZES:
         raise ConfigError(f"config key 'model.size' must be one of {', '.join(MODEL_SIZES)}, "
                           f"got '{model.size}'")
+    sizes = INTERACTION_SIZES if model.variant is Variant.interaction else MODEL_SIZES
     return {"obs_dim": OBS_DIM, "n_vehicles": model.vehicles, "n_actions": 5,
             "ensemble": model.ensemble, "variant": model.variant.value, "dt": dt,
             "risk": model.risk.value,
-            **MODEL_SIZES[model.size]}
+            **sizes[model.size]}
 
 
 @dataclass(frozen=True)

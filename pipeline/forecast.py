@@ -9,13 +9,22 @@ from evaluation import baselines, forecast_eval, metrics
 from pipeline.windows import WindowSet
 
 
-def _batches(windows: WindowSet, batch_size: int, device: torch.device):
+def _batches(windows: WindowSet, batch_size: int, device: torch.device, sizes: bool):
+    """(hist, hist_mask, actions (b, K=1, F), extra imagine() arguments) per batch; the
+    extra arguments hold the slots' sizes for a model that reads them (`sizes`)."""
     a = windows.arrays
     for start in range(0, len(windows), batch_size):
         part = slice(start, start + batch_size)
+        extra = ({"sizes": torch.from_numpy(a["size"][part]).to(device)}
+                 if sizes and "size" in a else {})
         yield (torch.from_numpy(a["hist"][part]).to(device),
                torch.from_numpy(a["hist_mask"][part]).to(device),
-               torch.from_numpy(a["actions"][part][:, None, :]).to(device))  # (b, K=1, F)
+               torch.from_numpy(a["actions"][part][:, None, :]).to(device), extra)
+
+
+def reads_sizes(model: torch.nn.Module) -> bool:
+    """Whether the model takes the vehicles' lengths and widths (the interaction variant)."""
+    return bool(getattr(model, "reads_sizes", False))
 
 
 @torch.no_grad()
@@ -32,15 +41,15 @@ def predict(model: torch.nn.Module, windows: WindowSet, samples: int = 0, seed: 
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[np.ndarray]] = {}
-    for hist, mask, actions in _batches(windows, batch_size, device):
-        mean = model.imagine(hist, mask, actions)
+    for hist, mask, actions, extra in _batches(windows, batch_size, device, reads_sizes(model)):
+        mean = model.imagine(hist, mask, actions, **extra)
         out = {"states": mean.states_mean[:, 0, 0], "states_std": mean.states_std[:, 0, 0],
                "collision": mean.collision[:, 0, 0], "uncertainty": mean.uncertainty[:, 0],
                "collision_head": mean.collision_head[:, 0, 0], "overlap": mean.overlap[:, 0, 0]}
         if samples:
             noise = torch.randn((*actions.shape[:2], samples, actions.shape[2], model.stoch_dim),
                                 generator=generator).to(device)  # (b, 1, S, F, Z)
-            drawn = model.imagine(hist, mask, actions, noise).states_mean[:, 0, ..., :2]
+            drawn = model.imagine(hist, mask, actions, noise, **extra).states_mean[:, 0, ..., :2]
             out["samples"] = drawn.transpose(0, 1)  # (S, b, F, N, 2)
         for key, value in out.items():
             parts.setdefault(key, []).append(value.cpu().numpy())

@@ -1,7 +1,7 @@
 """Lightning wraps the world model: optimiser, the combined loss and logging.
 
 The maths lives in `models/`; this module only feeds batches to
-`models.losses.world_model_loss` and logs what it returns.
+`models.world_models.training_loss` (the variant's loss) and logs what it returns.
 """
 
 from __future__ import annotations
@@ -15,18 +15,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from models.losses import LossWeights, world_model_loss
+from models.losses import LossWeights
 from models.world_model import WorldModel
+from models.world_models import make_world_model, training_loss
 
 TENSOR_KEYS = ("hist", "hist_mask", "actions", "future", "future_mask", "reward", "collision",
                "cont", "step_mask", "label_mask")
+OPTIONAL_KEYS = ("size", "future_frames", "future_frames_mask")  # read by the interaction variant
 
 
 class WindowDataset(Dataset):
     """Windows (the contract's arrays) as a map-style dataset of tensor dicts."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
-        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in TENSOR_KEYS}
+        keys = TENSOR_KEYS + tuple(k for k in OPTIONAL_KEYS if k in arrays)
+        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in keys}
         self.size = len(arrays["actions"])
 
     def __len__(self) -> int:
@@ -103,13 +106,13 @@ class WorldModelModule(L.LightningModule):
                  target_scale: list[float]):
         super().__init__()
         self.save_hyperparameters()
-        self.model = WorldModel(**model_kwargs)
+        self.model = make_world_model(**model_kwargs)
         self.model.set_normalization(torch.tensor(obs_mean), torch.tensor(obs_std),
                                      torch.tensor(target_scale))
         self.weights = LossWeights(**loss_weights)
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        loss, metrics = world_model_loss(self.model, batch, self.weights)
+        loss, metrics = training_loss(self.model, batch, self.weights)
         size = batch["actions"].shape[0]
         self.log(f"{split}/loss", loss, prog_bar=True, on_epoch=True, on_step=False,
                  batch_size=size, sync_dist=split != "train")
@@ -158,7 +161,10 @@ def warmup_cosine(total_steps: int, warmup: float = 0.05, floor: float = 0.05):
 def forecast_ade(model: WorldModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean position error (m) of the other vehicles under the open-loop prior-mean rollout
     (what evaluation scores), over present steps; the early-stopping metric."""
-    imagined = model.imagine(batch["hist"], batch["hist_mask"], batch["actions"][:, None])
+    extra = ({"sizes": batch["size"]} if getattr(model, "reads_sizes", False) and "size" in batch
+             else {})
+    imagined = model.imagine(batch["hist"], batch["hist_mask"], batch["actions"][:, None],
+                             **extra)
     position = imagined.states_mean[:, 0, 0, ..., :2]  # (B, F, N, 2)
     error = (position - batch["future"][..., :2]).norm(dim=-1)  # (B, F, N)
     valid = batch["future_mask"].bool() & batch["step_mask"].bool()[..., None]

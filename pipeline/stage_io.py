@@ -85,13 +85,13 @@ def load_model(train: Artifacts):
     """Rebuild the trained world model (eval mode, CPU) from a train stage directory."""
     import torch
 
-    from models.world_model import WorldModel
+    from models.world_models import make_world_model
 
     spec_path, weights = train.path / MODEL_SPEC, train.path / MODEL_FILE
     if not spec_path.is_file() or not weights.is_file():
         raise StageError(f"{train.path} holds no trained model ({MODEL_SPEC}, {MODEL_FILE})")
     spec = json.loads(spec_path.read_text())
-    model = WorldModel(**spec["model_kwargs"])
+    model = make_world_model(**spec["model_kwargs"])
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), spec
 

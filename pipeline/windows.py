@@ -5,7 +5,10 @@ simulation frames up to the decision frame t0, the future the next F decision st
 Arrays are numpy; `WindowSet.arrays` maps the contract's names to (B, ...) arrays:
 hist (B,H,N,D), hist_mask (B,H,N), actions (B,F), future (B,F,N,4), future_mask (B,F,N),
 reward/collision/cont (B,F), step_mask/label_mask (B,F), episode (B,), step (B,), and
-ego_pose (B, 3): the ego's world x, y, heading at t0.
+ego_pose (B, 3): the ego's world x, y, heading at t0. Also (read by the interaction
+variant only): size (B,N,2) each slot's length and width (0 if absent),
+future_frames (B,F*J,N,4) and future_frames_mask (B,F*J,N), the slots' x, y, vx, vy at
+every simulation frame of the F steps (J frames per step).
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ IDLE = 1
 
 @dataclass(frozen=True)
 class Scene:
-    """One episode held densely: states (T, V, 6), present (T, V), the ego's index."""
+    """One episode held densely: states (T, V, 6), present (T, V), the ego's index, and
+    each vehicle's length and width (V, 2) (zeros when the frames carry none)."""
 
     states: np.ndarray
     present: np.ndarray
     ego: int
+    sizes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,18 @@ def build_scene(frames: dict[str, np.ndarray], rows: np.ndarray) -> Scene:
     ego_rows = np.flatnonzero(frames["is_ego"][rows])
     if len(ego_rows) == 0:
         raise ValueError(f"episode {int(frames['episode'][rows[0]])} has no ego vehicle rows")
-    return Scene(states, present, int(vehicle[ego_rows[0]]))
+    return Scene(states, present, int(vehicle[ego_rows[0]]), vehicle_sizes(frames, rows,
+                                                                           vehicle, len(ids)))
+
+
+def vehicle_sizes(frames: dict[str, np.ndarray], rows: np.ndarray, vehicle: np.ndarray,
+                  count: int) -> np.ndarray:
+    """(V, 2) length and width of each vehicle of an episode (its last row's), zeros when
+    the frames have no length/width columns."""
+    sizes = np.zeros((count, 2), dtype=np.float32)
+    if "length" in frames and "width" in frames:
+        sizes[vehicle] = np.stack([frames["length"][rows], frames["width"][rows]], axis=-1)
+    return sizes
 
 
 def episode_windows(scene: Scene, steps: dict[str, np.ndarray], frames_per_step: int,
@@ -90,7 +106,7 @@ def window_at(scene: Scene, steps: dict[str, np.ndarray], k: int, frames_per_ste
     raw, future_mask = gather_slots(scene.states, scene.present, slots, end_frames)
     pose = tuple(scene.states[t0, scene.ego, [0, 1, 4]])
     future = np.where(future_mask[..., None], to_ego_frame(raw, pose)[..., :TARGET_DIM], 0.0)
-    return {
+    return future_frames(scene, slots, t0, pose, horizon * frames_per_step) | {
         "hist": hist, "hist_mask": hist_mask,
         "actions": np.where(exists, steps["action"][safe], IDLE).astype(np.int64),
         "future": future.astype(np.float32), "future_mask": future_mask,
@@ -100,6 +116,20 @@ def window_at(scene: Scene, steps: dict[str, np.ndarray], k: int, frames_per_ste
         "step_mask": exists, "label_mask": exists.copy(),
         "step": np.int64(k), "ego_pose": np.asarray(pose, dtype=np.float64),
     }
+
+
+def future_frames(scene: Scene, slots: np.ndarray, t0: int, pose: tuple,
+                  count: int) -> dict[str, np.ndarray]:
+    """The slots' sizes (N, 2) and ego-frame [x, y, vx, vy] at frames t0+1..t0+count
+    (count, N, 4) with their mask (count, N) (frames past the episode are absent)."""
+    raw, mask = gather_slots(scene.states, scene.present, slots, np.arange(t0 + 1,
+                                                                            t0 + 1 + count))
+    values = np.where(mask[..., None], to_ego_frame(raw, pose)[..., :TARGET_DIM], 0.0)
+    sizes = np.zeros((len(slots), 2), dtype=np.float32)
+    if scene.sizes is not None:
+        sizes = np.where((slots >= 0)[:, None], scene.sizes[np.clip(slots, 0, None)], 0.0)
+    return {"size": sizes.astype(np.float32), "future_frames": values.astype(np.float32),
+            "future_frames_mask": mask}
 
 
 def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],

@@ -24,7 +24,7 @@ from models.critic import make_critic
 from models.planner import Planner
 from models.risk_sources import CriticRisk, ImaginedRisk, ReplicaRisk
 from models.traffic import TrafficReplica
-from models.world_model import WorldModel
+from models.world_models import make_world_model
 from pipeline.highway_source import ACTION_NAMES
 from pipeline.planner.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_planner
 from pipeline.planner.scorer import OnnxScorer, write_sidecar
@@ -54,7 +54,7 @@ def export_random_planner(onnx_path: str | os.PathLike, model_kwargs: dict, hist
     lookahead_min_speed as models.planner.Planner takes them; replica: the risk is this
     traffic replica's (models/traffic.py)."""
     torch.manual_seed(seed)
-    model = WorldModel(**model_kwargs)
+    model = make_world_model(**model_kwargs)  # any variant
     critic = (make_critic(critic_members, feat_dim=model.deter_dim + model.stoch_dim,
                           n_vehicles=model.n_vehicles, hidden_dim=critic_hidden,
                           context=critic_context, horizon=horizon) if critic_hidden else None)
