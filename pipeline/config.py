@@ -644,7 +644,7 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
 # replica's steps, critic.*, simulate.episodes, workers and lane guard, iterate.*) keep
 # that check's message (replay's ranges too: here only that its numbers are finite).
 
-AT_LEAST_ONE = ("ingest.workers", "ingest.episodes_per_shard",
+AT_LEAST_ONE = ("ingest.workers", "ingest.batch", "ingest.episodes_per_shard",
                 "ingest.recorded.scenes_per_shard", "model.history", "model.horizon",
                 "model.vehicles", "model.ensemble", "model.stride", "train.epochs",
                 "train.batch_size", "train.devices", "train.num_nodes", "evaluate.episodes",

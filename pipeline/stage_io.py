@@ -90,18 +90,41 @@ def load_model(train: Artifacts):
     spec_path, weights = train.path / MODEL_SPEC, train.path / MODEL_FILE
     if not spec_path.is_file() or not weights.is_file():
         raise StageError(f"{train.path} holds no trained model ({MODEL_SPEC}, {MODEL_FILE})")
-    spec = json.loads(spec_path.read_text())
-    model = make_world_model(**spec["model_kwargs"])
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        spec = json.loads(spec_path.read_text())
+        model = make_world_model(**spec["model_kwargs"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError,
+            pickle.UnpicklingError) as err:
+        raise StageError(f"{train.path} holds no usable trained model ({first_line(err)}); "
+                         f"rerun train with --force") from None
     return model.eval(), spec
+
+
+def first_line(err: Exception) -> str:
+    """An exception's first message line, or its type name when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------- evaluate
 
 def held_out_windows(cfg: Config, inputs: Mapping[str, Artifacts]) -> WindowSet:
     windows = load_windows(dataset_path(inputs["ingest"]), cfg)
-    test_ids = json.loads((inputs["train"].path / SPLITS).read_text())["test"]
-    return windows.subset(np.isin(windows.arrays["episode"], test_ids))
+    return windows.subset(np.isin(windows.arrays["episode"], split_test_ids(inputs["train"])))
+
+
+def split_test_ids(train: Artifacts) -> list[int]:
+    """The test split's episode ids that the train stage recorded in splits.json."""
+    path = train.path / SPLITS
+    try:
+        test = json.loads(path.read_text())["test"]
+        if not isinstance(test, list) or not all(isinstance(e, int) for e in test):
+            raise ValueError("'test' is not a list of episode ids")
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise StageError(f"{path} is not a usable split ({first_line(err)}); rerun train "
+                         f"with --force") from None
+    return test
 
 
 # ---------------------------------------------------------------- export
@@ -141,8 +164,8 @@ def load_critic(critic: Artifacts):
         model = make_critic(**json.loads(spec.read_text()))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StageError(f"{critic.path} holds no usable risk critic ({first})") from None
+        raise StageError(f"{critic.path} holds no usable risk critic ({first_line(err)})") \
+            from None
     return model.eval()
 
 

@@ -34,5 +34,15 @@ def planner(cfg: Config) -> dict[str, float]:
                                   if cfg.export.risk is PlannerRisk.replica else None))
 
 
+def backend(cfg: Config) -> dict[str, float]:
+    """EnvPool's native highway against highway-env: decisions/s, and each behaviour
+    policy's collision rate (95% interval), speed and episode length on both."""
+    from pipeline.bench.backend import bench_backend
+
+    return bench_backend(env_id=cfg.ingest.env_id, env_config=dict(cfg.ingest.env_config),
+                         seed=cfg.seed, workers=cfg.ingest.workers)
+
+
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,
-                                                                "planner": planner}
+                                                                "planner": planner,
+                                                                "backend": backend}

@@ -4,11 +4,13 @@ pipeline/recorded/)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
+from pipeline.dataset import file_sha256
 from pipeline.runner import Stage, StageContext, register
 from pipeline.stage_io import DATASET_DIR, check_ingest_config
 
@@ -39,7 +41,32 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     return stats.summary()
 
 
+def recorded_content(cfg: Config) -> dict:
+    """The content of the recorded files (sha256 by file name), part of the stage key, so
+    a recording edited in place is ingested afresh instead of reusing the old dataset."""
+    if cfg.ingest.source != "recorded":
+        return {}
+    from pipeline.recorded.mapping import highd_meta_path, recording_files
+
+    files = recording_files(cfg.ingest.recorded.path, cfg.ingest.recorded.preset)
+    if cfg.ingest.recorded.preset == "highd":
+        files += [m for m in map(highd_meta_path, files) if m.is_file()]
+    return {"recorded_sha256": {str(path): content_sha256(path) for path in sorted(files)}}
+
+
+@functools.cache
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, computed once per process for an unchanged file."""
+    stat = path.stat()
+    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
 # Simulator collection keeps a killed run's complete shards; recorded data starts afresh.
 STAGE = register(Stage("ingest", sections=("ingest",), inputs=(), produce=produce,
                        resumable=lambda cfg: cfg.ingest.source == "highway",
-                       check=lambda cfg: check_ingest_config(cfg.ingest)))
+                       check=lambda cfg: check_ingest_config(cfg.ingest),
+                       extra_key=recorded_content))

@@ -294,3 +294,65 @@ def test_simulate_refuses_a_missing_planner_file(debug_run, tmp_path, capsys):
     missing = tmp_path / "none.onnx"
     assert main(["simulate", DEBUG, f"workdir={debug_run}", f"simulate.planner={missing}"]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content", [("model.json", "{"), ("model.json", "{}"),
+                                           ("model.pt", "not a checkpoint")])
+def test_a_corrupt_trained_model_is_refused_in_one_line(debug_run, tmp_path, name, content):
+    import shutil
+
+    from pipeline.artifacts import Artifacts
+    from pipeline.errors import StageError
+    from pipeline.stage_io import load_model
+
+    copy = tmp_path / "train"
+    shutil.copytree(stage_dirs(debug_run, "train")[0], copy)
+    (copy / name).write_text(content)
+    with pytest.raises(StageError, match="holds no usable trained model") as error:
+        load_model(Artifacts("train", "k", copy, {}))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("content", ["", '{"train": [0]}', '{"test": "0"}'])
+def test_a_corrupt_split_file_is_refused_in_one_line(debug_run, tmp_path, content):
+    from pipeline.artifacts import Artifacts
+    from pipeline.errors import StageError
+    from pipeline.stage_io import split_test_ids
+
+    (tmp_path / "splits.json").write_text(content)
+    with pytest.raises(StageError, match="splits.json is not a usable split") as error:
+        split_test_ids(Artifacts("train", "k", tmp_path, {}))
+    assert "\n" not in str(error.value)
+
+
+TIMED = ("latency", "_ms", "seconds", "per_s", "registered")
+
+
+@pytest.mark.parametrize("stage", ["export", "simulate"])
+def test_a_killed_stage_leaves_nothing_complete_and_its_rerun_equals_the_first(
+        debug_run, tmp_path, stage):
+    """kill -9 part way through export or simulate: no complete-looking stage directory is
+    left; the rerun completes with the figures of the uninterrupted run (timing aside)."""
+    import shutil
+
+    upstream = {"export": ("ingest", "train", "critic"),
+                "simulate": ("ingest", "train", "critic", "export")}[stage]
+    for name in upstream:
+        if (debug_run / "debug" / name).is_dir():
+            shutil.copytree(debug_run / "debug" / name, tmp_path / "debug" / name)
+    args = [stage, DEBUG, f"workdir={tmp_path}", "tracking.enabled=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "debug").glob(f"{stage}/.partial-*")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "debug" / stage).is_dir() or not stage_dirs(tmp_path, stage)
+    assert main(args) == 0
+    (first,), (rerun,) = stage_dirs(debug_run, stage), stage_dirs(tmp_path, stage)
+    assert rerun.name == first.name  # the same stage key
+    figures = [{k: v for k, v in json.loads((d / "summary.json").read_text()).items()
+                if not any(word in k for word in TIMED)} for d in (first, rerun)]
+    assert figures[0] == figures[1]

@@ -123,6 +123,22 @@ def test_a_killed_recorded_ingest_is_redone_in_a_fresh_directory(exported, tmp_p
     assert read_dataset(done / "dataset").manifest["complete"] is True
 
 
+def test_a_recording_edited_in_place_gets_a_new_ingest_key(exported, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.runner import key_of
+    from pipeline.stages import ingest
+
+    _, csv, _ = exported
+    copy = tmp_path / "ngsim.csv"
+    copy.write_bytes(csv.read_bytes())
+    cfg = load_config(ROOT / "configs" / "debug.yaml", recorded_overrides(tmp_path, copy))
+    before = key_of(ingest.STAGE, cfg, {})
+    assert key_of(ingest.STAGE, cfg, {}) == before  # same bytes, same key
+    lines = copy.read_text().splitlines()
+    copy.write_text("\n".join([lines[0], *lines[2:]]) + "\n")  # one row fewer, same path
+    assert key_of(ingest.STAGE, cfg, {}) != before
+
+
 def test_train_and_evaluate_on_recorded_data_hold_out_time_ranges(exported, tmp_path):
     _, csv, _ = exported
     debug = str(ROOT / "configs" / "debug.yaml")
