@@ -35,6 +35,7 @@ import numpy as np
 from evaluation.batch_policies import BatchPolicy, Scenes
 from models.candidates import IDLE
 from pipeline.dataset import FRAME_COLUMNS, numpy_dtype
+from pipeline.highway_source import check_env_values
 
 # highway-env id -> EnvPool task id (the scenarios whose vehicles debug_states() lists).
 ENVPOOL_IDS = {"highway-v0": "Highway-v0", "highway-fast-v0": "HighwayFast-v0"}
@@ -87,6 +88,7 @@ def envpool_id(env_id: str) -> str:
 
 def envpool_settings(env_config: dict) -> dict:
     """highway-env config overrides as EnvPool settings; refuses what EnvPool cannot take."""
+    check_env_values(env_config)
     settings = {}
     for key, value in env_config.items():
         if key == "reward_speed_range":

@@ -24,6 +24,7 @@ the original env goes on untouched.
 from __future__ import annotations
 
 import copy
+import math
 
 import gymnasium as gym
 import highway_env  # noqa: F401  (registers the highway-env ids with gymnasium)
@@ -67,9 +68,25 @@ def check_env_config(env_id: str, env_config: dict) -> None:
     unknown = sorted(set(env_config) - set(known))
     if unknown:
         raise ValueError(f"env_config key(s) {unknown} are unknown to {env_id}")
+    check_env_values(env_config)
     action_type = dict(env_config.get("action", {})).get("type", "DiscreteMetaAction")
     if action_type != "DiscreteMetaAction":
         raise ValueError(f"env_config.action.type must be DiscreteMetaAction, got '{action_type}'")
+
+
+# env_config keys that must be positive numbers (any other number must be finite).
+POSITIVE_ENV_KEYS = ("lanes_count", "vehicles_count", "vehicles_density", "duration",
+                     "simulation_frequency", "policy_frequency")
+
+
+def check_env_values(env_config: dict) -> None:
+    """Refuse NaN or inf numbers, and counts, durations and frequencies that are not > 0."""
+    for key, value in env_config.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value) or (key in POSITIVE_ENV_KEYS and value <= 0):
+            rule = "a number above 0" if key in POSITIVE_ENV_KEYS else "a finite number"
+            raise ValueError(f"env_config.{key} must be {rule}, got {value!r}")
 
 
 def check_frequencies(config: dict) -> None:

@@ -54,7 +54,7 @@ def speed_figures(env_id: str, env_config: dict, seed: int, highway_episodes: in
     return {
         "highway_env_decisions_per_s": baseline.steps_per_s,
         "envpool_decisions_per_s": one.steps_per_s,
-        "envpool_frames_per_s": one.frames / one.elapsed,
+        "envpool_vehicle_rows_per_s": one.frames / one.elapsed,
         "envpool_speedup": one.steps_per_s / baseline.steps_per_s,
         "envpool_2_workers_speedup": two.steps_per_s / one.steps_per_s,
     }

@@ -139,6 +139,10 @@ def test_unknown_env_id_and_config_get_one_line_errors():
         EnvpoolSource("merge-v0")
     with pytest.raises(ValueError, match="'other_vehicles_type' has no EnvPool counterpart"):
         EnvpoolSource(ENV, {"other_vehicles_type": "x"})
+    with pytest.raises(ValueError, match="env_config.vehicles_density must be a number above"):
+        EnvpoolSource(ENV, {"vehicles_density": float("nan")})
+    with pytest.raises(ValueError, match="env_config.vehicles_count must be a number above 0"):
+        EnvpoolSource(ENV, {"vehicles_count": -3})
 
 
 def test_missing_envpool_gets_an_install_hint(monkeypatch):
@@ -149,3 +153,17 @@ def test_missing_envpool_gets_an_install_hint(monkeypatch):
                         lambda name, *a: None if name == "envpool" else real(name, *a))
     with pytest.raises(ValueError, match="needs the envpool package: pip install"):
         load_registry()
+
+
+def test_the_backend_bench_tabulates_each_policy_on_both_simulators():
+    from pipeline.bench.backend import ALIGNMENT_POLICIES, alignment_rows, record
+
+    rows = alignment_rows(ENV, CONFIG, seed=1, highway_episodes=2, envpool_episodes=6, workers=1)
+    assert [(r["backend"], r["episodes"]) for r in rows] == \
+        [("highway-env", 2), ("envpool", 6)] * len(ALIGNMENT_POLICIES)
+    for row in rows:
+        assert row["collision_low"] <= row["collision_rate"] <= row["collision_high"]
+        assert 15 < row["speed"] < 40 and 1 <= row["decisions"] <= CONFIG["duration"]
+    stats, _ = record(ENV, CONFIG, ("idle", 0.0), 6, 1, "envpool", 1)
+    idle = next(r for r in rows if r["policy"] == "idle" and r["backend"] == "envpool")
+    assert idle["collision_rate"] == stats.collision_rate
