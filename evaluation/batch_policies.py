@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluation.policies import (
     NUM_ACTIONS,
-    IdlePolicy,
+    ConstantPolicy,
     MixturePolicy,
     Policy,
     RandomPolicy,
@@ -125,14 +125,14 @@ def rule_actions(scenes: Scenes, rule: RuleBasedPolicy | None = None) -> np.ndar
 class BatchPolicy:
     """One policy per scene slot, acting on all the slots asked for at once.
 
-    policies: Policy objects from `make_policy` (idle, random, rule, or a MixturePolicy of
+    policies: Policy objects from `make_policy` (idle, faster, random, rule, or a MixturePolicy of
     one), already reset with their episode's generator.
     """
 
     def __init__(self, policies: list[Policy]) -> None:
         for policy in policies:
             base = policy.base if isinstance(policy, MixturePolicy) else policy
-            if not isinstance(base, IdlePolicy | RandomPolicy | RuleBasedPolicy):
+            if not isinstance(base, ConstantPolicy | RandomPolicy | RuleBasedPolicy):
                 raise ValueError(f"policy {policy.name} cannot act on batched scenes")
         self.policies = policies
 
@@ -163,4 +163,4 @@ def base_action(policy: Policy, rules: np.ndarray | None, row: int) -> int:
         return int(rules[row])
     if isinstance(policy, RandomPolicy):
         return int(policy.rng.integers(NUM_ACTIONS))
-    return IDLE
+    return policy.action

@@ -56,16 +56,28 @@ def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-class IdlePolicy(Policy):
-    """Always IDLE: keeps the lane and the initial target speed."""
+class ConstantPolicy(Policy):
+    """The same meta-action at every decision."""
 
-    name = "idle"
+    action = IDLE
 
     def reset(self, rng=None) -> None:
         pass
 
     def act(self, env) -> int:
-        return IDLE
+        return self.action
+
+
+class IdlePolicy(ConstantPolicy):
+    """Always IDLE: keeps the lane and the initial target speed."""
+
+    name, action = "idle", IDLE
+
+
+class FasterPolicy(ConstantPolicy):
+    """Always FASTER: keeps the lane and raises the target speed to the top."""
+
+    name, action = "faster", FASTER
 
 
 class RandomPolicy(Policy):
@@ -253,11 +265,13 @@ class MixturePolicy(Policy):
         return random_action if explore < self.epsilon else base_action
 
 
-POLICIES = {"idle": IdlePolicy, "random": RandomPolicy, "rule": RuleBasedPolicy}
+POLICIES = {"idle": IdlePolicy, "faster": FasterPolicy, "random": RandomPolicy,
+            "rule": RuleBasedPolicy}
 
 
 def make_policy(name: str, epsilon: float = 0.0) -> Policy:
-    """Policy by name (``idle``, ``random``, ``rule``), mixed with epsilon-random actions if > 0."""
+    """Policy by name (``idle``, ``faster``, ``random``, ``rule``), mixed with
+    epsilon-random actions if > 0."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy '{name}'; choose one of {sorted(POLICIES)}")
     base = POLICIES[name]()

@@ -85,7 +85,7 @@ class CriticPrior(str, enum.Enum):
 class PolicyMix:
     """One behaviour policy of the ingest mixture."""
 
-    name: str = "rule"  # behaviour policy: idle | random | rule
+    name: str = "rule"  # behaviour policy: idle | faster | random | rule
     epsilon: float = 0.0  # probability of a uniformly random meta-action instead, in [0, 1]
     weight: float = 1.0  # relative share of episodes driven by this policy
 

@@ -35,12 +35,13 @@ def planner(cfg: Config) -> dict[str, float]:
 
 
 def backend(cfg: Config) -> dict[str, float]:
-    """EnvPool's native highway against highway-env: decisions/s, and each behaviour
-    policy's collision rate (95% interval), speed and episode length on both."""
+    """EnvPool's native highway against highway-env: decisions/s, and on `ingest.episodes`
+    episodes per policy and simulator the ego's collision rate, speed and episode length
+    and the other vehicles' speeds, accelerations and lane changes."""
     from pipeline.bench.backend import bench_backend
 
     return bench_backend(env_id=cfg.ingest.env_id, env_config=dict(cfg.ingest.env_config),
-                         seed=cfg.seed, workers=cfg.ingest.workers)
+                         seed=cfg.seed, episodes=cfg.ingest.episodes, workers=cfg.ingest.workers)
 
 
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,

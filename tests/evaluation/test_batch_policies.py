@@ -58,7 +58,8 @@ def test_rule_actions_are_computed_per_row():
     assert list(rule_actions(batch)) == [int(rule_actions(s)[0]) for s in scenes]
 
 
-@pytest.mark.parametrize("name,epsilon", [("random", 0.0), ("rule", 0.5), ("idle", 0.3)])
+@pytest.mark.parametrize("name,epsilon", [("random", 0.0), ("rule", 0.5), ("idle", 0.3),
+                                          ("faster", 0.0)])
 def test_batch_policy_draws_the_same_random_stream(name, epsilon):
     env = make_env("highway-fast-v0")
     env.reset(seed=4)

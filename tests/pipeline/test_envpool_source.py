@@ -156,14 +156,21 @@ def test_missing_envpool_gets_an_install_hint(monkeypatch):
 
 
 def test_the_backend_bench_tabulates_each_policy_on_both_simulators():
-    from pipeline.bench.backend import ALIGNMENT_POLICIES, alignment_rows, record
+    from pipeline.bench.backend import ALIGNMENT_POLICIES, alignment, others_figures, record
 
-    rows = alignment_rows(ENV, CONFIG, seed=1, highway_episodes=2, envpool_episodes=6, workers=1)
+    rows, samples = alignment(ENV, CONFIG, seed=1, episodes=4, workers=1)
     assert [(r["backend"], r["episodes"]) for r in rows] == \
-        [("highway-env", 2), ("envpool", 6)] * len(ALIGNMENT_POLICIES)
+        [("highway-env", 4), ("envpool", 4)] * len(ALIGNMENT_POLICIES)
     for row in rows:
-        assert row["collision_low"] <= row["collision_rate"] <= row["collision_high"]
+        for name in ("collision", "speed", "decisions"):
+            value = row["collision_rate" if name == "collision" else name]
+            assert row[f"{name}_low"] <= value <= row[f"{name}_high"], name
         assert 15 < row["speed"] < 40 and 1 <= row["decisions"] <= CONFIG["duration"]
-    stats, _ = record(ENV, CONFIG, ("idle", 0.0), 6, 1, "envpool", 1)
+    stats, _ = record(ENV, CONFIG, ("idle", 0.0), 4, 1, "envpool", 1)
     idle = next(r for r in rows if r["policy"] == "idle" and r["backend"] == "envpool")
     assert idle["collision_rate"] == stats.collision_rate
+    figures = others_figures(samples, seed=0)
+    assert 0 <= figures["others/speed_ks"] <= 1 and 0 <= figures["others/speed_ks_p"] <= 1
+    assert 15 < figures["others/speed_mean/envpool"] < 35
+    for backend in ("highway-env", "envpool"):  # the other drivers do change lanes
+        assert figures[f"others/lane_changes_per_min_low/{backend}"] > 0
