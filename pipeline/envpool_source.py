@@ -79,6 +79,11 @@ def load_registry():
     return registry
 
 
+def envpool_runs(env_id: str, env_config: dict) -> bool:
+    """Whether EnvPool has the scenario `env_id` and takes every key of `env_config`."""
+    return env_id in ENVPOOL_IDS and set(env_config) <= {*CONFIG_KEYS, "reward_speed_range"}
+
+
 def envpool_id(env_id: str) -> str:
     if env_id not in ENVPOOL_IDS:
         raise ValueError(f"env id '{env_id}' has no EnvPool counterpart; backend 'envpool' "

@@ -93,21 +93,32 @@ KEY_DEFAULTS = {"ingest": {"backend": "highway-env"},
                              "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0}}
 
 
+# The same for fields of the entries of a list setting (section -> list -> field: default).
+ITEM_DEFAULTS = {"evaluate": {"testsets": {"backend": None}}}
+
+
 def key_of(stage: Stage, cfg: Config, inputs: Mapping[str, Artifacts]) -> str:
     sections: dict[str, Any] = {}
     for name in stage.sections:
         tree = to_dict(getattr(cfg, name))
         for field_name in KEY_EXEMPT.get(name, ()):
             tree.pop(field_name, None)
-        for field_name, value in KEY_DEFAULTS.get(name, {}).items():
-            if tree.get(field_name) == value:
-                tree.pop(field_name)
+        drop_defaults(tree, KEY_DEFAULTS.get(name, {}))
+        for list_name, defaults in ITEM_DEFAULTS.get(name, {}).items():
+            for item in tree.get(list_name, []):
+                drop_defaults(item, defaults)
         sections[name] = tree
     sections["seed"] = cfg.seed
     extra = stage.extra_key(cfg)
     if extra:
         sections["extra"] = extra
     return artifacts.stage_key(sections, {name: inputs[name].key for name in stage.inputs})
+
+
+def drop_defaults(tree: dict, defaults: dict) -> None:
+    for field_name, value in defaults.items():
+        if field_name in tree and tree[field_name] == value:
+            tree.pop(field_name)
 
 
 def stage_config_text(stage: Stage, cfg: Config) -> str:

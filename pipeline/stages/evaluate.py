@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.artifacts import Artifacts
-from pipeline.config import Config, TestSet
+from pipeline.config import Backend, Config, TestSet
 from pipeline.runner import Stage, StageContext, register, run_stage, stage_named
 from pipeline.stage_io import (
     check_ingest_config,
@@ -36,11 +36,26 @@ def testset_config(cfg: Config, index: int, testset: TestSet) -> Config:
     """The config whose ingest stage collects this shifted test set."""
     env_id = testset.env_id or cfg.ingest.env_id
     inherited = dict(cfg.ingest.env_config) if env_id == cfg.ingest.env_id else {}
-    section = dataclasses.replace(cfg.ingest, env_id=env_id,
-                                  env_config=inherited | dict(testset.env_config),
-                                  episodes=cfg.evaluate.episodes)
+    env_config = inherited | dict(testset.env_config)
+    section = dataclasses.replace(cfg.ingest, env_id=env_id, env_config=env_config,
+                                  episodes=cfg.evaluate.episodes,
+                                  backend=testset_backend(testset, cfg.ingest.backend, env_id,
+                                                          env_config))
     return dataclasses.replace(cfg, ingest=section,
                                seed=cfg.seed + TESTSET_SEED_OFFSET * (index + 1))
+
+
+def testset_backend(testset: TestSet, backend: Backend, env_id: str,
+                    env_config: dict) -> Backend:
+    """The test set's own backend, else ingest's where EnvPool runs the scenario, else
+    highway-env."""
+    from pipeline.envpool_source import envpool_runs
+
+    if testset.backend is not None:
+        return testset.backend
+    if backend is Backend.envpool and not envpool_runs(env_id, env_config):
+        return Backend.highway_env
+    return backend
 
 
 def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:

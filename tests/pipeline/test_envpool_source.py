@@ -174,3 +174,24 @@ def test_the_backend_bench_tabulates_each_policy_on_both_simulators():
     assert 15 < figures["others/speed_mean/envpool"] < 35
     for backend in ("highway-env", "envpool"):  # the other drivers do change lanes
         assert figures[f"others/lane_changes_per_min_low/{backend}"] > 0
+
+
+def test_shifted_test_sets_run_on_envpool_where_it_has_the_scenario():
+    from pipeline.stages.evaluate import testset_config
+
+    pooled = load_config(None, ["ingest.backend=envpool", "evaluate.testsets=[{name: dense, "
+                                "env_config: {vehicles_density: 1.5}}, {name: merge, env_id: "
+                                "merge-v0}, {name: sim, backend: highway-env}]"])
+    backends = [testset_config(pooled, i, t).ingest.backend.value
+                for i, t in enumerate(pooled.evaluate.testsets)]
+    assert backends == ["envpool", "highway-env", "highway-env"]
+    evaluate = stage_named("evaluate")
+    inputs = {"ingest": FakeArtifacts("i"), "train": FakeArtifacts("t")}
+    chosen = load_config(None, ["evaluate.testsets=[{name: dense, backend: highway-env}]"])
+    unset = load_config(None, ["evaluate.testsets=[{name: dense}]"])
+    assert key_of(evaluate, chosen, inputs) != key_of(evaluate, unset, inputs)
+
+
+class FakeArtifacts:
+    def __init__(self, key: str) -> None:
+        self.key = key
