@@ -9,7 +9,8 @@ from pipeline.config import Config
 
 
 def ingest(cfg: Config) -> dict[str, float]:
-    """Recording overhead vs bare highway-env, and 2 workers vs 1."""
+    """Recording overhead vs bare highway-env, 2 workers vs 1, and EnvPool's collection
+    against highway-env's."""
     from pipeline.bench.ingest import bench_ingest
 
     return bench_ingest(env_id=cfg.ingest.env_id, seed=cfg.seed)
@@ -35,9 +36,9 @@ def planner(cfg: Config) -> dict[str, float]:
 
 
 def backend(cfg: Config) -> dict[str, float]:
-    """EnvPool's native highway against highway-env: decisions/s, and on `ingest.episodes`
-    episodes per policy and simulator the ego's collision rate, speed and episode length
-    and the other vehicles' speeds, accelerations and lane changes."""
+    """EnvPool's native highway against highway-env on `ingest.episodes` episodes per
+    policy: the ego's collision rate, speed and episode length, and the other vehicles'
+    speeds, accelerations and lane changes."""
     from pipeline.bench.backend import bench_backend
 
     return bench_backend(env_id=cfg.ingest.env_id, env_config=dict(cfg.ingest.env_config),

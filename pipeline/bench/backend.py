@@ -1,15 +1,12 @@
-"""Benchmark of the simulator backends: EnvPool's native highway against highway-env.
+"""Benchmark of the simulator backends: does EnvPool's native highway drive like highway-env?
 
-(a) speed: ``collect`` records rule-policy episodes (epsilon 0.2) with each backend on one
-    worker, and EnvPool on two; figures are decisions recorded per second, as ratios to
-    highway-env's.
-(b) alignment: each behaviour policy drives ``ingest.episodes`` episodes on both simulators
-    (recorded through ``collect``, so the figures are those of the datasets ingest writes):
-    the ego's collision rate with its 95% Wilson interval, mean speed and decisions per
-    episode (with 95% normal intervals); the two agree on a figure where the intervals
-    overlap. Then the other vehicles, pooled over every policy's episodes: the two-sample
-    Kolmogorov-Smirnov statistic and p-value of their speeds and accelerations, and their
-    lane changes per vehicle-minute with 95% Poisson intervals.
+Each behaviour policy drives ``ingest.episodes`` episodes on both simulators (recorded
+through ``collect``, so the figures are those of the datasets ingest writes): the ego's
+collision rate with its 95% Wilson interval, mean speed and decisions per episode (with
+95% normal intervals); the two agree on a figure where the intervals overlap. Then the
+other vehicles, pooled over every policy's episodes: the two-sample Kolmogorov-Smirnov
+statistic and p-value of their speeds and accelerations, and their lane changes per
+vehicle-minute with 95% Poisson intervals. (Speed: ``drivecast bench ingest``.)
 """
 
 from __future__ import annotations
@@ -95,21 +92,6 @@ def lane_change_rate(sample: dict) -> tuple[float, float, float]:
     return rate, rate - half, rate + half
 
 
-def speed_figures(env_id: str, env_config: dict, seed: int, highway_episodes: int,
-                  envpool_episodes: int) -> dict[str, float]:
-    rule = ("rule", 0.2)
-    baseline, _ = record(env_id, env_config, rule, highway_episodes, seed, "highway-env", 1)
-    one, _ = record(env_id, env_config, rule, envpool_episodes, seed, "envpool", 1)
-    two, _ = record(env_id, env_config, rule, envpool_episodes, seed, "envpool", 2)
-    return {
-        "highway_env_decisions_per_s": baseline.steps_per_s,
-        "envpool_decisions_per_s": one.steps_per_s,
-        "envpool_vehicle_rows_per_s": one.frames / one.elapsed,
-        "envpool_speedup": one.steps_per_s / baseline.steps_per_s,
-        "envpool_2_workers_speedup": two.steps_per_s / one.steps_per_s,
-    }
-
-
 def alignment(env_id: str, env_config: dict, seed: int, episodes: int,
               workers: int) -> tuple[list[dict], dict[str, list[dict]]]:
     """Ego rows per policy and backend, and each backend's other-vehicle samples."""
@@ -181,18 +163,12 @@ def print_others(figures: dict[str, float]) -> None:
 
 def bench_backend(env_id: str = "highway-fast-v0", env_config: dict | None = None,
                   seed: int = 0, episodes: int = 100, workers: int = 2) -> dict[str, float]:
-    """Print and return the speed figures (highway-env on 100 episodes, EnvPool on 1,000),
-    then the alignment tables on `episodes` episodes per policy and simulator."""
-    from pipeline.bench.ingest import print_table
-
-    env_config = dict(env_config or {})
-    figures = speed_figures(env_id, env_config, seed, 100, 1000)
-    print_table(figures)
-    rows, samples = alignment(env_id, env_config, seed, episodes, workers)
-    print()
+    """Print and return the alignment tables on `episodes` episodes per policy and
+    simulator."""
+    rows, samples = alignment(env_id, dict(env_config or {}), seed, episodes, workers)
     print_alignment(rows)
     print()
-    figures |= others_figures(samples, seed)
+    figures = others_figures(samples, seed)
     print_others(figures)
     for row in rows:
         key = f"{row['policy'].replace(' ', '_')}/{row['backend']}"

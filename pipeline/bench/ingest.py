@@ -5,6 +5,9 @@
     (recording every frame and building the column arrays); the ratio of steps/s is the
     recording overhead.
 (b) ``collect`` runs the same episodes with 1 and with 2 workers into temp dirs.
+(c) the EnvPool backend: ``collect`` records ``envpool_episodes`` episodes of the same
+    policy with 1 and with 2 workers; its decisions/s are compared with (b)'s highway-env
+    collection on one worker (decisions/s is frames/s over the frames per decision).
 
 Run: ``python -m pipeline.bench.ingest [--episodes N]``.
 """
@@ -71,12 +74,24 @@ def time_recorded(env_id: str, env_config: dict, seeds: list[int], actions: list
     return steps / (time.perf_counter() - start)
 
 
-def time_collect(env_id: str, env_config: dict, episodes: int, seed: int, workers: int) -> float:
+def time_collect(env_id: str, env_config: dict, episodes: int, seed: int, workers: int,
+                 backend: str = "highway-env") -> float:
     """Steps/s of a full ``collect`` (process start-up included) with ``workers`` workers."""
     with tempfile.TemporaryDirectory() as out_dir:
         stats = collect(out_dir, env_id, env_config, [("rule", 0.2, 1.0)], episodes, seed,
-                        workers=workers, episodes_per_shard=2, progress=False)  # fmt: skip
+                        workers=workers, episodes_per_shard=max(2, episodes // 16),
+                        progress=False, backend=backend)  # fmt: skip
     return stats.steps / stats.elapsed
+
+
+def envpool_figures(env_id: str, env_config: dict, episodes: int, seed: int,
+                    highway_env: float) -> dict[str, float]:
+    """EnvPool's collection on 1 and 2 workers against highway-env's on one (steps/s)."""
+    one = time_collect(env_id, env_config, episodes, seed, 1, "envpool")
+    two = time_collect(env_id, env_config, episodes, seed, 2, "envpool")
+    return {"envpool_1_worker_steps_per_s": one, "envpool_2_workers_steps_per_s": two,
+            "envpool_speedup_vs_highway_env": one / highway_env,
+            "envpool_speedup_2_workers": two / one}
 
 
 def bench_ingest(
@@ -84,8 +99,12 @@ def bench_ingest(
     episodes: int = 8,
     seed: int = 0,
     env_config: dict | None = None,
+    envpool_episodes: int = 1000,
 ) -> dict:
-    """Measure recorder overhead and the 2-worker collect speed-up; print and return figures."""
+    """Measure recorder overhead, the 2-worker collect speed-up and EnvPool's collection
+    (skipped for an env id EnvPool lacks); print and return the figures."""
+    from pipeline.envpool_source import envpool_runs
+
     env_config = dict(env_config or {})
     seeds = [int(s) for s in np.random.default_rng(seed).integers(2**31 - 1, size=episodes)]
     actions = reference_actions(env_id, env_config, seeds)
@@ -102,6 +121,8 @@ def bench_ingest(
         "speedup_2_workers": two / one,
         "steps": float(sum(len(a) for a in actions)),
     }
+    if envpool_runs(env_id, env_config):
+        figures |= envpool_figures(env_id, env_config, envpool_episodes, seed, one)
     print_table(figures)
     return figures
 
