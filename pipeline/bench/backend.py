@@ -42,12 +42,14 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def behaviour(dataset) -> dict[str, float]:
-    """The ego per episode: collision rate (95% Wilson interval), mean speed [m/s] and
-    decisions (95% intervals over episodes)."""
+    """The ego per episode: collision rate (95% Wilson interval), mean speed [m/s] before
+    any crash and decisions (95% intervals over episodes). Frames of crashed vehicles are
+    left out: highway-env records a crashed car braking to the end of the decision, EnvPool
+    ends the episode on the crash frame."""
     steps, frames = dataset.steps, dataset.frames
     episodes, decisions = np.unique(steps["episode"], return_counts=True)
     crashed = np.unique(steps["episode"][steps["collision"]])
-    ego = frames["is_ego"].astype(bool)
+    ego = frames["is_ego"].astype(bool) & ~frames["crashed"].astype(bool)
     speed = np.hypot(frames["vx"][ego], frames["vy"][ego])
     index = np.searchsorted(episodes, frames["episode"][ego])
     per_episode = np.bincount(index, speed) / np.bincount(index)
@@ -59,10 +61,10 @@ def behaviour(dataset) -> dict[str, float]:
 
 
 def others(dataset) -> dict[str, np.ndarray | float]:
-    """The other vehicles: every speed [m/s] and acceleration [m/s^2] between consecutive
-    frames, their lane changes and the vehicle-seconds observed."""
+    """The other vehicles before any crash: every speed [m/s] and acceleration [m/s^2]
+    between consecutive frames, their lane changes and the vehicle-seconds observed."""
     f = dataset.frames
-    keep = ~f["is_ego"].astype(bool)
+    keep = ~f["is_ego"].astype(bool) & ~f["crashed"].astype(bool)
     order = np.lexsort((f["frame"][keep], f["vehicle_id"][keep], f["episode"][keep]))
     episode, vehicle = f["episode"][keep][order], f["vehicle_id"][keep][order]
     speed = np.hypot(f["vx"][keep][order], f["vy"][keep][order]).astype(float)
