@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -449,16 +450,25 @@ def read_dataset(path: str | Path) -> Dataset:
     """
     path = Path(path)
     manifest = read_manifest(path)
-    identity = dataset_identity(manifest)
     frames, steps = [], []
-    for shard in manifest["shards"]:
-        frames.append(read_table_file(path / shard["frames_file"], "frames", identity,
-                                      shard.get("frames_sha256")))
-        steps.append(read_table_file(path / shard["steps_file"], "steps", identity,
-                                     shard.get("steps_sha256")))
-        check_same_episodes(path / shard["steps_file"], frames[-1], steps[-1])
-        check_entry_counts(path / MANIFEST_NAME, shard, frames[-1], steps[-1])
+    for shard_frames, shard_steps in read_shards(path, manifest):
+        frames.append(shard_frames)
+        steps.append(shard_steps)
     return Dataset(path, concat_columns(frames, "frames"), concat_columns(steps, "steps"), manifest)
+
+
+def read_shards(path: Path, manifest: dict) -> Iterator[tuple[dict, dict]]:
+    """Each shard's (frames, steps) column arrays, validated as ``read_dataset`` does, one
+    shard in memory at a time."""
+    identity = dataset_identity(manifest)
+    for shard in manifest["shards"]:
+        frames = read_table_file(path / shard["frames_file"], "frames", identity,
+                                 shard.get("frames_sha256"))
+        steps = read_table_file(path / shard["steps_file"], "steps", identity,
+                                shard.get("steps_sha256"))
+        check_same_episodes(path / shard["steps_file"], frames, steps)
+        check_entry_counts(path / MANIFEST_NAME, shard, frames, steps)
+        yield frames, steps
 
 
 def check_entry_counts(path: Path, shard: dict, frames: dict, steps: dict) -> None:

@@ -17,7 +17,14 @@ import numpy as np
 from pipeline.artifacts import Artifacts
 from pipeline.config import Backend, Config, IngestConfig, SimulateConfig
 from pipeline.errors import StageError
-from pipeline.windows import WindowSet, lane_centers_ego, lane_centers_world, make_windows
+from pipeline.windows import (
+    WindowSet,
+    lane_centers_ego,
+    lane_medians,
+    make_windows,
+    stack_windows,
+    window_list,
+)
 
 # ---------------------------------------------------------------- ingest
 
@@ -65,20 +72,50 @@ SPLITS = "splits.json"
 
 def load_windows(dataset_dir: Path, cfg: Config) -> WindowSet:
     """Read and validate a dataset, then cut it into the configured windows."""
-    from pipeline.dataset import read_dataset
+    from pipeline.dataset import read_dataset, read_manifest
     from pipeline.recorded.windows import adapt_windows, is_recorded
 
+    manifest = read_manifest(dataset_dir)
+    if not is_recorded(manifest):
+        return simulator_windows(Path(dataset_dir), manifest, cfg)
     data = read_dataset(dataset_dir)
-    dt = 1.0 / float(data.manifest["policy_frequency"])
-    windows = make_windows(data.frames, data.steps, data.frames_per_step, dt,
-                           history=cfg.model.history, horizon=cfg.model.horizon,
-                           n_slots=cfg.model.vehicles, stride=cfg.model.stride)
-    if is_recorded(data.manifest):  # scene groups, unknown labels masked, per-road lanes
-        adapt_windows(windows, data)
-        return windows
-    centers = lane_centers_world(data.frames)
-    windows.arrays["lane_centers"] = lane_centers_ego(centers, windows.arrays["ego_pose"])
+    windows = make_windows(data.frames, data.steps, data.frames_per_step,
+                           1.0 / float(manifest["policy_frequency"]), history=cfg.model.history,
+                           horizon=cfg.model.horizon, n_slots=cfg.model.vehicles,
+                           stride=cfg.model.stride)
+    adapt_windows(windows, data)  # scene groups, unknown labels masked, per-road lanes
     return windows
+
+
+def simulator_windows(dataset_dir: Path, manifest: dict, cfg: Config) -> WindowSet:
+    """The windows of a simulator dataset, cut shard by shard so that only one shard's
+    frames are in memory at a time (each episode lies in one shard); the same windows, in
+    the same order, as cutting the whole dataset at once."""
+    from pipeline.dataset import DatasetError, read_shards
+
+    frames_per_step = int(manifest["simulation_frequency"]) // int(manifest["policy_frequency"])
+    parts, lateral, lanes, seen = [], [], [], set()
+    for frames, steps in read_shards(dataset_dir, manifest):
+        episodes = set(np.unique(steps["episode"]).tolist())
+        if episodes & seen:
+            raise DatasetError(f"{dataset_dir}: episode {min(episodes & seen)} is split over "
+                               f"two shards")
+        seen |= episodes
+        windows = window_list(frames, steps, frames_per_step, cfg.model.history,
+                              cfg.model.horizon, cfg.model.vehicles, cfg.model.stride)
+        if windows:
+            parts.append(stack_windows(windows))
+        lateral.append(frames["y"])
+        lanes.append(frames["lane"])
+    if not parts:
+        raise StageError(f"{dataset_dir}: the dataset holds no complete episode to cut "
+                         f"windows from")
+    arrays = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    order = np.argsort(arrays["episode"], kind="stable")  # episodes ascending, as one cut
+    arrays = {k: v[order] for k, v in arrays.items()}
+    centers = lane_medians(np.concatenate(lateral), np.concatenate(lanes))
+    arrays["lane_centers"] = lane_centers_ego(centers, arrays["ego_pose"])
+    return WindowSet(arrays, 1.0 / float(manifest["policy_frequency"]), frames_per_step)
 
 
 def load_model(train: Artifacts):

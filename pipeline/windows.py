@@ -136,6 +136,20 @@ def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
                  frames_per_step: int, dt: float, history: int, horizon: int,
                  n_slots: int, stride: int = 1) -> WindowSet:
     """All windows of a dataset (frames/steps as column dicts of numpy arrays)."""
+    windows = window_list(frames, steps, frames_per_step, history, horizon, n_slots, stride)
+    if not windows:
+        raise ValueError("the dataset holds no complete episode to cut windows from")
+    return WindowSet(stack_windows(windows), dt, frames_per_step)
+
+
+def stack_windows(windows: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+
+
+def window_list(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
+                frames_per_step: int, history: int, horizon: int, n_slots: int,
+                stride: int = 1) -> list[dict]:
+    """The windows of the episodes in `frames`/`steps`, episodes ascending, as dicts."""
     step_groups = dict(episode_rows(steps["episode"]))
     windows: list[dict] = []
     for ep, rows in episode_rows(frames["episode"]):
@@ -147,10 +161,7 @@ def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
                                       history, horizon, n_slots, stride):
             window["episode"] = np.int64(ep)
             windows.append(window)
-    if not windows:
-        raise ValueError("the dataset holds no complete episode to cut windows from")
-    return WindowSet({k: np.stack([w[k] for w in windows]) for k in windows[0]}, dt,
-                     frames_per_step)
+    return windows
 
 
 def split_episodes(episodes: np.ndarray, val_fraction: float, test_fraction: float,
@@ -201,11 +212,6 @@ def lane_medians(lateral: np.ndarray, lane: np.ndarray) -> np.ndarray:
     """Each lane's centre line (L,), lanes ascending, as the median lateral offset of the
     vehicles driving in it (vehicles keep to lane centres most of the time)."""
     return np.array([np.median(lateral[lane == index]) for index in np.unique(lane)])
-
-
-def lane_centers_world(frames: dict[str, np.ndarray]) -> np.ndarray:
-    """World y of each lane's centre line (L,) of a simulator road (along world x)."""
-    return lane_medians(frames["y"], frames["lane"])
 
 
 def lane_centers_ego(centers: np.ndarray, ego_pose: np.ndarray, axis: float = 0.0) -> np.ndarray:

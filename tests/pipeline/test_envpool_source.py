@@ -195,3 +195,21 @@ def test_shifted_test_sets_run_on_envpool_where_it_has_the_scenario():
 class FakeArtifacts:
     def __init__(self, key: str) -> None:
         self.key = key
+
+
+def test_windows_cut_shard_by_shard_equal_one_cut_of_the_whole_dataset(tmp_path):
+    from pipeline.stage_io import load_windows
+    from pipeline.windows import lane_centers_ego, lane_medians, make_windows
+
+    run(tmp_path / "d", episodes=9)  # three shards
+    cfg = load_config(None, ["model.history=3", "model.horizon=2"])
+    streamed = load_windows(tmp_path / "d", cfg)
+    data = read_dataset(tmp_path / "d")
+    whole = make_windows(data.frames, data.steps, data.frames_per_step, 1.0, history=3,
+                         horizon=2, n_slots=cfg.model.vehicles, stride=cfg.model.stride)
+    whole.arrays["lane_centers"] = lane_centers_ego(
+        lane_medians(data.frames["y"], data.frames["lane"]), whole.arrays["ego_pose"])
+    assert streamed.arrays.keys() == whole.arrays.keys()
+    assert len(np.unique(streamed.arrays["episode"])) > 3
+    for name, values in whole.arrays.items():
+        assert np.array_equal(streamed.arrays[name], values, equal_nan=True), name
