@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from typing import Any
 
 import lightning as L
@@ -89,6 +90,35 @@ class EpochSeed(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer,
                                   pl_module: L.LightningModule) -> None:
         reseed(epoch_seed(self.seed, trainer.current_epoch))
+
+
+class DataWait(L.Callback):
+    """Time of the training steps spent waiting for the next batch (the loader, from the end
+    of one step to the start of the next) against the time spent in the steps."""
+
+    def __init__(self) -> None:
+        self.waiting = self.stepping = 0.0
+        self.mark: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.mark = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.waiting += now - self.mark if self.mark is not None else 0.0
+        self.mark = now
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.stepping += now - self.mark
+        self.mark = now
+
+    def share(self) -> float:
+        """Share of the training time spent waiting for data (0 before any step)."""
+        total = self.waiting + self.stepping
+        return self.waiting / total if total > 0 else 0.0
 
 
 def reseed(seed: int) -> None:

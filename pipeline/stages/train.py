@@ -41,7 +41,7 @@ def build_trainer(cfg: Config, work: Path, ctx: StageContext):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from pipeline.lit_module import EpochSeed
+    from pipeline.lit_module import DataWait, EpochSeed
 
     t, monitor = cfg.train, monitored_metric(cfg)
     checkpoint = ModelCheckpoint(dirpath=work / CHECKPOINTS, filename="best", monitor=monitor,
@@ -50,7 +50,7 @@ def build_trainer(cfg: Config, work: Path, ctx: StageContext):
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=t.precision, gradient_clip_val=t.grad_clip,
         callbacks=[checkpoint, EarlyStopping(monitor, patience=t.patience, mode="min"),
-                   EpochSeed(cfg.seed)],
+                   EpochSeed(cfg.seed), DataWait()],
         logger=mlflow_logger(cfg, ctx), default_root_dir=work, deterministic=True,
         log_every_n_steps=1, enable_model_summary=False,
     )
@@ -114,7 +114,7 @@ def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext
     `init`: a train stage to warm-start from (see `warm_module`)."""
     import lightning as L
 
-    from pipeline.lit_module import WorldModelModule, window_loader
+    from pipeline.lit_module import DataWait, WorldModelModule, window_loader
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = make_module(cfg, splits["train"]) if init is None else warm_module(cfg, init,
@@ -135,7 +135,9 @@ def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext
     module = WorldModelModule.load_from_checkpoint(best, map_location="cpu")
     figures = {"epochs": epochs, "resumed_from_epoch": resumed,
                "samples_per_s": len(splits["train"]) * (epochs - resumed) / max(elapsed, 1e-9),
-               "fit_seconds": elapsed}
+               "fit_seconds": elapsed,
+               "data_wait_share": next(c for c in trainer.callbacks
+                                       if isinstance(c, DataWait)).share()}
     return module, figures
 
 

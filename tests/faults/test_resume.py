@@ -13,7 +13,7 @@ from pipeline import lit_module
 from pipeline.cli import main
 
 DEBUG = str(Path(__file__).resolve().parents[2] / "configs" / "debug.yaml")
-TIMING = ("fit_seconds", "samples_per_s", "resumed_from_epoch")
+TIMING = ("fit_seconds", "samples_per_s", "resumed_from_epoch", "data_wait_share")
 
 
 class Killed(Exception):
