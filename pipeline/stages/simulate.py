@@ -22,8 +22,9 @@ from pipeline.stage_io import evaluation_seeds
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
-TABLE_KEYS = ("collision_rate", "mean_speed", "mean_return", "mean_length", "fallback_rate",
-              "guard_rate", "latency_p50_ms", "latency_p99_ms")
+# collision_low, collision_high: the 95% Wilson interval of collision_rate
+TABLE_KEYS = ("collision_rate", "collision_low", "collision_high", "mean_speed", "mean_return",
+              "mean_length", "fallback_rate", "guard_rate", "latency_p50_ms", "latency_p99_ms")
 
 
 def env_of(cfg: Config) -> tuple[str, dict]:

@@ -101,6 +101,9 @@ def test_summary_golden_figures():
     ]
     summary = summarise(results)
     assert summary["collision_rate"] == 0.5
+    # 1 of 2 episodes: the 95% Wilson interval 9.5%..90.5%
+    assert summary["collision_low"] == pytest.approx(0.0945, abs=1e-4)
+    assert summary["collision_high"] == pytest.approx(0.9055, abs=1e-4)
     assert summary["mean_speed"] == pytest.approx(160 / 10)
     assert summary["mean_return"] == 3.5 and summary["mean_length"] == 5.0
     assert summary["fallback_rate"] == pytest.approx(2 / 10)
