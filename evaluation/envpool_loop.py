@@ -34,7 +34,7 @@ from pipeline.envpool_source import (
     scenes_of,
     target_lanes,
 )
-from pipeline.highway_source import check_action
+from pipeline.highway_source import check_action, policy_rng
 
 
 @dataclass
@@ -65,6 +65,19 @@ def crash_kind_of(rows: np.ndarray) -> str:
     if abs(y[partner] - y[0]) >= SIDE_OFFSET:
         return "side"
     return "front" if x[partner] > x[0] else "rear"
+
+
+def drivers(wrap: Callable, factory: Callable) -> Callable:
+    """A `make_driver` for run_envpool_episodes: one fresh `factory()` policy per seed,
+    reset with ``policy_rng(seed)``, all wrapped by `wrap(policies)` (``BatchPolicy``, or
+    ``functools.partial(BatchPlanner, source)``)."""
+    def make(seeds: list[int]):
+        policies = []
+        for seed in seeds:
+            policies.append(factory())
+            policies[-1].reset(policy_rng(seed))
+        return wrap(policies)
+    return make
 
 
 def run_envpool_episodes(source: EnvpoolSource, make_driver: Callable, seeds: Sequence[int],

@@ -2,18 +2,19 @@
 windows' features, and its road reads what highway-env's does."""
 
 import dataclasses
+from functools import partial
 
 import numpy as np
 import pytest
 
 from evaluation.batch_policies import BatchPolicy
 from evaluation.closed_loop import summarise
-from evaluation.envpool_loop import crash_kind_of, run_envpool_episodes
+from evaluation.envpool_loop import crash_kind_of, drivers, run_envpool_episodes
 from evaluation.policies import RuleBasedPolicy, make_policy
 from models.candidates import enumerate_candidates
 from pipeline.bench.planner import export_random_planner
 from pipeline.envpool_source import BatchRecorder, EnvpoolSource, episode_tables
-from pipeline.highway_source import make_env, policy_rng
+from pipeline.highway_source import make_env
 from pipeline.planner.batch_planner import BatchPlanner, EnvpoolRoad
 from pipeline.planner.lane_guard import LaneGuard
 from pipeline.planner.policy import HighwayRoad, PlannerPolicy
@@ -54,24 +55,12 @@ class SpyScorer:
 
 
 def planner_driver(source, scorer, guard=None):
-    def make(seeds):
-        policies = []
-        for seed in seeds:
-            policy = PlannerPolicy(SpyScorer(scorer), enumerate_candidates(F), risk_budget=0.2,
-                                   guard=guard)
-            policy.reset(policy_rng(seed))
-            policies.append(policy)
-        return BatchPlanner(source, policies)
-    return make
+    return drivers(partial(BatchPlanner, source), lambda: PlannerPolicy(
+        SpyScorer(scorer), enumerate_candidates(F), risk_budget=0.2, guard=guard))
 
 
 def baseline_driver(name):
-    def make(seeds):
-        policies = [make_policy(name) for _ in seeds]
-        for policy, seed in zip(policies, seeds, strict=True):
-            policy.reset(policy_rng(seed))
-        return BatchPolicy(policies)
-    return make
+    return drivers(BatchPolicy, lambda: make_policy(name))
 
 
 def without_latency(results):
