@@ -21,6 +21,11 @@ whose first action the guard lets through, while one of them is within the risk 
 
 An env whose decision period or frames per step differ from the planner's sidecar is
 refused (the history would not mean what the model learned).
+
+``act(env)`` drives highway-env. ``decide(road)`` is the same decision for a simulator that
+pushes its frames into the live scene itself and answers the road's questions (road
+pruning, the guard's gaps, the fallback's action) through `road`: the EnvPool closed loop
+(pipeline/planner/batch_planner.py).
 """
 
 from __future__ import annotations
