@@ -81,7 +81,7 @@ def drivers(wrap: Callable, factory: Callable) -> Callable:
 
 
 def run_envpool_episodes(source: EnvpoolSource, make_driver: Callable, seeds: Sequence[int],
-                         batch: int = 64, max_steps: int | None = None) -> list[EpisodeResult]:
+                         batch: int = 64) -> list[EpisodeResult]:
     """One EpisodeResult per seed, in seed order (see the module docstring)."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -89,12 +89,11 @@ def run_envpool_episodes(source: EnvpoolSource, make_driver: Callable, seeds: Se
     results = []
     for group in batches(len(seeds), batch):
         chunk = [seeds[i] for i in group]
-        results += run_group(source, make_driver(chunk), chunk, max_steps)
+        results += run_group(source, make_driver(chunk), chunk)
     return results
 
 
-def run_group(source: EnvpoolSource, driver, seeds: list[int],
-              max_steps: int | None) -> list[EpisodeResult]:
+def run_group(source: EnvpoolSource, driver, seeds: list[int]) -> list[EpisodeResult]:
     """The episodes of `seeds`, stepped together in one pool."""
     pool, count = source.make(seeds), len(seeds)
     pool.reset()
@@ -116,13 +115,13 @@ def run_group(source: EnvpoolSource, driver, seeds: list[int],
         snapshot = read_snapshot(pool, snapshot.env_ids)
         driver.observe(snapshot, frame)
         running = close_frame(tallies, snapshot, reward, terminated, truncated,
-                              frame % per_step == 0, max_steps)
+                              frame % per_step == 0)
         snapshot = snapshot.keep(running)
     return [result_of(tally, driver.policies[i]) for i, tally in enumerate(tallies)]
 
 
 def close_frame(tallies: list[Tally], snapshot: Snapshot, reward, terminated, truncated,
-                decision_done: bool, max_steps: int | None) -> np.ndarray:
+                decision_done: bool) -> np.ndarray:
     """Close the decisions that end on this frame; the environments still running."""
     still = []
     rows = np.split(snapshot.rows, np.cumsum(snapshot.counts)[:-1])
@@ -131,9 +130,7 @@ def close_frame(tallies: list[Tally], snapshot: Snapshot, reward, terminated, tr
         if decision_done or ended:
             tally.total_return += float(reward[i])
             tally.speeds.append(float(vehicles[0, 2]))
-        capped = (decision_done and not ended and max_steps is not None
-                  and len(tally.actions) >= max_steps)
-        if ended or capped:
+        if ended:
             tally.terminated, tally.truncated = bool(terminated[i]), bool(truncated[i])
             tally.collided, tally.crash = bool(vehicles[0, 5]), crash_kind_of(vehicles)
         else:
