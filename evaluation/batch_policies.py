@@ -136,6 +136,10 @@ class BatchPolicy:
                 raise ValueError(f"policy {policy.name} cannot act on batched scenes")
         self.policies = policies
 
+    def observe(self, snapshot, frame: int) -> None:
+        """Every frame of a closed loop (evaluation/envpool_loop.py): nothing to keep, these
+        policies read the decision frame's scenes alone."""
+
     def act(self, slots: np.ndarray, scenes: Scenes) -> np.ndarray:
         """(len(slots),) actions of the policies of `slots` in their scenes (row i of
         `scenes` is slot slots[i])."""

@@ -139,17 +139,24 @@ def policy_stats(policy) -> dict:
 
 
 def summarise(results: Sequence[EpisodeResult]) -> dict[str, float]:
-    """Flat figures over episodes: episodes, collision_rate, mean_speed (m/s, over all
-    decision steps), mean_return, mean_length (decisions), crash/<kind> (the share of the
+    """Flat figures over episodes: episodes, collision_rate with collision_low and
+    collision_high (its 95% Wilson interval), mean_speed (m/s, over all decision steps),
+    mean_return, mean_length (decisions), crash/<kind> (the share of the
     episodes whose collision was of each of CRASH_KINDS); plus fallback_rate (fallback
     steps / steps), guard_rate (guard steps / steps), latency_p50_ms, latency_p99_ms and
     surprise_mean when exposed."""
     if not results:
         raise ValueError("cannot summarise zero episodes")
+    from evaluation.metrics import wilson_interval
+
     speeds = np.concatenate([np.asarray(r.speeds, dtype=float) for r in results])
+    collisions = sum(r.collided for r in results)
+    low, high = wilson_interval(collisions, len(results))
     summary = {
         "episodes": float(len(results)),
-        "collision_rate": float(np.mean([r.collided for r in results])),
+        "collision_rate": collisions / len(results),
+        "collision_low": low,
+        "collision_high": high,
         "mean_speed": float(speeds.mean()) if len(speeds) else float("nan"),
         "mean_return": float(np.mean([r.total_return for r in results])),
         "mean_length": float(np.mean([r.steps for r in results])),

@@ -350,4 +350,7 @@ def wilson_interval(events: float, trials: float) -> tuple[float, float]:
     centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
     half = Z95 * np.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) \
         / (1 + z2 / trials)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # at 0 or `trials` events the bound is exactly 0 or 1 (rounding would leave it just off)
+    low = 0.0 if events <= 0 else max(0.0, centre - half)
+    high = 1.0 if events >= trials else min(1.0, centre + half)
+    return float(low), float(high)

@@ -228,9 +228,13 @@ def road_candidates(env, candidates: np.ndarray) -> np.ndarray:
 
 def road_mask(env, candidates: np.ndarray) -> np.ndarray:
     """(K,) bool: the rows of `candidates` that `road_candidates` keeps."""
-    lanes = lanes_count(env)
-    lane = min(max(int(env.unwrapped.vehicle.target_lane_index[2]), 0), lanes - 1)
-    kept = on_road_mask(candidates, lane, lanes)
+    lane = int(env.unwrapped.vehicle.target_lane_index[2])
+    return road_mask_at(candidates, lane, lanes_count(env))
+
+
+def road_mask_at(candidates: np.ndarray, lane: int, lanes: int) -> np.ndarray:
+    """`road_mask` for an ego whose target lane is `lane` on a road of `lanes` lanes."""
+    kept = on_road_mask(candidates, min(max(lane, 0), lanes - 1), lanes)
     return kept if kept.any() else np.ones_like(kept)
 
 

@@ -67,8 +67,9 @@ class PlannerRisk(str, enum.Enum):
 
 
 class Backend(str, enum.Enum):
-    """The simulator that ingest runs: highway-env itself, or EnvPool's native C++ port
-    of its highway scenarios (pipeline/envpool_source.py), many episodes per process."""
+    """The simulator that ingest or simulate runs: highway-env itself, or EnvPool's native
+    C++ port of its highway scenarios (pipeline/envpool_source.py), many episodes per
+    process."""
 
     highway_env = "highway-env"
     envpool = "envpool"
@@ -385,7 +386,10 @@ class SimulateConfig:
     check the planner's risk on the maneuvers it rejects. `lane_guard` refuses lane changes
     into too small a gap while an allowed candidate is within the budget
     (pipeline/planner/lane_guard.py). The planner always runs in one process, so that its
-    latency is measured alone; `workers` applies to the baselines.
+    latency is measured alone; `workers` applies to the baselines. With `backend: envpool`
+    the planner and the baselines drive `batch` EnvPool episodes per pool in this process
+    (evaluation/envpool_loop.py; the oracle, which copies highway-env, is refused); the GIF
+    and the counterfactual check still run on highway-env.
     """
 
     planner: str = ""  # empty: this run's export; else an .onnx path or `models:/<name>/<version>`
@@ -409,6 +413,8 @@ class SimulateConfig:
     guard_rear_ttc: float = 1.0  # s: a target-lane follower closing in under this TTC refuses
     threads: int = 1  # onnxruntime intra-op threads
     workers: int = 1  # processes for the baselines' episodes
+    backend: Backend = Backend.highway_env  # simulator: highway-env | envpool (highway ids only)
+    batch: int = 64  # episodes envpool steps together (the results do not depend on it)
 
 
 @dataclass(frozen=True)

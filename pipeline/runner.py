@@ -80,7 +80,7 @@ def experiment_root(cfg: Config) -> Path:
 
 # Settings that change how a stage runs but not what it produces stay out of the key.
 KEY_EXEMPT = {"ingest": ("workers", "batch"), "train": ("resume", "num_workers"),
-              "simulate": ("workers",)}
+              "simulate": ("workers", "batch")}
 # Settings added after stage keys were in use: at this value (their default, which is how
 # those stages ran) they stay out of the key, so the existing stages are still reused.
 KEY_DEFAULTS = {"ingest": {"backend": "highway-env"},
@@ -90,7 +90,8 @@ KEY_DEFAULTS = {"ingest": {"backend": "highway-env"},
                            "replica_mobil_at_start": False, "replica_late_idm_every": 1,
                            "replica_tail_steps": 0},
                 "simulate": {"lane_guard": False, "guard_front_gap": 2.0,
-                             "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0}}
+                             "guard_rear_gap": 2.0, "guard_rear_ttc": 1.0,
+                             "backend": "highway-env"}}
 
 
 # The same for fields of the entries of a list setting (section -> list -> field: default).

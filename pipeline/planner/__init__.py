@@ -7,7 +7,8 @@
 - `decision`: the decision rule (risk budget, lambda, beta) over scored candidates;
 - `policy`: `PlannerPolicy`, the planner driving the simulator, with its reality check and
   rule-based fallback;
-- `lane_guard`: the optional gap check on the planner's first lane change.
+- `lane_guard`: the optional gap check on the planner's first lane change;
+- `batch_planner`: `BatchPlanner`, one `PlannerPolicy` per episode of an EnvPool batch.
 
 Nothing here imports torch at module level except `onnx_export`: the serving path
 (`drivecast simulate`) needs numpy, onnxruntime and the simulator only.

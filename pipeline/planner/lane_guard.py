@@ -49,14 +49,21 @@ class LaneGuard:
         """The lane-change actions into an existing lane that the guard refuses now."""
         ego = env.unwrapped.vehicle
         start, end, lane = ego.target_lane_index
-        refused = set()
-        for action, target in ((LANE_LEFT, lane - 1), (LANE_RIGHT, lane + 1)):
-            if 0 <= target < lanes_count(env) and self.unsafe(
-                    lane_view(ego, (start, end, target))):
-                refused.add(action)
-        return refused
+        views = {action: lane_view(ego, (start, end, target))
+                 for action, target in ((LANE_LEFT, lane - 1), (LANE_RIGHT, lane + 1))
+                 if 0 <= target < lanes_count(env)}
+        return self.refused(views)
+
+    def refused(self, views: dict[int, LaneView]) -> set[int]:
+        """The lane-change actions whose target lane, seen as views[action], is refused
+        (`views` holds the actions into lanes that exist)."""
+        return {action for action, view in views.items() if self.unsafe(view)}
 
     def mask(self, env, candidates: np.ndarray) -> np.ndarray:
         """(K,) bool: the rows of `candidates` (K, F) whose first action is not refused."""
-        first = np.asarray(candidates)[:, 0]
-        return ~np.isin(first, sorted(self.refused_actions(env)))
+        return allowed_first(self.refused_actions(env), candidates)
+
+
+def allowed_first(refused: set[int], candidates: np.ndarray) -> np.ndarray:
+    """(K,) bool: the rows of `candidates` (K, F) whose first action is not in `refused`."""
+    return ~np.isin(np.asarray(candidates)[:, 0], sorted(refused))

@@ -1,7 +1,8 @@
 """The live scene of a running highway-env episode as planner input (numpy only).
 
 ``LiveScene`` keeps the last H simulation frames of a ``RecordingEnv`` (every frame, not
-only decision frames) keyed by persistent vehicle id, and cuts the same ego-centric
+only decision frames; or frames pushed one by one, as the EnvPool closed loop does) keyed
+by persistent vehicle id, and cuts the same ego-centric
 history as the training windows (``features.scene_history``). Values pass through the
 dataset's column dtypes (float32 positions, int16 lanes) exactly as a recorded episode
 does on its way through the Parquet dataset, and vehicles are ordered by id as in
@@ -54,6 +55,11 @@ class LiveScene:
             self.log = env.frame_log
         self.frames.extend(self.log[max(self.pulled, len(self.log) - self.history):])
         self.pulled = len(self.log)
+
+    def push(self, rows: np.ndarray) -> None:
+        """Append one frame's snapshot rows (R, 12) of ROW_COLUMNS, for a simulator that is
+        not a RecordingEnv (EnvPool: ``envpool_source.frame_rows``)."""
+        self.frames.append(rows)
 
     def latest(self) -> np.ndarray:
         """Snapshot rows (R, 12) of the latest buffered frame."""

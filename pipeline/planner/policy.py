@@ -21,6 +21,11 @@ whose first action the guard lets through, while one of them is within the risk 
 
 An env whose decision period or frames per step differ from the planner's sidecar is
 refused (the history would not mean what the model learned).
+
+``act(env)`` drives highway-env. ``decide(road)`` is the same decision for a simulator that
+pushes its frames into the live scene itself and answers the road's questions (road
+pruning, the guard's gaps, the fallback's action) through `road`: the EnvPool closed loop
+(pipeline/planner/batch_planner.py).
 """
 
 from __future__ import annotations
@@ -48,13 +53,37 @@ def forecast_surprise(predicted: np.ndarray, predicted_present: np.ndarray,
 def check_timing(env, scorer) -> None:
     """The env must step the planner's decision period with its frames per step."""
     config = env.unwrapped.config
-    frames = config["simulation_frequency"] // config["policy_frequency"]
-    dt = 1.0 / config["policy_frequency"]
+    check_period(config["simulation_frequency"], config["policy_frequency"], scorer)
+
+
+def check_period(simulation_frequency: int, policy_frequency: int, scorer) -> None:
+    """A simulator at these frequencies [Hz] must step the planner's decision period with
+    its frames per step."""
+    frames = simulation_frequency // policy_frequency
+    dt = 1.0 / policy_frequency
     want_frames = scorer.meta["frames_per_step"]
     if frames != want_frames or abs(dt - scorer.dt) > 1e-9:
         raise ValueError(f"the env decides every {dt:g} s with {frames} frames per step, the "
                          f"planner {scorer.path} was trained for {scorer.dt:g} s and "
                          f"{want_frames}")
+
+
+class HighwayRoad:
+    """What the planner reads of a highway-env episode beside its history: the lanes (road
+    pruning), the target-lane gaps (lane guard) and the fallback's action. The EnvPool
+    closed loop passes its own (pipeline/planner/batch_planner.py)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def on_road(self, candidates: np.ndarray) -> np.ndarray:
+        return road_candidates(self.env, candidates)
+
+    def guard_mask(self, guard, candidates: np.ndarray) -> np.ndarray:
+        return guard.mask(self.env, candidates)
+
+    def fallback_action(self, fallback) -> int:
+        return int(fallback.act(self.env))
 
 
 class PlannerPolicy:
@@ -103,12 +132,17 @@ class PlannerPolicy:
     def act(self, env) -> int:
         check_timing(env, self.scorer)
         self.live.update(env)
+        return self.decide(HighwayRoad(env))
+
+    def decide(self, road) -> int:
+        """One decision on the frames the live scene holds; `road` (a HighwayRoad or the
+        EnvPool loop's) answers what the history does not: lanes, gaps, the fallback."""
         self.check_reality()
         self.update_mode()
         self.steps += 1
         if self.in_fallback:
-            return self.act_fallback(env)
-        return self.act_planner(env)
+            return self.act_fallback(road)
+        return self.act_planner(road)
 
     # ------------------------------------------------------------ reality check
 
@@ -131,12 +165,12 @@ class PlannerPolicy:
 
     # ------------------------------------------------------------ decisions
 
-    def act_planner(self, env) -> int:
+    def act_planner(self, road) -> int:
         start = time.perf_counter()
         hist, hist_mask, slots = self.live.window()
-        candidates = road_candidates(env, self.candidates)
+        candidates = road.on_road(self.candidates)
         scores = self.scorer.score(hist, hist_mask, candidates)
-        self.allowed = None if self.guard is None else self.guard.mask(env, candidates)
+        self.allowed = None if self.guard is None else road.guard_mask(self.guard, candidates)
         best = self.pick(scores, candidates)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
         self.remember(scores.positions[best, 0], hist_mask[-1], slots)
@@ -151,8 +185,8 @@ class PlannerPolicy:
             self.guard_steps += 1
         return best
 
-    def act_fallback(self, env) -> int:
-        action = int(self.fallback.act(env))
+    def act_fallback(self, road) -> int:
+        action = road.fallback_action(self.fallback)
         self.fallback_steps += 1
         self.fallback_run += 1
         hist, hist_mask, slots = self.live.window()

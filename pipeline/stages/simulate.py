@@ -1,11 +1,17 @@
-"""Simulate stage: closed-loop highway-env episodes driven by the ONNX planner.
+"""Simulate stage: closed-loop episodes driven by the ONNX planner.
 
 Imports no torch: the scorer needs numpy, onnxruntime and the simulator only. The same
 seeds are driven by the baselines (`idle`, `random`, the rule-based TTC policy and the
-oracle lookahead that deep-copies the true simulator). Writes closed_loop.md (the table),
-episodes.csv (one row per episode of each policy: its collision and how it happened,
-evaluation/closed_loop.py `crash_kind`), simulate.gif and, with counterfactual episodes,
-counterfactual.md.
+oracle lookahead that deep-copies the true simulator). Writes closed_loop.md (the table,
+each collision rate with its 95% Wilson interval), episodes.csv (one row per episode of
+each policy: its collision and how it happened, evaluation/closed_loop.py `crash_kind`),
+simulate.gif and, with counterfactual episodes, counterfactual.md.
+
+`simulate.backend` picks the simulator of the table's episodes: highway-env, or EnvPool
+(`simulate.batch` episodes per pool, evaluation/envpool_loop.py; the oracle is refused, it
+copies highway-env). The GIF and the counterfactual check run on highway-env either way:
+with envpool the GIF shows highway-env episodes of the first seeds, whose scenes differ
+from EnvPool's.
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.artifacts import Artifacts, write_text_atomic
-from pipeline.config import Config, SimulateConfig
+from pipeline.config import Backend, Config, SimulateConfig
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
 from pipeline.stage_io import evaluation_seeds
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
-TABLE_KEYS = ("collision_rate", "mean_speed", "mean_return", "mean_length", "fallback_rate",
-              "guard_rate", "latency_p50_ms", "latency_p99_ms")
+# collision_low, collision_high: the 95% Wilson interval of collision_rate
+TABLE_KEYS = ("collision_rate", "collision_low", "collision_high", "mean_speed", "mean_return",
+              "mean_length", "fallback_rate", "guard_rate", "latency_p50_ms", "latency_p99_ms")
 
 
 def env_of(cfg: Config) -> tuple[str, dict]:
@@ -163,10 +170,16 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     path = planner_path(cfg, inputs, work)
     factory = planner_factory(cfg, path)
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
-    episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
-                                        gif_episodes=cfg.simulate.gif_episodes)}
-    for name in cfg.simulate.baselines:
-        episodes[name] = baseline_episodes(cfg, name, seeds)
+    if cfg.simulate.backend == Backend.envpool:
+        episodes = envpool_episodes(cfg, factory, seeds)
+        if gif is not None:  # rendered on highway-env, not part of the table
+            run_episodes(env_id, env_config, factory, seeds[:cfg.simulate.gif_episodes],
+                         gif_path=gif, gif_episodes=cfg.simulate.gif_episodes)
+    else:
+        episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
+                                            gif_episodes=cfg.simulate.gif_episodes)}
+        for name in cfg.simulate.baselines:
+            episodes[name] = baseline_episodes(cfg, name, seeds)
     results = {name: summarise(runs) for name, runs in episodes.items()}
     write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
     write_text_atomic(work / "closed_loop.md", table(results))
@@ -177,6 +190,27 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         figures = counterfactual_check(cfg, path, work)
         summary |= {f"counterfactual/{k}": v for k, v in figures.items()}
     return summary
+
+
+def envpool_episodes(cfg: Config, factory, seeds: range) -> dict[str, list]:
+    """The planner's (`factory`: fresh PlannerPolicies) and the baselines' episodes on
+    EnvPool, `simulate.batch` per pool."""
+    from functools import partial
+
+    from evaluation.batch_policies import BatchPolicy
+    from evaluation.envpool_loop import drivers, run_envpool_episodes
+    from pipeline.envpool_source import EnvpoolSource
+    from pipeline.planner.batch_planner import BatchPlanner
+
+    source, batch = EnvpoolSource(*env_of(cfg)), cfg.simulate.batch
+    makers = {"planner": drivers(partial(BatchPlanner, source), factory)}
+    makers |= {name: drivers(BatchPolicy, baseline_factory(name, cfg))
+               for name in cfg.simulate.baselines}
+    episodes = {}
+    for name, make in makers.items():
+        print(f"[simulate] {name} on {len(seeds)} EnvPool episodes", file=sys.stderr, flush=True)
+        episodes[name] = run_envpool_episodes(source, make, seeds, batch)
+    return episodes
 
 
 def counterfactual_check(cfg: Config, path: Path, work: Path) -> dict[str, float]:
@@ -215,6 +249,23 @@ def check(cfg: Config) -> None:
         raise StageError(f"simulate.counterfactual_episodes must lie in 0..simulate.episodes "
                          f"({cfg.simulate.episodes}), got {cfg.simulate.counterfactual_episodes}")
     lane_guard(cfg.simulate)  # its figures are checked before any stage runs
+    if cfg.simulate.backend == Backend.envpool:
+        check_envpool(cfg)
+
+
+def check_envpool(cfg: Config) -> None:
+    """What backend envpool cannot run is refused before any stage runs."""
+    from pipeline.envpool_source import EnvpoolSource
+
+    if "oracle" in cfg.simulate.baselines:
+        raise StageError("simulate.baselines: 'oracle' copies highway-env and cannot run on "
+                         "simulate.backend envpool (drop it or use backend highway-env)")
+    if cfg.simulate.batch < 1:
+        raise StageError(f"simulate.batch must be at least 1, got {cfg.simulate.batch}")
+    try:
+        EnvpoolSource(*env_of(cfg))
+    except ValueError as err:
+        raise StageError(f"simulate: {err}") from None
 
 
 STAGE = register(Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,

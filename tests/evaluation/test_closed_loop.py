@@ -101,6 +101,9 @@ def test_summary_golden_figures():
     ]
     summary = summarise(results)
     assert summary["collision_rate"] == 0.5
+    # 1 of 2 episodes: the 95% Wilson interval 9.5%..90.5%
+    assert summary["collision_low"] == pytest.approx(0.0945, abs=1e-4)
+    assert summary["collision_high"] == pytest.approx(0.9055, abs=1e-4)
     assert summary["mean_speed"] == pytest.approx(160 / 10)
     assert summary["mean_return"] == 3.5 and summary["mean_length"] == 5.0
     assert summary["fallback_rate"] == pytest.approx(2 / 10)
@@ -139,6 +142,14 @@ def test_simulate_path_runs_without_torch(tmp_path):
         results = run_episodes("highway-fast-v0", {{"duration": 3}}, make, [5])
         summary = summarise(results)
         assert summary["latency_p50_ms"] > 0 and results[0].steps >= 1, summary
+        from functools import partial
+        from evaluation.envpool_loop import drivers, run_envpool_episodes
+        from pipeline.envpool_source import EnvpoolSource
+        from pipeline.planner.batch_planner import BatchPlanner
+        source = EnvpoolSource("highway-fast-v0", {{"duration": 3}})
+        pooled = run_envpool_episodes(source, drivers(partial(BatchPlanner, source), make),
+                                      [5, 6])
+        assert summarise(pooled)["latency_p50_ms"] > 0, pooled
         heavy = [name for name in ("torch", "lightning", "mlflow") if name in sys.modules]
         assert not heavy, heavy
         print("ok", results[0].steps)

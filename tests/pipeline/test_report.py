@@ -102,5 +102,5 @@ def test_wilson_interval_golden_values():
     assert (round(low, 4), round(high, 4)) == (0.0055, 0.0700)
     low, high = wilson_interval(0, 100)
     assert low == 0.0 and round(high, 4) == 0.0370
-    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 7)[0] == 0.0  # exact ends
     assert wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)
