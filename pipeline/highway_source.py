@@ -74,19 +74,24 @@ def check_env_config(env_id: str, env_config: dict) -> None:
         raise ValueError(f"env_config.action.type must be DiscreteMetaAction, got '{action_type}'")
 
 
-# env_config keys that must be positive numbers (any other number must be finite).
-POSITIVE_ENV_KEYS = ("lanes_count", "vehicles_count", "vehicles_density", "duration",
-                     "simulation_frequency", "policy_frequency")
+# env_config keys with a lower bound: above 0, or at least 0 (any number must be finite).
+POSITIVE_ENV_KEYS = ("lanes_count", "vehicles_density", "duration", "simulation_frequency",
+                     "policy_frequency")
+NON_NEGATIVE_ENV_KEYS = ("vehicles_count",)
 
 
 def check_env_values(env_config: dict) -> None:
-    """Refuse NaN or inf numbers, and counts, durations and frequencies that are not > 0."""
+    """Refuse NaN or inf numbers, negative vehicle counts, and lane counts, densities,
+    durations and frequencies that are not > 0."""
     for key, value in env_config.items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if not math.isfinite(value) or (key in POSITIVE_ENV_KEYS and value <= 0):
-            rule = "a number above 0" if key in POSITIVE_ENV_KEYS else "a finite number"
-            raise ValueError(f"env_config.{key} must be {rule}, got {value!r}")
+        if key in POSITIVE_ENV_KEYS and not value > 0:
+            raise ValueError(f"env_config.{key} must be a number above 0, got {value!r}")
+        if key in NON_NEGATIVE_ENV_KEYS and not value >= 0:
+            raise ValueError(f"env_config.{key} must be a number >= 0, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"env_config.{key} must be a finite number, got {value!r}")
 
 
 def check_frequencies(config: dict) -> None:

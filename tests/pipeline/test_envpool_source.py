@@ -141,7 +141,7 @@ def test_unknown_env_id_and_config_get_one_line_errors():
         EnvpoolSource(ENV, {"other_vehicles_type": "x"})
     with pytest.raises(ValueError, match="env_config.vehicles_density must be a number above"):
         EnvpoolSource(ENV, {"vehicles_density": float("nan")})
-    with pytest.raises(ValueError, match="env_config.vehicles_count must be a number above 0"):
+    with pytest.raises(ValueError, match="env_config.vehicles_count must be a number >= 0"):
         EnvpoolSource(ENV, {"vehicles_count": -3})
 
 
