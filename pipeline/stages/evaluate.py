@@ -79,12 +79,12 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
     model, _ = load_model(inputs["train"])
     sets = {"test": held_out_windows(cfg, inputs)} | shifted_windows(cfg, ctx)
-    results, scenes = {}, []
+    results, scenes = {}, {}
     for name, windows in sets.items():
         results[name], pred = score(model, windows, cfg)
-        if name == "test":
-            scenes = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
-    write_report(results, scenes, work, report_header(cfg, inputs, sets["test"]))
+        scenes[name] = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
+    write_report(results, scenes, work, report_header(cfg, inputs, sets["test"]),
+                 sets["test"].dt)
     return flat_summary(results)
 
 
