@@ -4,8 +4,10 @@ Imports no torch: the scorer needs numpy, onnxruntime and the simulator only. Th
 seeds are driven by the baselines (`idle`, `random`, the rule-based TTC policy and the
 oracle lookahead that deep-copies the true simulator). Writes closed_loop.md (the table),
 episodes.csv (one row per episode of each policy: its collision and how it happened,
-evaluation/closed_loop.py `crash_kind`), simulate.gif and, with counterfactual episodes,
-counterfactual.md.
+evaluation/closed_loop.py `crash_kind`), episodes/<seed>.csv (each planner decision,
+evaluation/trace.py), simulate.gif, planner_view.gif and crash_view.gif (the planner's
+view redrawn from those traces, evaluation/planner_view.py) and, with counterfactual
+episodes, counterfactual.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pipeline.stage_io import evaluation_seeds
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
+TRACE_DIR = "episodes"  # one per-decision trace per planner episode: <seed>.csv
+CRASH_DECISIONS = 6  # the last decisions of a crash drawn into crash_view.gif
 TABLE_KEYS = ("collision_rate", "mean_speed", "mean_return", "mean_length", "fallback_rate",
               "guard_rate", "latency_p50_ms", "latency_p99_ms")
 
@@ -157,19 +161,22 @@ def table(results: dict[str, dict[str, float]]) -> str:
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     from evaluation.closed_loop import episodes_csv, run_episodes, summarise
+    from evaluation.trace import TracedPlanner
 
     env_id, env_config = env_of(cfg)
     seeds = evaluation_seeds(cfg.simulate)
     path = planner_path(cfg, inputs, work)
-    factory = planner_factory(cfg, path)
+    factory, planners = collecting(planner_factory(cfg, path, TracedPlanner))
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
     episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
                                         gif_episodes=cfg.simulate.gif_episodes)}
+    traces = write_traces(work, episodes["planner"], planners)
+    pictures = draw_pictures(cfg, traces, episodes["planner"], planners[0].scorer.dt, work)
     for name in cfg.simulate.baselines:
         episodes[name] = baseline_episodes(cfg, name, seeds)
     results = {name: summarise(runs) for name, runs in episodes.items()}
     write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
-    write_text_atomic(work / "closed_loop.md", table(results))
+    write_text_atomic(work / "closed_loop.md", table(results) + pictures_section(pictures))
     summary = dict(results["planner"])
     for name in cfg.simulate.baselines:
         summary |= {f"{name}/{k}": v for k, v in results[name].items()}
@@ -177,6 +184,66 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         figures = counterfactual_check(cfg, path, work)
         summary |= {f"counterfactual/{k}": v for k, v in figures.items()}
     return summary
+
+
+def collecting(make):
+    """A factory that keeps every policy it makes (in order) and that list."""
+    made = []
+
+    def factory():
+        made.append(make())
+        return made[-1]
+
+    return factory, made
+
+
+def write_traces(work: Path, results: list, planners: list) -> dict[int, Path]:
+    """episodes/<seed>.csv: each planner episode's per-decision trace (evaluation/trace.py);
+    `planners` made in the order of `results`. Returns the paths by seed."""
+    from evaluation.trace import trace_csv
+
+    (work / TRACE_DIR).mkdir(exist_ok=True)
+    paths = {}
+    for result, planner in zip(results, planners, strict=True):
+        paths[result.seed] = work / TRACE_DIR / f"{result.seed}.csv"
+        write_text_atomic(paths[result.seed], trace_csv(planner.rows))
+    return paths
+
+
+def draw_pictures(cfg: Config, traces: dict[int, Path], results: list, dt: float,
+                  work: Path) -> list[str]:
+    """planner_view.gif (the first `simulate.gif_episodes` planner episodes) and
+    crash_view.gif (the last CRASH_DECISIONS decisions of the first planner episode that
+    crashed), redrawn from the traces at real time; none with gif_episodes 0. Returns the
+    file names; prints how long the drawing took (it is outside every timed decision)."""
+    import time
+
+    from evaluation.closed_loop import write_gif
+    from evaluation.planner_view import planner_view_frames
+    from evaluation.trace import read_trace
+
+    start, files, budget = time.perf_counter(), [], cfg.simulate.risk_budget
+    shown = results[:cfg.simulate.gif_episodes]
+    if shown:
+        frames = [f for r in shown for f in planner_view_frames(read_trace(traces[r.seed]),
+                                                                r.seed, budget)]
+        files.append(write_gif(work / "planner_view.gif", frames, fps=1.0 / dt).name)
+    crashed = [r for r in results if r.collided]
+    if shown and crashed:
+        rows = read_trace(traces[crashed[0].seed])[-CRASH_DECISIONS:]
+        frames = planner_view_frames(rows, crashed[0].seed, budget)
+        files.append(write_gif(work / "crash_view.gif", frames, fps=1.0 / dt).name)
+    print(f"[simulate] planner views drawn in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr, flush=True)
+    return files
+
+
+def pictures_section(files: list[str]) -> str:
+    """closed_loop.md's links to the pictures and the traces."""
+    lines = ["", "## Pictures", "",
+             f"Per-decision traces of the planner's episodes: `{TRACE_DIR}/<seed>.csv` "
+             "(columns: evaluation/trace.py; how to read the pictures: docs/pictures.md).", ""]
+    return "\n".join(lines + [f"![{name}]({name})" for name in files]) + "\n"
 
 
 def counterfactual_check(cfg: Config, path: Path, work: Path) -> dict[str, float]:
@@ -191,12 +258,7 @@ def counterfactual_check(cfg: Config, path: Path, work: Path) -> dict[str, float
 
     seeds = evaluation_seeds(cfg.simulate)[:cfg.simulate.counterfactual_episodes]
     print(f"[simulate] counterfactual check on {len(seeds)} episodes", file=sys.stderr)
-    make, planners = planner_factory(cfg, path, CounterfactualPlanner), []
-
-    def factory():
-        planners.append(make())
-        return planners[-1]
-
+    factory, planners = collecting(planner_factory(cfg, path, CounterfactualPlanner))
     run_episodes(*env_of(cfg), factory, seeds)
     decisions = [d for planner in planners for d in planner.decisions]
     figures = counterfactual_summary(decisions, cfg.simulate.risk_budget)
