@@ -347,6 +347,23 @@ def test_the_trace_of_a_fallback_decision_holds_its_one_step_forecast(debug_run,
     assert all(row["surprise"] > -1.0 for row in rest)
 
 
+def test_pictures_writes_small_stills_of_a_complete_run(debug_run, tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["pictures", DEBUG, f"workdir={debug_run}", "--out", str(out)]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.splitlines()]
+    names = {path.name for path in written}
+    assert {"imagination_test.png", "imagination_dense.png", "imagination_merge.png"} <= names
+    assert names & {"planner_view.png", "crash_view.png"}
+    for path in written:
+        assert path.parent == out and 1000 < path.stat().st_size < 200_000, path.name
+        assert iio.imread(path).shape[1] == 1200
+
+
+def test_pictures_of_a_run_not_made_is_refused(tmp_path, capsys):
+    assert main(["pictures", DEBUG, f"workdir={tmp_path}", "--out", str(tmp_path)]) == 2
+    assert "no complete evaluate stage" in capsys.readouterr().err
+
+
 def test_simulate_from_a_registered_model_without_importing_torch(debug_run):
     code = (
         "import sys; from pipeline.cli import main; "
