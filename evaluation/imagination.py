@@ -89,7 +89,7 @@ def draw_scene(panels, scene: dict, step: int, dt: float) -> None:
     ys = np.concatenate([real[..., 1].ravel(), imagined[..., 1].ravel()])
     for axes in panels:
         clear_artists(axes)
-        draw_road(axes, scene.get("lanes", np.array([])), xlim, ys)
+        draw_road(axes, scene.get("lanes", np.array([])), xlim, ys, scene.get("tilt", 0.0))
     draw_reality(panels[0], scene, real, step)
     draw_imagination(panels[1], scene, real, imagined, step)
     error = mean_error(real[step], imagined[:, step])
@@ -103,7 +103,8 @@ def imagination_frames(scenes: list[dict], dt: float, name: str) -> list[np.ndar
     """RGB frames (H, W, 3), one per future step 0..F, all scenes as rows.
 
     Each scene: hist (H, N, D), hist_mask (H, N), future (F, N, >=2), future_mask (F, N),
-    samples (S, F, N, 2), title; optionally lanes (L,) lane-centre offsets and size (N, 2).
+    samples (S, F, N, 2), title; optionally lanes (L,) the lane centres' offsets across the
+    road, tilt (the ego's heading off the road, rad) and size (N, 2).
     `name` names the test set in the heading.
     """
     if not scenes:

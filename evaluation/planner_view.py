@@ -70,7 +70,8 @@ def draw_road_view(axes, row: dict, xlim: tuple[float, float]) -> None:
     lanes = np.array([row[k] for k in row if k.startswith("lane")], dtype=float)
     track, seen_next = plan_track(row), points(row, "next_")
     clear_artists(axes)
-    draw_road(axes, lanes, xlim, np.concatenate([track[..., 1].ravel(), seen_next[:, 1]]))
+    ys = np.concatenate([track[..., 1].ravel(), seen_next[:, 1]])
+    draw_road(axes, lanes, xlim, ys, row.get("tilt", 0.0))
     for slot in np.flatnonzero(np.isfinite(track[0, :, 0])):
         color = slot_color(slot)
         path = track[:, slot][np.isfinite(track[:, slot, 0])]

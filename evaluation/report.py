@@ -108,14 +108,27 @@ def write_report(results: dict[str, TestsetResult], scene_sets: dict[str, list[d
 
 
 def pick_scenes(a: dict[str, np.ndarray], samples: np.ndarray, count: int) -> list[dict]:
-    """The `count` windows with the most neighbours present (the busiest scenes), those
-    whose whole horizon lies within the episode first; with the lane centres and vehicle
-    sizes when the windows carry them."""
-    complete = a["step_mask"].all(1)
-    busy = np.lexsort((-a["hist_mask"][:, -1].sum(1), ~complete))[:count]
-    extra = {"lane_centers": "lanes", "size": "size"}
-    return [{"hist": a["hist"][b], "hist_mask": a["hist_mask"][b], "future": a["future"][b],
+    """The `count` busiest windows (the most neighbours present), one per episode while
+    episodes last, those whose whole horizon lies within the episode first; with the lane
+    centres (their offsets across the road) and the ego's heading off the road for a
+    simulator road (recorded roads' directions are not in the windows) and the vehicle
+    sizes, when the windows carry them."""
+    order = np.lexsort((-a["hist_mask"][:, -1].sum(1), ~a["step_mask"].all(1)))
+    _, first = np.unique(a["episode"][order], return_index=True)
+    repeat = np.ones(len(order), dtype=bool)
+    repeat[first] = False
+    busy = np.concatenate([order[np.sort(first)], order[repeat]])[:count]
+    return [scene_of(a, samples, b) for b in busy]
+
+
+def scene_of(a: dict[str, np.ndarray], samples: np.ndarray, b: int) -> dict:
+    """Window `b` as a scene for plots.plot_forecast_scene and evaluation/imagination.py."""
+    scene = {"hist": a["hist"][b], "hist_mask": a["hist_mask"][b], "future": a["future"][b],
              "future_mask": a["future_mask"][b], "samples": samples[:, b],
-             "title": f"episode {int(a['episode'][b])}, step {int(a['step'][b])}",
-             **{name: a[key][b] for key, name in extra.items() if key in a}}
-            for b in busy]
+             "title": f"episode {int(a['episode'][b])}, step {int(a['step'][b])}"}
+    if "size" in a:
+        scene["size"] = a["size"][b]
+    if "lane_centers" in a:
+        tilt = 0.0 if "group" in a else float(a["ego_pose"][b, 2])
+        scene |= {"lanes": a["lane_centers"][b] / np.cos(tilt), "tilt": tilt}
+    return scene

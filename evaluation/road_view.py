@@ -45,25 +45,31 @@ def clear_artists(axes: Axes) -> None:
         artist.remove()
 
 
-def draw_road(axes: Axes, lane_centers: np.ndarray, xlim: tuple[float, float],
-              ys: np.ndarray) -> None:
-    """Grey road, dashed lane lines and solid edges for the lane centres (L,) lateral
-    offsets (NaN entries are no lane); x limits `xlim`, y limits (downwards) covering the
-    road and the finite lateral positions `ys`."""
-    centers = np.asarray(lane_centers, dtype=float)
-    centers = np.sort(centers[np.isfinite(centers)])
+def draw_road(axes: Axes, lane_offsets: np.ndarray, xlim: tuple[float, float],
+              ys: np.ndarray, tilt: float = 0.0) -> None:
+    """Grey road, dashed lane lines and solid edges of a straight road whose lane centres
+    lie `lane_offsets` (L,) metres from the ego, across the road (NaN entries are no lane),
+    the ego heading `tilt` rad off the road's direction (the road then runs at -tilt in the
+    ego frame). x limits `xlim`; y limits (downwards) cover the road beside the ego and the
+    finite lateral positions `ys`."""
+    offsets = np.asarray(lane_offsets, dtype=float)
+    offsets = np.sort(offsets[np.isfinite(offsets)])
     half = LANE_WIDTH_M / 2
-    top, bottom = span(np.concatenate([centers - half, centers + half, np.ravel(ys)]),
-                       -3.0, 3.0, pad=1.5)
+    edges = np.concatenate([offsets[:1] - half, offsets[-1:] + half]) / np.cos(tilt)
+    top, bottom = span(np.concatenate([edges, np.ravel(ys)]), -3.0, 3.0, pad=1.5)
     axes.set_xlim(*xlim)
     axes.set_ylim(bottom, top)
-    if len(centers) == 0:
+    if len(offsets) == 0:
         return
-    axes.axhspan(centers[0] - half, centers[-1] + half, color=ROAD_COLOR, zorder=0)
-    for edge in (centers[0] - half, centers[-1] + half):
-        axes.axhline(edge, color="k", linewidth=1.2, zorder=1)
-    for line in (centers[1:] + centers[:-1]) / 2:
-        axes.axhline(line, color="grey", linewidth=0.8, linestyle=(0, (6, 6)), zorder=1)
+    x = np.array(xlim)
+    slope = -np.tan(tilt)  # a line `offset` across the road: y = offset / cos(tilt) - tan(tilt) x
+    axes.fill_between(x, edges[0] + slope * x, edges[1] + slope * x, color=ROAD_COLOR,
+                      zorder=0, linewidth=0)
+    for edge in edges:
+        axes.plot(x, edge + slope * x, color="k", linewidth=1.2, zorder=1)
+    for line in (offsets[1:] + offsets[:-1]) / 2 / np.cos(tilt):
+        axes.plot(x, line + slope * x, color="grey", linewidth=0.8, linestyle=(0, (6, 6)),
+                  zorder=1)
 
 
 def draw_box(axes: Axes, xy: np.ndarray, color: str, alpha: float = 1.0,

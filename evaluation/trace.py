@@ -12,7 +12,8 @@ row; the recording happens in ``act`` around the decision, outside the timed par
   ACTION_NAMES, risk_A (the lowest collision probability of the candidates starting with A),
   return_A (the highest expected return) and uncertainty_A (the lowest); empty when no
   road candidate starts with A, and on fallback decisions (no candidate is scored);
-- lane<i>: each lane centre's lateral offset (m) in the ego frame at the decision;
+- tilt: the ego's heading off its lane's direction (rad); lane<i>: each lane centre's
+  offset (m) from the ego across the road, at the decision;
 - per slot n (0 the ego): x<n>, y<n> where it is, plan_x<n>_<f>, plan_y<n>_<f> where the
   chosen candidate's forecast puts it f steps later (fallback: step 1 only), next_x<n>,
   next_y<n> where it really was at the next decision (after the last step: when the
@@ -115,16 +116,23 @@ class TracedPlanner(PlannerPolicy):
         _, present, slots, pose = self.pending
         positions, _ = self.live.observed_positions(slots, pose)
         lanes = {f"lane{i}": offset for i, offset in enumerate(lane_offsets(env.unwrapped))}
-        return lanes | slot_columns("", positions, present)
+        return {"tilt": road_tilt(env.unwrapped)} | lanes | slot_columns("", positions, present)
 
 
 def lane_offsets(core) -> list[float]:
-    """Lateral offset (m) of each lane centre beside the ego's lane from the ego (lane 0
-    first), the lanes' own lateral axis standing in for the ego frame's y."""
+    """Offset (m) of each lane centre beside the ego's lane from the ego, across the road
+    (lane 0 first)."""
     ego = core.vehicle
     network = core.road.network
     lanes = [network.get_lane(index) for index in network.all_side_lanes(ego.lane_index)]
     return [-float(lane.local_coordinates(ego.position)[1]) for lane in lanes]
+
+
+def road_tilt(core) -> float:
+    """The ego's heading off its lane's direction (rad) at its position."""
+    ego = core.vehicle
+    along, _ = ego.lane.local_coordinates(ego.position)
+    return float(ego.heading - ego.lane.heading_at(along))
 
 
 def slot_columns(prefix: str, positions: np.ndarray, present: np.ndarray,
