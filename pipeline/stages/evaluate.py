@@ -2,7 +2,9 @@
 
 The held-out set is the train stage's test split (episodes never seen in training). Each
 shifted scenario in `evaluate.testsets` is collected through the ingest stage with its own
-seed, so it lands in `<experiment>/ingest/<key>/` and is reused across runs.
+seed, so it lands in `<experiment>/ingest/<key>/` and is reused across runs. Besides
+report.md and its figures, each set gets imagination_<set>.gif: its busiest windows rolled
+out by the model beside what happened (evaluation/imagination.py).
 """
 
 from __future__ import annotations
