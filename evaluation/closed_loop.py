@@ -4,9 +4,10 @@
 the same per-seed random stream as data collection, records how an episode's collision
 happened (``crash_kind``), and keeps what a policy exposes of the optional per-episode
 stats: ``latencies_ms`` (per decision), ``surprises`` (per checked decision),
-``fallback_steps`` and ``guard_steps``. Optionally the first episodes are rendered
-offscreen (``render_mode="rgb_array"``, one image per decision step) into a GIF written
-atomically.
+``fallback_steps`` and ``guard_steps``; a policy with a ``finish(env)`` method is told when
+its episode has ended (evaluation/trace.py completes its last row). Optionally the first
+episodes are rendered offscreen (``render_mode="rgb_array"``, one image per decision step)
+into a GIF written atomically.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def run_episode(env, policy, seed: int, max_steps: int | None = None,
         total += float(reward)
         if images is not None:
             images.append(env.render())
+    if hasattr(policy, "finish"):  # a policy that traces its decisions completes the last
+        policy.finish(env)
     return EpisodeResult(
         seed=seed, steps=len(actions), collided=bool(core.vehicle.crashed),
         truncated=bool(truncated) or not terminated, total_return=total,

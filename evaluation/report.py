@@ -67,12 +67,29 @@ def draw_figures(results: dict[str, TestsetResult], scenes: list[dict], out: Pat
     return files
 
 
-def write_report(results: dict[str, TestsetResult], scenes: list[dict], out: Path,
-                 header: str) -> Path:
-    """report.md with the tables and every figure; returns its path."""
+def draw_imagination(scene_sets: dict[str, list[dict]], dt: float, out: Path) -> list[str]:
+    """imagination_<set>.gif per test set (evaluation/imagination.py), one frame per future
+    step at real time; returns their file names."""
+    from evaluation.closed_loop import write_gif
+    from evaluation.imagination import imagination_frames
+
+    files = []
+    for name, scenes in scene_sets.items():
+        if scenes:
+            files.append(f"imagination_{name}.gif")
+            write_gif(out / files[-1], imagination_frames(scenes, dt, name), fps=1.0 / dt)
+    return files
+
+
+def write_report(results: dict[str, TestsetResult], scene_sets: dict[str, list[dict]],
+                 out: Path, header: str, dt: float) -> Path:
+    """report.md with the tables and every figure; `scene_sets` the picked windows of each
+    test set (the first set's are also drawn as stills), `dt` seconds per step; returns
+    its path."""
     from pipeline.artifacts import write_text_atomic
 
-    figures = draw_figures(results, scenes, out)
+    figures = draw_figures(results, next(iter(scene_sets.values()), []), out)
+    figures += draw_imagination(scene_sets, dt, out)
     lines = [f"# drivecast evaluation\n\n{header}\n", "## Forecast error vs horizon\n",
              *fde_table(results), "", "## Figures per test set\n", *figure_table(results), "",
              "`risk_*` are per future step, for the model's risk source (`model.risk`); "
@@ -80,16 +97,38 @@ def write_report(results: dict[str, TestsetResult], scenes: list[dict], out: Pat
              "the forecast-overlap risk alone; `window_risk_auroc` scores collision within the "
              "horizon per window, `ttc_window_risk_auroc` the time-to-collision baseline on "
              "the same windows. `risk_ece`: 15 equal-width bins, positive-class reliability.\n",
-             "## Pictures\n", *[f"![{f}]({f})" for f in figures]]
+             "## Pictures\n",
+             "`imagination_<set>.gif`: per test set, the busiest held-out windows rolled out "
+             "by the world model under the actions really taken; left what happened, right "
+             "the imagined samples (how to read them: docs/pictures.md).\n",
+             *[f"![{f}]({f})" for f in figures]]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
 def pick_scenes(a: dict[str, np.ndarray], samples: np.ndarray, count: int) -> list[dict]:
-    """The `count` windows with the most neighbours present (the busiest scenes)."""
-    busy = np.argsort(-a["hist_mask"][:, -1].sum(1), kind="stable")[:count]
-    return [{"hist": a["hist"][b], "hist_mask": a["hist_mask"][b], "future": a["future"][b],
+    """The `count` busiest windows (the most neighbours present), one per episode while
+    episodes last, those whose whole horizon lies within the episode first; with the lane
+    centres (their offsets across the road) and the ego's heading off the road for a
+    simulator road (recorded roads' directions are not in the windows) and the vehicle
+    sizes, when the windows carry them."""
+    order = np.lexsort((-a["hist_mask"][:, -1].sum(1), ~a["step_mask"].all(1)))
+    _, first = np.unique(a["episode"][order], return_index=True)
+    repeat = np.ones(len(order), dtype=bool)
+    repeat[first] = False
+    busy = np.concatenate([order[np.sort(first)], order[repeat]])[:count]
+    return [scene_of(a, samples, b) for b in busy]
+
+
+def scene_of(a: dict[str, np.ndarray], samples: np.ndarray, b: int) -> dict:
+    """Window `b` as a scene for plots.plot_forecast_scene and evaluation/imagination.py."""
+    scene = {"hist": a["hist"][b], "hist_mask": a["hist_mask"][b], "future": a["future"][b],
              "future_mask": a["future_mask"][b], "samples": samples[:, b],
              "title": f"episode {int(a['episode'][b])}, step {int(a['step'][b])}"}
-            for b in busy]
+    if "size" in a:
+        scene["size"] = a["size"][b]
+    if "lane_centers" in a:
+        tilt = 0.0 if "group" in a else float(a["ego_pose"][b, 2])
+        scene |= {"lanes": a["lane_centers"][b] / np.cos(tilt), "tilt": tilt}
+    return scene

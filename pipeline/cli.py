@@ -10,6 +10,7 @@
     drivecast config [CONFIG] [overrides]                   the resolved config, as YAML
     drivecast config --reference                            every config field, as Markdown
     drivecast report [CONFIG ...] [overrides] [--readme F]  the headline results tables
+    drivecast pictures CONFIG [overrides] [--out DIR]       still frames of a run's pictures
 
 An argument holding `=` is always an override, never the config path. Bad input (unknown
 key, wrong type, missing file, corrupt data) ends with one line on stderr and exit code 2.
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_verb(sub)
     _config_verb(sub)
     _report_verb(sub)
+    _pictures_verb(sub)
     return parser
 
 
@@ -110,6 +112,16 @@ def _report_verb(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_report)
 
 
+def _pictures_verb(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("pictures", help="PNG stills of the imagination and planner-view "
+                            "pictures of a config's complete run (docs/pictures.md)")
+    parser.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    parser.add_argument("--out", default="docs/pictures",
+                        help="folder to write the PNGs to (default: docs/pictures)")
+    parser.set_defaults(handler=_pictures, config_optional=False)
+
+
 # ---------------------------------------------------------------- handlers
 
 
@@ -147,6 +159,12 @@ def _config(args: argparse.Namespace) -> int:
     from pipeline import commands
 
     return commands.config(args.config, args.overrides, args.reference)
+
+
+def _pictures(args: argparse.Namespace) -> int:
+    from pipeline import commands
+
+    return commands.pictures(args.config, args.overrides, args.out)
 
 
 def _report(args: argparse.Namespace) -> int:

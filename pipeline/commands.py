@@ -92,6 +92,34 @@ def config(config_path: str | None, overrides: list[str], reference: bool) -> in
     return 0
 
 
+def pictures(config_path: str, overrides: list[str], out: str) -> int:
+    """Still frames (PNG) of the pictures of the config's complete evaluate and simulate
+    stages (evaluation/example_frames.py), written to `out`; nothing is run. Prints each
+    path."""
+    from pathlib import Path
+
+    from evaluation.example_frames import write_example_frames
+    from pipeline import artifacts
+    from pipeline.errors import StageError
+    from pipeline.report import pipeline_keys
+
+    cfg = load_config(config_path, overrides)
+    stages = pipeline_keys(cfg)
+    for name in ("evaluate", "simulate"):
+        if not artifacts.is_complete(stages[name].path):
+            raise StageError(f"{config_path}: no complete {name} stage at "
+                             f"{stages[name].path}; run `drivecast run {config_path}` with "
+                             f"the same workdir first")
+    try:
+        paths = write_example_frames(stages["evaluate"].path, stages["simulate"].path,
+                                     Path(out), cfg.simulate.risk_budget)
+    except FileNotFoundError as err:
+        raise StageError(str(err)) from None
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _all_params(cfg: Config) -> dict:
     params = {"experiment": cfg.experiment, "seed": cfg.seed, "workdir": cfg.workdir}
     for name, section in to_dict(cfg).items():

@@ -273,7 +273,7 @@ class EvaluateConfig:
     episodes: int = 16  # episodes collected per shifted test set
     testsets: list[TestSet] = field(default_factory=default_testsets)  # shifted scenarios
     samples: int = 6  # k: sampled futures for minADE_k / minFDE_k
-    scenes: int = 3  # forecast pictures in the report
+    scenes: int = 3  # forecast pictures in the report, and windows per imagination GIF
     lane_keeping_tau: float = 1.0  # s: time constant of the lane-keeping baseline
 
 
@@ -405,7 +405,7 @@ class SimulateConfig:
     baselines: list[str] = field(default_factory=default_baselines)  # idle | random | rule | oracle
     oracle_horizon: int = 2  # H: oracle lookahead depth (5^H simulator copies per decision)
     oracle_envelope: bool = False  # the oracle also keeps vehicles out of the safety envelope
-    gif_episodes: int = 1  # episodes rendered into simulate.gif (0: none)
+    gif_episodes: int = 1  # episodes rendered into simulate.gif and planner_view.gif (0: none)
     counterfactual_episodes: int = 0  # first episodes whose candidates all run on sim copies
     lane_guard: bool = False  # refuse lane changes into too small a gap in the target lane
     guard_front_gap: float = 2.0  # m, bumper to bumper: smallest gap ahead in the target lane

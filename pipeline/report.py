@@ -25,6 +25,7 @@ RESULTS_DIR = Path("docs/results")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 KEPT_STAGES = ("evaluate", "export", "simulate")  # whose summaries a record keeps
 POLICIES = ("planner", "rule", "idle", "random", "oracle")  # closed-loop rows, in this order
+PICTURES = (("evaluate", "imagination_*.gif"), ("simulate", "*_view.gif"))  # docs/pictures.md
 
 
 class ReportError(DrivecastError):
@@ -57,6 +58,13 @@ def collect(cfg: Config, config_path: str) -> dict:
     return {"name": record_name(config_path), "config": config_path,
             "command": f"drivecast run {config_path}", "date": date.today().isoformat(),
             "keys": {name: a.key for name, a in stages.items()}, "summaries": summaries}
+
+
+def picture_paths(cfg: Config) -> list[Path]:
+    """The pictures of the stage directories of `cfg` (PICTURES), those that exist."""
+    stages = pipeline_keys(cfg)
+    return [path for stage, pattern in PICTURES
+            for path in sorted(stages[stage].path.glob(pattern))]
 
 
 def record_name(config_path: str) -> str:
@@ -192,15 +200,19 @@ def readme_block(readme: Path) -> str:
 
 def report(config_paths: Sequence[str], overrides: Sequence[str], results_dir: Path,
            readme: Path | None) -> str:
-    """`drivecast report`: record each config's stage summaries into `results_dir`, then
-    render every record there (and rewrite `readme`'s results block); returns the tables."""
+    """`drivecast report`: record each config's stage summaries into `results_dir` (and
+    name its pictures on stderr), then render every record there (and rewrite `readme`'s
+    results block); returns the tables."""
     import sys
 
     from pipeline.config import load_config
 
     for config_path in config_paths:
-        record = collect(load_config(config_path, list(overrides)), config_path)
+        cfg = load_config(config_path, list(overrides))
+        record = collect(cfg, config_path)
         print(f"[report] {config_path}: {save(record, results_dir)}", file=sys.stderr)
+        for path in picture_paths(cfg):
+            print(f"[report] {config_path} picture: {path}", file=sys.stderr)
     block = render(load_results(results_dir))
     if readme is not None:
         changed = update_readme(readme, block)

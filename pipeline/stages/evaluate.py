@@ -2,7 +2,9 @@
 
 The held-out set is the train stage's test split (episodes never seen in training). Each
 shifted scenario in `evaluate.testsets` is collected through the ingest stage with its own
-seed, so it lands in `<experiment>/ingest/<key>/` and is reused across runs.
+seed, so it lands in `<experiment>/ingest/<key>/` and is reused across runs. Besides
+report.md and its figures, each set gets imagination_<set>.gif: its busiest windows rolled
+out by the model beside what happened (evaluation/imagination.py).
 """
 
 from __future__ import annotations
@@ -94,12 +96,12 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
     model, _ = load_model(inputs["train"])
     sets = {"test": held_out_windows(cfg, inputs)} | shifted_windows(cfg, ctx)
-    results, scenes = {}, []
+    results, scenes = {}, {}
     for name, windows in sets.items():
         results[name], pred = score(model, windows, cfg)
-        if name == "test":
-            scenes = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
-    write_report(results, scenes, work, report_header(cfg, inputs, sets["test"]))
+        scenes[name] = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
+    write_report(results, scenes, work, report_header(cfg, inputs, sets["test"]),
+                 sets["test"].dt)
     return flat_summary(results)
 
 

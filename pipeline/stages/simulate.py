@@ -5,13 +5,15 @@ seeds are driven by the baselines (`idle`, `random`, the rule-based TTC policy a
 oracle lookahead that deep-copies the true simulator). Writes closed_loop.md (the table,
 each collision rate with its 95% Wilson interval), episodes.csv (one row per episode of
 each policy: its collision and how it happened, evaluation/closed_loop.py `crash_kind`),
-simulate.gif and, with counterfactual episodes, counterfactual.md.
+episodes/<seed>.csv (each planner decision, evaluation/trace.py), simulate.gif,
+planner_view.gif and crash_view.gif (the planner's view redrawn from those traces,
+evaluation/planner_view.py) and, with counterfactual episodes, counterfactual.md.
 
 `simulate.backend` picks the simulator of the table's episodes: highway-env, or EnvPool
 (`simulate.batch` episodes per pool, evaluation/envpool_loop.py; the oracle is refused, it
-copies highway-env). The GIF and the counterfactual check run on highway-env either way:
-with envpool the GIF shows highway-env episodes of the first seeds, whose scenes differ
-from EnvPool's.
+copies highway-env). The GIFs, the traces and the counterfactual check run on highway-env
+either way: with envpool they show highway-env episodes of the first `gif_episodes` seeds,
+whose scenes differ from EnvPool's, and no trace is written for the EnvPool episodes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pipeline.stage_io import evaluation_seeds
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
+TRACE_DIR = "episodes"  # one per-decision trace per planner episode: <seed>.csv
+CRASH_DECISIONS = 6  # the last decisions of a crash drawn into crash_view.gif
 # collision_low, collision_high: the 95% Wilson interval of collision_rate
 TABLE_KEYS = ("collision_rate", "collision_low", "collision_high", "mean_speed", "mean_return",
               "mean_length", "fallback_rate", "guard_rate", "latency_p50_ms", "latency_p99_ms")
@@ -164,25 +168,29 @@ def table(results: dict[str, dict[str, float]]) -> str:
 def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
             ctx: StageContext) -> dict[str, float]:
     from evaluation.closed_loop import episodes_csv, run_episodes, summarise
+    from evaluation.trace import TracedPlanner
 
     env_id, env_config = env_of(cfg)
     seeds = evaluation_seeds(cfg.simulate)
     path = planner_path(cfg, inputs, work)
-    factory = planner_factory(cfg, path)
+    factory, planners = collecting(planner_factory(cfg, path, TracedPlanner))
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
     if cfg.simulate.backend == Backend.envpool:
-        episodes = envpool_episodes(cfg, factory, seeds)
-        if gif is not None:  # rendered on highway-env, not part of the table
-            run_episodes(env_id, env_config, factory, seeds[:cfg.simulate.gif_episodes],
-                         gif_path=gif, gif_episodes=cfg.simulate.gif_episodes)
+        episodes = envpool_episodes(cfg, planner_factory(cfg, path), seeds)
+        shown = seeds[:cfg.simulate.gif_episodes]  # rendered on highway-env, not in the table
+        traced = run_episodes(env_id, env_config, factory, shown, gif_path=gif,
+                              gif_episodes=len(shown)) if gif is not None else []
     else:
         episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
                                             gif_episodes=cfg.simulate.gif_episodes)}
         for name in cfg.simulate.baselines:
             episodes[name] = baseline_episodes(cfg, name, seeds)
+        traced = episodes["planner"]
+    traces = write_traces(work, traced, planners)
+    pictures = draw_pictures(cfg, traces, traced, planners, work)
     results = {name: summarise(runs) for name, runs in episodes.items()}
     write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
-    write_text_atomic(work / "closed_loop.md", table(results))
+    write_text_atomic(work / "closed_loop.md", table(results) + pictures_section(pictures))
     summary = dict(results["planner"])
     for name in cfg.simulate.baselines:
         summary |= {f"{name}/{k}": v for k, v in results[name].items()}
@@ -213,6 +221,67 @@ def envpool_episodes(cfg: Config, factory, seeds: range) -> dict[str, list]:
     return episodes
 
 
+def collecting(make):
+    """A factory that keeps every policy it makes (in order) and that list."""
+    made = []
+
+    def factory():
+        made.append(make())
+        return made[-1]
+
+    return factory, made
+
+
+def write_traces(work: Path, results: list, planners: list) -> dict[int, Path]:
+    """episodes/<seed>.csv: each planner episode's per-decision trace (evaluation/trace.py);
+    `planners` made in the order of `results`. Returns the paths by seed."""
+    from evaluation.trace import trace_csv
+
+    (work / TRACE_DIR).mkdir(exist_ok=True)
+    paths = {}
+    for result, planner in zip(results, planners, strict=True):
+        paths[result.seed] = work / TRACE_DIR / f"{result.seed}.csv"
+        write_text_atomic(paths[result.seed], trace_csv(planner.rows))
+    return paths
+
+
+def draw_pictures(cfg: Config, traces: dict[int, Path], results: list, planners: list,
+                  work: Path) -> list[str]:
+    """planner_view.gif (the first `simulate.gif_episodes` planner episodes) and
+    crash_view.gif (the last CRASH_DECISIONS decisions of the first planner episode that
+    crashed), redrawn from the traces at real time; none with gif_episodes 0. Returns the
+    file names; prints how long the drawing took (it is outside every timed decision)."""
+    import time
+
+    from evaluation.closed_loop import write_gif
+    from evaluation.planner_view import planner_view_frames
+    from evaluation.trace import read_trace
+
+    start, files, budget = time.perf_counter(), [], cfg.simulate.risk_budget
+    shown = results[:cfg.simulate.gif_episodes]
+    dt = planners[0].scorer.dt if planners else 1.0
+    if shown:
+        frames = [f for r in shown for f in planner_view_frames(read_trace(traces[r.seed]),
+                                                                r.seed, budget)]
+        files.append(write_gif(work / "planner_view.gif", frames, fps=1.0 / dt).name)
+    crashed = [r for r in results if r.collided]
+    if shown and crashed:
+        rows = read_trace(traces[crashed[0].seed])[-CRASH_DECISIONS:]
+        frames = planner_view_frames(rows, crashed[0].seed, budget)
+        files.append(write_gif(work / "crash_view.gif", frames, fps=1.0 / dt).name)
+    print(f"[simulate] planner views drawn in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr, flush=True)
+    return files
+
+
+def pictures_section(files: list[str]) -> str:
+    """closed_loop.md's links to the pictures and the traces."""
+    lines = ["", "## Pictures", "",
+             f"Per-decision traces of the planner's episodes: `{TRACE_DIR}/<seed>.csv` "
+             "(columns: evaluation/trace.py; how to read the pictures: docs/pictures.md).", ""]
+    return "\n".join(lines + [f"![{name}]({name})" for name in files]) + "\n"
+
+
 def counterfactual_check(cfg: Config, path: Path, work: Path) -> dict[str, float]:
     """Drive the first `counterfactual_episodes` seeds again with every scored candidate
     labelled by the true simulator; writes counterfactual.md."""
@@ -225,12 +294,7 @@ def counterfactual_check(cfg: Config, path: Path, work: Path) -> dict[str, float
 
     seeds = evaluation_seeds(cfg.simulate)[:cfg.simulate.counterfactual_episodes]
     print(f"[simulate] counterfactual check on {len(seeds)} episodes", file=sys.stderr)
-    make, planners = planner_factory(cfg, path, CounterfactualPlanner), []
-
-    def factory():
-        planners.append(make())
-        return planners[-1]
-
+    factory, planners = collecting(planner_factory(cfg, path, CounterfactualPlanner))
     run_episodes(*env_of(cfg), factory, seeds)
     decisions = [d for planner in planners for d in planner.decisions]
     figures = counterfactual_summary(decisions, cfg.simulate.risk_budget)

@@ -15,6 +15,7 @@ from pipeline.report import (
     ReportError,
     collect,
     load_results,
+    picture_paths,
     pipeline_keys,
     readme_block,
     render,
@@ -66,6 +67,18 @@ def test_collect_reads_the_stage_directories_the_config_names(tmp_path):
     assert "| debug | 40 | 1.20 at 3 s | 0.50 | 0.910 |" in table
     assert "| debug | planner | 1/20 (0.9-23.6%) | 24.50 | 22.00 | 1.5 / 2.5 |" in table
     assert "| debug | rule | 0/20 (0.0-16.1%) | 23.00 | 21.50 |  |" in table
+
+
+def test_picture_paths_are_the_pictures_the_stages_drew(tmp_path):
+    cfg = load_config(ROOT / "configs/debug.yaml", [f"workdir={tmp_path}"])
+    fake_stages(cfg, {"evaluate": EVALUATE, "simulate": SIMULATE})
+    stages = pipeline_keys(cfg)
+    drawn = [stages["evaluate"].path / "imagination_test.gif",
+             stages["simulate"].path / "crash_view.gif",
+             stages["simulate"].path / "planner_view.gif"]
+    for path in [*drawn, stages["simulate"].path / "simulate.gif"]:
+        path.write_bytes(b"GIF89a")
+    assert picture_paths(cfg) == drawn
 
 
 def test_collect_refuses_a_missing_stage_in_one_line(tmp_path):

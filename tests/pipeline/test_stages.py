@@ -9,14 +9,21 @@ import sys
 import time
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-from evaluation.closed_loop import CRASH_KINDS
+from evaluation.closed_loop import CRASH_KINDS, run_episode
+from evaluation.planner_view import planner_view_frames
+from evaluation.trace import TracedPlanner, read_trace, trace_csv
+from models.candidates import ACTION_NAMES, FASTER, enumerate_candidates
 from pipeline import artifacts
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.highway_source import make_env
+from pipeline.planner.scorer import OnnxScorer, Scores
+from pipeline.stages.simulate import CRASH_DECISIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = str(ROOT / "configs" / "debug.yaml")
@@ -57,6 +64,11 @@ def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
                 "merge/fde_3s", "dense/risk_ece"):
         assert key in summary, key
     assert "| merge | model |" in report
+    steps = load_config(DEBUG).model.horizon + 1  # t0 and each forecast step
+    for name in ("test", "dense", "merge"):
+        frames = iio.imread(evaluate / f"imagination_{name}.gif")
+        assert frames.shape[:1] == (steps,) and frames.shape[2:] == (1200, 3), name
+        assert f"](imagination_{name}.gif)" in report
 
 
 def test_shifted_test_sets_are_collected_once_and_reused(debug_run, capsys):
@@ -82,6 +94,11 @@ def test_mlflow_holds_a_parent_run_with_nested_stage_runs(debug_run):
     assert "collision_rate" in nested["ingest"].data.metrics
     history = client.get_metric_history(nested["train"].info.run_id, "val/loss")
     assert len(history) == 2  # one value per epoch, logged by Lightning's MLFlowLogger
+    logged = {f.path for f in client.list_artifacts(nested["simulate"].info.run_id)}
+    logged |= {f.path for f in client.list_artifacts(nested["simulate"].info.run_id, "episodes")}
+    assert {"planner_view.gif", "episodes/1000.csv", "closed_loop.md"} <= logged
+    assert "imagination_test.gif" in {f.path for f in client.list_artifacts(
+        nested["evaluate"].info.run_id)}
 
 
 def test_saved_model_reproduces_the_best_checkpoint(debug_run):
@@ -260,6 +277,92 @@ def test_simulate_reports_planner_and_every_baseline(debug_run):
     for key in ("crash_rate", "chosen_crash_rate"):
         assert 0 <= summary[f"counterfactual/{key}"] <= 1, key
     assert "true crash rate" in (simulate / "counterfactual.md").read_text()
+
+
+def test_simulate_traces_every_planner_decision_and_draws_its_view(debug_run):
+    (simulate,) = stage_dirs(debug_run, "simulate")
+    rows = [row.split(",") for row in (simulate / "episodes.csv").read_text().splitlines()[1:]]
+    planner = [row for row in rows if row[0] == "planner"]
+    for _, seed, steps, collided, *_ in planner:
+        trace = read_trace(simulate / "episodes" / f"{seed}.csv")
+        assert [row["step"] for row in trace] == list(range(int(steps)))
+        assert trace[-1]["crashed"] == int(collided)
+    frames = iio.imread(simulate / "planner_view.gif")  # gif_episodes: 1
+    assert frames.shape == (int(planner[0][2]), 420, 1200, 3)
+    crashed = [row for row in planner if row[3] == "1"]
+    assert (simulate / "crash_view.gif").exists() == bool(crashed)
+    assert "](planner_view.gif)" in (simulate / "closed_loop.md").read_text()
+
+
+class FasterScorer:
+    """The debug planner, with 10 more return for each FASTER in a candidate."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score(self, hist, hist_mask, candidates):
+        s = self.inner.score(hist, hist_mask, candidates)
+        bonus = 10.0 * (candidates == FASTER).sum(axis=1)
+        return Scores(s.collision_prob, s.expected_return + bonus, s.uncertainty, s.positions)
+
+
+def test_a_crash_episodes_trace_holds_the_crash_step(debug_run, tmp_path):
+    """A planner that ignores risk and wants FASTER crashes in dense two-lane traffic; its
+    trace ends on the crash, and the crash view is drawn from the CSV alone."""
+    (export,) = stage_dirs(debug_run, "export")
+    scorer = FasterScorer(OnnxScorer.load(export / "planner.onnx"))
+    env = make_env("highway-fast-v0", {"duration": 20, "lanes_count": 2,
+                                       "vehicles_density": 2.5})
+    for seed in range(5):
+        planner = TracedPlanner(scorer, enumerate_candidates(scorer.horizon), risk_weight=0.0,
+                                risk_budget=1.0, surprise_threshold=float("inf"))
+        result = run_episode(env, planner, seed)
+        if result.collided:
+            break
+    assert result.collided
+    (tmp_path / "trace.csv").write_text(trace_csv(planner.rows))
+    rows = read_trace(tmp_path / "trace.csv")
+    assert [row["crashed"] for row in rows] == [0] * (result.steps - 1) + [1]
+    assert rows[-1]["action"] == ACTION_NAMES[result.actions[-1]]
+    assert np.isfinite(rows[-1]["next_x0"])  # where the ego was when it crashed
+    assert [row["latency_ms"] for row in rows] == pytest.approx(planner.latencies_ms, abs=1e-4)
+    frames = planner_view_frames(rows[-CRASH_DECISIONS:], seed, risk_budget=1.0)
+    assert len(frames) == min(CRASH_DECISIONS, len(rows))
+    assert frames[0].shape == (420, 1200, 3)
+
+
+def test_the_trace_of_a_fallback_decision_holds_its_one_step_forecast(debug_run, tmp_path):
+    (export,) = stage_dirs(debug_run, "export")
+    scorer = OnnxScorer.load(export / "planner.onnx")
+    planner = TracedPlanner(scorer, enumerate_candidates(scorer.horizon),
+                            surprise_threshold=-1.0, surprise_patience=1)
+    run_episode(make_env("highway-fast-v0", {"duration": 4}), planner, 0)
+    (tmp_path / "trace.csv").write_text(trace_csv(planner.rows))
+    first, *rest = read_trace(tmp_path / "trace.csv")
+    assert first["mode"] == "planner" and first["candidates"] > 0
+    assert rest and all(row["mode"] == "fallback" and row["candidates"] == 0 for row in rest)
+    assert all(np.isfinite(row["plan_x0_1"]) and np.isnan(row["plan_x0_2"]) for row in rest)
+    assert all(row["surprise"] > -1.0 for row in rest)
+
+
+def test_pictures_writes_small_stills_of_a_complete_run(debug_run, tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["pictures", DEBUG, f"workdir={debug_run}", "--out", str(out)]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.splitlines()]
+    names = {path.name for path in written}
+    assert {"imagination_test.png", "imagination_dense.png", "imagination_merge.png"} <= names
+    assert names & {"planner_view.png", "crash_view.png"}
+    for path in written:
+        assert path.parent == out and 1000 < path.stat().st_size < 200_000, path.name
+        assert iio.imread(path).shape[1] == 1200
+
+
+def test_pictures_of_a_run_not_made_is_refused(tmp_path, capsys):
+    assert main(["pictures", DEBUG, f"workdir={tmp_path}", "--out", str(tmp_path)]) == 2
+    assert "no complete evaluate stage" in capsys.readouterr().err
 
 
 def test_simulate_from_a_registered_model_without_importing_torch(debug_run):
