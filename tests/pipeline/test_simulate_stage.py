@@ -94,8 +94,11 @@ def test_simulate_on_envpool_end_to_end(tmp_path):
             <= summary[f"{prefix}collision_high"]
     assert summary["guard_rate"] >= 0 and summary["latency_p50_ms"] > 0
     assert summary["idle/collision_rate"] > summary["rule/collision_rate"]
-    table_lines = (stage / "closed_loop.md").read_text().splitlines()
-    assert [line.split(" | ")[0] for line in table_lines[2:]] == ["| planner", "| rule", "| idle"]
+    table = (stage / "closed_loop.md").read_text().split("\n\n")[0].splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| planner", "| rule", "| idle"]
+    # the traces and the planner's view come from the GIF's highway-env episodes
+    assert len(list((stage / "episodes").glob("*.csv"))) == 1
+    assert (stage / "planner_view.gif").stat().st_size > 1000
     rows = (stage / "episodes.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == ["planner"] * 4 + ["rule"] * 4 + ["idle"] * 4
     assert (stage / "simulate.gif").stat().st_size > 1000  # rendered on highway-env
