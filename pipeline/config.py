@@ -255,8 +255,7 @@ class TestSet:
     name: str  # name of the test set in the report and the artifacts
     env_id: str = ""  # highway-env id; empty: ingest.env_id, with ingest.env_config inherited
     env_config: dict = field(default_factory=dict)  # merged over the inherited env config
-    # simulator; empty: ingest.backend where EnvPool runs the scenario, else highway-env
-    backend: Backend | None = None
+    backend: Backend | None = None  # simulator; unset: ingest's if EnvPool has it, else highway-env
 
 
 def default_testsets() -> list[TestSet]:
