@@ -99,7 +99,7 @@ def bench_ingest(
     episodes: int = 8,
     seed: int = 0,
     env_config: dict | None = None,
-    envpool_episodes: int = 1000,
+    envpool_episodes: int = 4000,
 ) -> dict:
     """Measure recorder overhead, the 2-worker collect speed-up and EnvPool's collection
     (skipped for an env id EnvPool lacks); print and return the figures."""
