@@ -95,7 +95,7 @@ def lane_change_rate(sample: dict) -> tuple[float, float, float]:
 
 
 def alignment(env_id: str, env_config: dict, seed: int, episodes: int,
-              workers: int) -> tuple[list[dict], dict[str, list[dict]]]:
+              workers: int) -> tuple[list[dict], dict[str, dict]]:
     """Ego rows per policy and backend, and each backend's other-vehicle samples."""
     rows, samples = [], {backend: [] for backend in BACKENDS}
     for policy in ALIGNMENT_POLICIES:
