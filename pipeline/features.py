@@ -21,8 +21,9 @@ def ego_pose(states: np.ndarray, ego: int, t0: int) -> tuple[float, float, float
     return float(x), float(y), float(heading)
 
 
-def to_ego_frame(states: np.ndarray, pose: tuple[float, float, float]) -> np.ndarray:
-    """World states (..., 6) -> ego-frame features (..., D=7), see FEATURE_NAMES."""
+def to_ego_frame(states: np.ndarray, pose: tuple) -> np.ndarray:
+    """World states (..., 6) -> ego-frame features (..., D=7), see FEATURE_NAMES. The pose
+    (x, y, heading) holds floats, or arrays that broadcast against states[..., 0]."""
     x0, y0, h0 = pose
     c, s = np.cos(h0), np.sin(h0)
     dx, dy = states[..., 0] - x0, states[..., 1] - y0
@@ -36,37 +37,39 @@ def to_ego_frame(states: np.ndarray, pose: tuple[float, float, float]) -> np.nda
     return features.astype(np.float32)
 
 
-def nearest_slots(states: np.ndarray, present: np.ndarray, ego: int, t0: int,
+def nearest_slots(states: np.ndarray, present: np.ndarray, ego: int, t0,
                   n_slots: int) -> np.ndarray:
     """Vehicle indices for the N slots: the ego first, then the nearest present at t0.
 
-    Returns (N,) int64 with -1 for empty slots.
+    `t0` is one frame or an array of K frames; returns (N,) or (K, N) int64 with -1 for
+    empty slots.
     """
-    offset = states[t0, :, :2] - states[t0, ego, :2]  # (V, 2)
-    distance = np.hypot(offset[:, 0], offset[:, 1])
-    distance = np.where(present[t0], distance, np.inf)
-    distance[ego] = np.inf
-    order = np.argsort(distance, kind="stable")
-    others = order[np.isfinite(distance[order])][: n_slots - 1]
-    slots = np.full(n_slots, -1, dtype=np.int64)
-    slots[0] = ego
-    slots[1 : 1 + len(others)] = others
-    return slots
+    frames = np.atleast_1d(np.asarray(t0, dtype=np.int64))
+    offset = states[frames, :, :2] - states[frames, ego, :2][:, None]  # (K, V, 2)
+    distance = np.where(present[frames], np.hypot(offset[..., 0], offset[..., 1]), np.inf)
+    distance[:, ego] = np.inf
+    order = np.argsort(distance, axis=1, kind="stable")[:, : n_slots - 1]
+    nearest = np.take_along_axis(distance, order, axis=1)
+    slots = np.full((len(frames), n_slots), -1, dtype=np.int64)
+    slots[:, 0] = ego
+    slots[:, 1 : 1 + order.shape[1]] = np.where(np.isfinite(nearest), order, -1)
+    return slots if np.ndim(t0) else slots[0]
 
 
 def gather_slots(array: np.ndarray, present: np.ndarray, slots: np.ndarray,
                  frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pick frames (T',) and slots (N,) out of (T, V, C) / (T, V); -1 means absent.
+    """Pick frames (..., T') and slots (..., N) out of (T, V, C) / (T, V); -1 means absent.
 
-    Frames outside [0, T) are absent too. Returns (T', N, C) with zeros where absent,
-    and the (T', N) presence mask.
+    Frames outside [0, T) are absent too. Leading axes (K windows) are shared by `frames`
+    and `slots`. Returns (..., T', N, C) with zeros where absent, and the (..., T', N)
+    presence mask.
     """
     n_frames = array.shape[0]
     valid_frame = (frames >= 0) & (frames < n_frames)
-    f = np.clip(frames, 0, n_frames - 1)[:, None]  # (T', 1)
-    v = np.clip(slots, 0, None)[None, :]  # (1, N)
-    mask = present[f, v] & valid_frame[:, None] & (slots >= 0)[None, :]  # (T', N)
-    values = np.where(mask[..., None], array[f, v], 0.0)  # (T', N, C)
+    f = np.clip(frames, 0, n_frames - 1)[..., :, None]  # (..., T', 1)
+    v = np.clip(slots, 0, None)[..., None, :]  # (..., 1, N)
+    mask = present[f, v] & valid_frame[..., :, None] & (slots >= 0)[..., None, :]
+    values = np.where(mask[..., None], array[f, v], 0.0)  # (..., T', N, C)
     return values, mask
 
 

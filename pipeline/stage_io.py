@@ -110,9 +110,11 @@ def simulator_windows(dataset_dir: Path, manifest: dict, cfg: Config) -> WindowS
     if not parts:
         raise StageError(f"{dataset_dir}: the dataset holds no complete episode to cut "
                          f"windows from")
-    arrays = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    order = np.argsort(arrays["episode"], kind="stable")  # episodes ascending, as one cut
-    arrays = {k: v[order] for k, v in arrays.items()}
+    episode = np.concatenate([part["episode"] for part in parts])
+    order = np.argsort(episode, kind="stable")  # episodes ascending, as one cut
+    arrays = {}
+    for key in list(parts[0]):  # one name at a time: the peak holds one array twice
+        arrays[key] = np.concatenate([part.pop(key) for part in parts])[order]
     centers = lane_medians(np.concatenate(lateral), np.concatenate(lanes))
     arrays["lane_centers"] = lane_centers_ego(centers, arrays["ego_pose"])
     return WindowSet(arrays, 1.0 / float(manifest["policy_frequency"]), frames_per_step)

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.dataset import parent_episode
-from pipeline.features import STATE_COLUMNS, TARGET_DIM, gather_slots, scene_history, to_ego_frame
+from pipeline.features import (
+    STATE_COLUMNS,
+    TARGET_DIM,
+    gather_slots,
+    nearest_slots,
+    to_ego_frame,
+)
 
 IDLE = 1
 
@@ -87,49 +93,53 @@ def vehicle_sizes(frames: dict[str, np.ndarray], rows: np.ndarray, vehicle: np.n
 
 
 def episode_windows(scene: Scene, steps: dict[str, np.ndarray], frames_per_step: int,
-                    history: int, horizon: int, n_slots: int, stride: int) -> list[dict]:
-    """Windows of one episode; `steps` holds that episode's rows sorted by step."""
+                    history: int, horizon: int, n_slots: int, stride: int) -> dict[str, np.ndarray]:
+    """The K windows of one episode (one per `stride` decision steps) as (K, ...) arrays;
+    `steps` holds that episode's rows sorted by step."""
     n_steps = len(steps["step"])
-    return [window_at(scene, steps, k, frames_per_step, history, horizon, n_slots)
-            for k in range(0, n_steps, stride)]
-
-
-def window_at(scene: Scene, steps: dict[str, np.ndarray], k: int, frames_per_step: int,
-              history: int, horizon: int, n_slots: int) -> dict[str, np.ndarray]:
-    t0 = int(steps["first_frame"][k])
-    hist, hist_mask, slots = scene_history(scene.states, scene.present, scene.ego, t0,
-                                           history, n_slots)
-    idx = np.arange(k, k + horizon)
-    exists = idx < len(steps["step"])
-    safe = np.minimum(idx, len(steps["step"]) - 1)
+    k = np.arange(0, n_steps, stride)
+    t0 = steps["first_frame"][k].astype(np.int64)  # (K,)
+    slots = nearest_slots(scene.states, scene.present, scene.ego, t0, n_slots)  # (K, N)
+    ego = scene.states[t0, scene.ego]  # (K, 6)
+    pose = tuple(ego[:, [i]][:, :, None] for i in (0, 1, 4))  # each (K, 1, 1)
+    hist, hist_mask = ego_frame_slots(scene, slots, t0[:, None] + np.arange(1 - history, 1),
+                                      pose)
+    idx = k[:, None] + np.arange(horizon)  # (K, F)
+    exists = idx < n_steps
+    safe = np.minimum(idx, n_steps - 1)
     end_frames = np.where(exists, steps["first_frame"][safe] + frames_per_step, -1)
-    raw, future_mask = gather_slots(scene.states, scene.present, slots, end_frames)
-    pose = tuple(scene.states[t0, scene.ego, [0, 1, 4]])
-    future = np.where(future_mask[..., None], to_ego_frame(raw, pose)[..., :TARGET_DIM], 0.0)
-    return future_frames(scene, slots, t0, pose, horizon * frames_per_step) | {
+    future, future_mask = ego_frame_slots(scene, slots, end_frames, pose)
+    frames = t0[:, None] + 1 + np.arange(horizon * frames_per_step)  # (K, F*J)
+    sub, sub_mask = ego_frame_slots(scene, slots, frames, pose)
+    return {
+        "size": slot_sizes(scene, slots),
+        "future_frames": sub[..., :TARGET_DIM], "future_frames_mask": sub_mask,
         "hist": hist, "hist_mask": hist_mask,
         "actions": np.where(exists, steps["action"][safe], IDLE).astype(np.int64),
-        "future": future.astype(np.float32), "future_mask": future_mask,
+        "future": future[..., :TARGET_DIM], "future_mask": future_mask,
         "reward": np.where(exists, steps["reward"][safe], 0.0).astype(np.float32),
         "collision": np.where(exists, steps["collision"][safe], 0).astype(np.float32),
         "cont": np.where(exists, ~steps["terminated"][safe], 0).astype(np.float32),
         "step_mask": exists, "label_mask": exists.copy(),
-        "step": np.int64(k), "ego_pose": np.asarray(pose, dtype=np.float64),
+        "step": k.astype(np.int64), "ego_pose": ego[:, [0, 1, 4]].astype(np.float64),
     }
 
 
-def future_frames(scene: Scene, slots: np.ndarray, t0: int, pose: tuple,
-                  count: int) -> dict[str, np.ndarray]:
-    """The slots' sizes (N, 2) and ego-frame [x, y, vx, vy] at frames t0+1..t0+count
-    (count, N, 4) with their mask (count, N) (frames past the episode are absent)."""
-    raw, mask = gather_slots(scene.states, scene.present, slots, np.arange(t0 + 1,
-                                                                            t0 + 1 + count))
-    values = np.where(mask[..., None], to_ego_frame(raw, pose)[..., :TARGET_DIM], 0.0)
-    sizes = np.zeros((len(slots), 2), dtype=np.float32)
-    if scene.sizes is not None:
-        sizes = np.where((slots >= 0)[:, None], scene.sizes[np.clip(slots, 0, None)], 0.0)
-    return {"size": sizes.astype(np.float32), "future_frames": values.astype(np.float32),
-            "future_frames_mask": mask}
+def ego_frame_slots(scene: Scene, slots: np.ndarray, frames: np.ndarray,
+                    pose: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Ego-frame features (K, T', N, D) of the slots (K, N) at frames (K, T') (zeros where
+    absent) and their mask (K, T', N)."""
+    raw, mask = gather_slots(scene.states, scene.present, slots, frames)
+    features = np.where(mask[..., None], to_ego_frame(raw, pose), 0.0)
+    return features.astype(np.float32), mask
+
+
+def slot_sizes(scene: Scene, slots: np.ndarray) -> np.ndarray:
+    """Each slot's length and width (K, N, 2), zeros for empty slots."""
+    if scene.sizes is None:
+        return np.zeros((*slots.shape, 2), dtype=np.float32)
+    sizes = np.where((slots >= 0)[..., None], scene.sizes[np.clip(slots, 0, None)], 0.0)
+    return sizes.astype(np.float32)
 
 
 def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
@@ -143,13 +153,15 @@ def make_windows(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
 
 
 def stack_windows(windows: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+    """One (B, ...) array per name from per-episode (K, ...) batches."""
+    return {k: np.concatenate([w[k] for w in windows]) for k in windows[0]}
 
 
 def window_list(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
                 frames_per_step: int, history: int, horizon: int, n_slots: int,
                 stride: int = 1) -> list[dict]:
-    """The windows of the episodes in `frames`/`steps`, episodes ascending, as dicts."""
+    """The windows of the episodes in `frames`/`steps`, episodes ascending, one batch of
+    (K, ...) arrays per episode (see `episode_windows`)."""
     step_groups = dict(episode_rows(steps["episode"]))
     windows: list[dict] = []
     for ep, rows in episode_rows(frames["episode"]):
@@ -157,10 +169,11 @@ def window_list(frames: dict[str, np.ndarray], steps: dict[str, np.ndarray],
             continue
         srows = step_groups[ep][np.argsort(steps["step"][step_groups[ep]], kind="stable")]
         ep_steps = {k: v[srows] for k, v in steps.items()}
-        for window in episode_windows(build_scene(frames, rows), ep_steps, frames_per_step,
-                                      history, horizon, n_slots, stride):
-            window["episode"] = np.int64(ep)
-            windows.append(window)
+        batch = episode_windows(build_scene(frames, rows), ep_steps, frames_per_step,
+                                history, horizon, n_slots, stride)
+        if len(batch["step"]):
+            batch["episode"] = np.full(len(batch["step"]), ep, dtype=np.int64)
+            windows.append(batch)
     return windows
 
 

@@ -104,6 +104,20 @@ def test_nearest_slots_pads_with_minus_one():
     assert nearest_slots(states, np.ones((1, 2), bool), 0, 0, 4).tolist() == [0, 1, -1, -1]
 
 
+def test_nearest_slots_over_many_frames_pick_each_frames_nearest():
+    rng = np.random.default_rng(0)
+    states = rng.normal(scale=30.0, size=(6, 5, 6))
+    present = rng.random((6, 5)) < 0.6
+    present[:, 2] = True  # the ego
+    frames = np.array([0, 3, 5, 3])
+    slots = nearest_slots(states, present, 2, frames, 4)
+    for t, row in zip(frames, slots, strict=True):
+        others = [v for v in range(5) if present[t, v] and v != 2]
+        others.sort(key=lambda v: np.hypot(*(states[t, v, :2] - states[t, 2, :2])))
+        assert row.tolist() == ([2] + others[:3] + [-1] * 3)[:4]
+    assert np.array_equal(slots[1], nearest_slots(states, present, 2, 3, 4))
+
+
 def test_split_is_disjoint_deterministic_and_seeded():
     eps = np.arange(20)
     a, b = split_episodes(eps, 0.2, 0.2, seed=3), split_episodes(eps, 0.2, 0.2, seed=3)
