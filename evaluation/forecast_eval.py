@@ -2,7 +2,8 @@
 
 Inputs are the window arrays (the window contract, plus `lane_centers` (B, L)) and the
 model's predictions: states (B, F, N, 4) and states_std under the prior mean, collision
-(B, F), uncertainty (B, F), and `samples` (S, B, F, N, 2) sampled futures.
+(B, F), uncertainty (B, F), and `samples` (S, B, F, N, 2) sampled futures; optionally
+`replica_states` (B, F, N, 4), the traffic replica's forecast, scored as a reference.
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def baseline_states(a: dict[str, np.ndarray], dt: float, tau: float) -> dict[str
 def forecast_figures(pred: dict, a: dict, dt: float, tau: float) -> tuple[dict, dict]:
     """FDE per second for the model and baselines, plus ADE, minFDE_k, miss rate and NLL."""
     seconds = horizon_seconds(a["actions"].shape[1], dt)
+    references = baseline_states(a, dt, tau)
+    if "replica_states" in pred:  # the simulator's own drivers (evaluation/replica_forecast.py)
+        references["replica"] = pred["replica_states"]
     curves = {"model": fde_curve(pred["states"], a, dt)}
-    curves |= {name: fde_curve(s, a, dt) for name, s in baseline_states(a, dt, tau).items()}
+    curves |= {name: fde_curve(s, a, dt) for name, s in references.items()}
     summary = {}
-    for name, prefix in (("model", ""), ("cv", "cv_"), ("cv_lane", "cv_lane_")):
-        summary |= {f"{prefix}fde_{s}s": v for s, v in zip(seconds, curves[name], strict=True)}
+    for name, curve in curves.items():
+        prefix = "" if name == "model" else f"{name}_"
+        summary |= {f"{prefix}fde_{s}s": v for s, v in zip(seconds, curve, strict=True)}
     mask = neighbour_future_mask(a)
     last = len(seconds) and metrics.horizon_step(seconds[-1], dt, a["actions"].shape[1])
     error = metrics.displacement_error(pred["states"], a["future"])

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Backend, Config, TestSet
+from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register, run_stage, stage_named
 from pipeline.stage_io import (
     check_ingest_config,
@@ -25,6 +26,7 @@ from pipeline.stage_io import (
     held_out_windows,
     load_model,
     load_windows,
+    replica_lanes,
 )
 from pipeline.windows import WindowSet
 
@@ -73,12 +75,39 @@ def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
     return sets
 
 
-def score(model, windows: WindowSet, cfg: Config) -> tuple[TestsetResult, dict]:
+def score(model, windows: WindowSet, cfg: Config,
+          lanes: int | None = None) -> tuple[TestsetResult, dict]:
+    """The set's figures and the model's predictions; with `lanes` (a straight highway-env
+    road at the replica's rates) the traffic replica is scored as a forecaster too."""
     from evaluation.forecast_eval import evaluate_testset
     from pipeline.forecast import predict
 
     pred = predict(model, windows, samples=cfg.evaluate.samples, seed=cfg.seed)
+    if lanes is not None:
+        from evaluation.replica_forecast import replica_states
+
+        a = windows.arrays
+        pred["replica_states"] = replica_states(a["hist"], a["hist_mask"], a["actions"], lanes)
     return evaluate_testset(pred, windows.arrays, windows.dt, cfg.evaluate.lane_keeping_tau), pred
+
+
+def replica_road(cfg: Config) -> int | None:
+    """The lanes of the set's road where the traffic replica can replay it (a simulator
+    scenario on a straight road at highway-fast's rates), else None."""
+    if cfg.ingest.source == "recorded":
+        return None
+    try:
+        return replica_lanes(cfg, "the replica forecast")
+    except StageError:
+        return None
+
+
+def set_configs(cfg: Config) -> dict[str, Config]:
+    """The config each scored set was collected with: `test` the run's own, then each
+    shifted test set's."""
+    shifted = {} if cfg.ingest.source == "recorded" else {
+        t.name: testset_config(cfg, i, t) for i, t in enumerate(cfg.evaluate.testsets)}
+    return {"test": cfg} | shifted
 
 
 def flat_summary(results: dict[str, TestsetResult]) -> dict[str, float]:
@@ -96,9 +125,10 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
     model, _ = load_model(inputs["train"])
     sets = {"test": held_out_windows(cfg, inputs)} | shifted_windows(cfg, ctx)
+    configs = set_configs(cfg)
     results, scenes = {}, {}
     for name, windows in sets.items():
-        results[name], pred = score(model, windows, cfg)
+        results[name], pred = score(model, windows, cfg, replica_road(configs[name]))
         scenes[name] = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
     write_report(results, scenes, work, report_header(cfg, inputs, sets["test"]),
                  sets["test"].dt)

@@ -61,9 +61,10 @@ def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
     summary = json.loads((evaluate / "summary.json").read_text())
     for key in ("fde_3s", "cv_fde_3s", "min_fde_3s_k3", "min_ade_3s_k3", "risk_auroc",
                 "risk_ap", "risk_brier", "risk_ece", "uncertainty_error_spearman",
-                "merge/fde_3s", "dense/risk_ece"):
+                "merge/fde_3s", "dense/risk_ece", "replica_fde_3s", "dense/replica_fde_3s"):
         assert key in summary, key
-    assert "| merge | model |" in report
+    assert "| merge | model |" in report and "| test | replica |" in report
+    assert "merge/replica_fde_1s" not in summary  # no straight road the replica knows
     steps = load_config(DEBUG).model.horizon + 1  # t0 and each forecast step
     for name in ("test", "dense", "merge"):
         frames = iio.imread(evaluate / f"imagination_{name}.gif")
