@@ -46,8 +46,9 @@ def test_the_ego_forecast_is_where_the_simulated_ego_went(tmp_path):
     """highway-env's ego follows its meta-actions exactly as the replica replays them, so
     on simulated windows (lane changes, turned ego frames) the ego's forecast error is
     ~0: the road frame is turned back into each window's frame correctly."""
-    collect(tmp_path, "highway-fast-v0", {"duration": 8}, [("rule", 0.3, 1.0), ("random", 0.0, 1.0)], 12, seed=2,
-            progress=False, backend="envpool")
+    policies = [("rule", 0.3, 1.0), ("random", 0.0, 1.0)]
+    collect(tmp_path, "highway-fast-v0", {"duration": 8}, policies, 12, seed=2, progress=False,
+            backend="envpool")
     data = read_dataset(tmp_path)
     a = make_windows(data.frames, data.steps, data.frames_per_step, 1.0, history=5, horizon=2,
                      n_slots=6).arrays
