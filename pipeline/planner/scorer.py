@@ -23,8 +23,9 @@ import numpy as np
 from pipeline.artifacts import write_text_atomic
 from pipeline.errors import DrivecastError
 
-SIDECAR_VERSION = 3  # 2: adds "bootstrap", "lookahead" and "risk"; 3: adds "onnx_sha256"
-READABLE_VERSIONS = (2, 3)  # a version 2 sidecar (exported before 3) carries no hash
+SIDECAR_VERSION = 4  # 2: adds "bootstrap", "lookahead" and "risk"; 3: adds "onnx_sha256";
+# 4: adds "surprise_quantile" and "surprise_threshold" (the calibrated reality check)
+READABLE_VERSIONS = (2, 3, 4)  # older sidecars lack the keys added since (SINCE_VERSION)
 SIDECAR_KEYS = (
     "format_version",  # int, SIDECAR_VERSION
     "action_names",  # list[str], index = action id
@@ -48,7 +49,12 @@ SIDECAR_KEYS = (
     "opset",  # ONNX opset of the default domain
     "tolerance",  # max abs torch-vs-onnxruntime difference accepted at export
     "onnx_sha256",  # hex sha256 of the ONNX file it was written for (from version 3)
+    "surprise_quantile",  # q of the calibration below, or null (from version 4)
+    "surprise_threshold",  # m: the q-quantile of the reality check's surprise on held-out
+    # in-distribution windows (pipeline/planner/calibrate.py), or null: not calibrated
 )
+SINCE_VERSION = {"onnx_sha256": 3, "surprise_quantile": 4, "surprise_threshold": 4}
+OPTIONAL_KEYS = ("surprise_quantile", "surprise_threshold")  # write_sidecar: null if absent
 INT_KEYS = ("format_version", "history", "horizon", "vehicles", "obs_dim", "stoch_dim",
             "samples", "frames_per_step", "opset")
 FLOAT_KEYS = ("dt", "gamma", "tolerance")
@@ -80,8 +86,10 @@ def write_sidecar(onnx_path: str | os.PathLike, **fields) -> Path:
     """Write the sidecar of ``onnx_path`` atomically and return its path.
 
     fields: every key of SIDECAR_KEYS except format_version and onnx_sha256 (both added
-    here, the hash of the file at ``onnx_path``); unknown or missing keys are refused.
+    here, the hash of the file at ``onnx_path``) and the OPTIONAL_KEYS (null when not
+    given); unknown or missing keys are refused.
     """
+    fields = {**dict.fromkeys(OPTIONAL_KEYS), **fields}
     fields = {k: plain(v) for k, v in fields.items() if k not in ("format_version",
                                                                  "onnx_sha256")}
     fields = {"format_version": SIDECAR_VERSION, **fields, "onnx_sha256": "0" * 64}
@@ -144,7 +152,7 @@ def check_sidecar(fields: dict, path: Path) -> None:
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ScorerError(f"planner sidecar {path} has format_version {version!r}; this "
                           f"scorer reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-    keys = SIDECAR_KEYS if version == SIDECAR_VERSION else SIDECAR_KEYS[:-1]
+    keys = [key for key in SIDECAR_KEYS if SINCE_VERSION.get(key, 2) <= version]
     missing = [key for key in keys if key not in fields]
     unknown = sorted(set(fields) - set(keys))
     if missing or unknown:
@@ -160,6 +168,7 @@ def check_sidecar(fields: dict, path: Path) -> None:
             raise ScorerError(f"planner sidecar {path}: '{key}' must be a non-negative "
                               f"number, got {value!r}")
     check_sidecar_lists(fields, path)
+    check_calibration(fields, path)
     digest = fields.get("onnx_sha256", "0" * 64)
     if not (isinstance(digest, str) and len(digest) == 64
             and all(c in "0123456789abcdef" for c in digest)):
@@ -181,6 +190,23 @@ def check_sidecar_lists(fields: dict, path: Path) -> None:
                 and (length is None or len(value) == length) and value):
             raise ScorerError(f"planner sidecar {path}: '{key}' must be a list of "
                               f"{length or 'some'} names, got {value!r}")
+
+
+def check_calibration(fields: dict, path: Path) -> None:
+    """surprise_quantile in (0, 1) and surprise_threshold a finite number > 0 [m], both
+    null when the planner was not calibrated (absent before version 4)."""
+    q, threshold = fields.get("surprise_quantile"), fields.get("surprise_threshold")
+    if (q is None) != (threshold is None):
+        raise ScorerError(f"planner sidecar {path}: 'surprise_quantile' and "
+                          f"'surprise_threshold' must both be null or both numbers, got "
+                          f"{q!r} and {threshold!r}")
+    if q is None:
+        return
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (q, threshold))
+    if not (numbers and 0 < q < 1 and math.isfinite(threshold) and threshold > 0):
+        raise ScorerError(f"planner sidecar {path}: 'surprise_quantile' must lie in (0, 1) and "
+                          f"'surprise_threshold' be a finite number of metres > 0, got {q!r} "
+                          f"and {threshold!r}")
 
 
 def one_line(error: BaseException) -> str:
@@ -249,7 +275,8 @@ class OnnxScorer:
     """Scores candidate action sequences of one scene with the exported planner.
 
     Attributes from the sidecar: history H, horizon F, vehicles N, obs_dim D,
-    stoch_dim Z, samples S, dt, gamma, action_names, meta (the whole sidecar).
+    stoch_dim Z, samples S, dt, gamma, action_names, calibrated_surprise (m, the sidecar's
+    surprise_threshold; None when it has none), meta (the whole sidecar).
     """
 
     def __init__(self, session, meta: dict, path: Path, seed: int = 0):
@@ -259,6 +286,8 @@ class OnnxScorer:
         self.stoch_dim, self.samples = meta["stoch_dim"], meta["samples"]
         self.dt, self.gamma = float(meta["dt"]), float(meta["gamma"])
         self.action_names = tuple(meta["action_names"])
+        threshold = meta.get("surprise_threshold")
+        self.calibrated_surprise = None if threshold is None else float(threshold)
         self.input_names = tuple(meta["input_names"])
         self.output_names = tuple(meta["output_names"])
         rng = np.random.default_rng(seed)

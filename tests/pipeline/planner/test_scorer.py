@@ -193,3 +193,25 @@ def test_bad_score_inputs_are_refused_in_one_line(exported, which):
     assert "\n" not in str(error.value)
     assert {"hist": "hist ", "mask": "hist_mask", "candidates": "(K, F)",
             "actions": "0..4"}[which] in str(error.value)
+
+
+def test_the_calibrated_surprise_threshold_is_read_from_the_sidecar(copy_of):
+    assert OnnxScorer.load(copy_of).calibrated_surprise is None  # written without one
+    fields = json.loads(sidecar_path(copy_of).read_text())
+    write_sidecar(copy_of, **{**fields, "surprise_quantile": 0.99, "surprise_threshold": 1.25})
+    scorer = OnnxScorer.load(copy_of)
+    assert scorer.calibrated_surprise == 1.25 and scorer.meta["surprise_quantile"] == 0.99
+
+
+def test_a_version_3_sidecar_without_calibration_still_loads(copy_of):
+    fields = json.loads(sidecar_path(copy_of).read_text())
+    del fields["surprise_quantile"], fields["surprise_threshold"]
+    sidecar_path(copy_of).write_text(json.dumps({**fields, "format_version": 3}))
+    assert OnnxScorer.load(copy_of).calibrated_surprise is None
+
+
+@pytest.mark.parametrize("quantile, threshold", [(0.99, None), (1.5, 1.0), (0.9, -1.0),
+                                                 (0.9, "1 m")])
+def test_a_bad_calibration_is_refused(copy_of, quantile, threshold):
+    edit_sidecar(copy_of, surprise_quantile=quantile, surprise_threshold=threshold)
+    refused(copy_of, "surprise_")

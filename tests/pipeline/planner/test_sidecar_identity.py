@@ -49,7 +49,8 @@ def test_a_sidecar_written_before_the_hash_still_loads(two_exports, tmp_path):
     path = tmp_path / "planner.onnx"
     shutil.copy(two_exports[0], path)
     fields = json.loads(sidecar_path(two_exports[0]).read_text())
-    del fields["onnx_sha256"]
+    for key in ("onnx_sha256", "surprise_quantile", "surprise_threshold"):
+        del fields[key]
     sidecar_path(path).write_text(json.dumps({**fields, "format_version": 2}))
     assert OnnxScorer.load(path).horizon == F
 
