@@ -344,6 +344,11 @@ class ExportConfig:
     `envelope_length` x `envelope_width` around the ego rather than the bare 5 m x 2 m car:
     forecasts are least accurate where the planner is tempted (tailgating, cutting in), and
     the margin trades speed for safety there.
+
+    The reality check's surprise threshold is calibrated here: the planner's one-step
+    forecast error (pipeline/planner/calibrate.py) on up to `surprise_windows` held-out test
+    windows, under the actions really taken; its `surprise_quantile` is stored in the
+    sidecar, and simulate.surprise_threshold 0 uses it.
     """
 
     horizon: int = 3  # F: decision steps per candidate sequence (<= model.horizon)
@@ -364,6 +369,8 @@ class ExportConfig:
     tolerance: float = 1e-4  # max |torch - onnxruntime| accepted by the parity check
     parity_scenes: int = 16  # recorded test scenes the parity check runs on
     model_name: str = "drivecast-planner"  # MLflow registered model name
+    surprise_quantile: float = 0.99  # quantile of held-out surprise stored as the threshold
+    surprise_windows: int = 3000  # held-out windows the threshold is calibrated on (0: all)
 
 
 def default_baselines() -> list[str]:
@@ -378,7 +385,10 @@ class SimulateConfig:
     uncertainty and rejects candidates whose collision probability exceeds `risk_budget`
     (when none is within it, the least risky one is taken). Once the one-step forecast
     error has exceeded `surprise_threshold` on `surprise_patience` consecutive decisions, a
-    fallback policy drives. `oracle_envelope` makes the oracle also reject sequences that
+    fallback policy drives; `surprise_threshold` 0 takes the threshold the export calibrated
+    on held-out data (export.surprise_quantile, in the sidecar; a planner exported without
+    one uses 5 m and says so), a number > 0 is an explicit threshold in metres.
+    `oracle_envelope` makes the oracle also reject sequences that
     bring a vehicle into the planner's safety envelope (export.envelope_*): the planner's
     rule with a perfect forecast. `counterfactual_episodes` also drives every scored
     candidate of the first episodes on simulator copies (evaluation/counterfactual.py), to
@@ -399,7 +409,7 @@ class SimulateConfig:
     risk_weight: float = 1.0  # lambda: weight of the collision probability in the utility
     uncertainty_weight: float = 0.0  # beta: weight of the uncertainty in the utility
     risk_budget: float = 0.2  # collision probability above which a candidate is rejected
-    surprise_threshold: float = 5.0  # m: one-step forecast error that counts as surprise
+    surprise_threshold: float = 0.0  # m: one-step forecast error counted as surprise; 0: calibrated
     surprise_patience: int = 2  # consecutive surprised steps before the fallback takes over
     baselines: list[str] = field(default_factory=default_baselines)  # idle | random | rule | oracle
     oracle_horizon: int = 2  # H: oracle lookahead depth (5^H simulator copies per decision)
@@ -659,13 +669,15 @@ AT_LEAST_ONE = ("ingest.workers", "ingest.batch", "ingest.episodes_per_shard",
                 "export.parity_scenes", "simulate.surprise_patience", "simulate.oracle_horizon",
                 "simulate.threads")
 AT_LEAST_ZERO = ("seed", "train.patience", "train.num_workers", "evaluate.scenes",
+                 "export.surprise_windows",
                  "simulate.seed", "simulate.gif_episodes")
 POSITIVE = ("train.lr", "evaluate.lane_keeping_tau", "export.envelope_length",
-            "export.envelope_width", "export.tolerance", "simulate.surprise_threshold")
+            "export.envelope_width", "export.tolerance")
 NOT_NEGATIVE = ("train.weight_decay", "train.grad_clip", "simulate.risk_weight",
+                "simulate.surprise_threshold",
                 "simulate.uncertainty_weight",
                 *(f"train.loss.{f.name}" for f in dataclasses.fields(LossWeights)))
-OPEN_FRACTIONS = ("train.val_fraction",)
+OPEN_FRACTIONS = ("train.val_fraction", "export.surprise_quantile")
 CLOSED_FRACTIONS = ("simulate.risk_budget",)
 
 

@@ -10,10 +10,13 @@ those vehicles actually are, in the same t0 ego frame. The mean position error i
 is the *surprise* (NaN when no neighbour can be compared; NaN counts as not surprising).
 
 Fallback: once the surprise has exceeded ``surprise_threshold`` on ``surprise_patience``
-consecutive decisions, the ``fallback`` policy drives. Meanwhile the planner keeps
-forecasting in shadow mode (the fallback's action followed by IDLE, one candidate, so
-the check goes on); control returns to the planner when the surprise is back at or
-below the threshold, but not before ``min_fallback_steps`` fallback decisions.
+consecutive decisions (threshold 0: the one calibrated at export on held-out data, the
+sidecar's ``surprise_threshold``, see pipeline/planner/calibrate.py; a planner without one
+uses UNCALIBRATED_SURPRISE m and prints one line saying so), the ``fallback`` policy
+drives. Meanwhile the planner keeps forecasting in shadow mode (the fallback's action
+followed by IDLE, one candidate, so the check goes on); control returns to the planner
+when the surprise is back at or below the threshold, but not before ``min_fallback_steps``
+fallback decisions.
 
 Lane guard (optional, pipeline/planner/lane_guard.py): the rule runs only on the candidates
 whose first action the guard lets through, while one of them is within the risk budget
@@ -30,6 +33,7 @@ pruning, the guard's gaps, the fallback's action) through `road`: the EnvPool cl
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -48,6 +52,28 @@ def forecast_surprise(predicted: np.ndarray, predicted_present: np.ndarray,
     if not both.any():
         return float("nan")
     return float(np.linalg.norm(predicted[both] - observed[both], axis=-1).mean())
+
+
+UNCALIBRATED_SURPRISE = 5.0  # m: threshold 0 with a planner exported before calibration
+_told_uncalibrated: set[str] = set()
+
+
+def resolve_surprise_threshold(threshold: float, scorer) -> float:
+    """The reality check's threshold [m]: `threshold` unless it is 0, else the scorer's
+    calibrated one (``calibrated_surprise``), else UNCALIBRATED_SURPRISE with one printed
+    line per planner file."""
+    if threshold != 0:
+        return float(threshold)
+    calibrated = getattr(scorer, "calibrated_surprise", None)
+    if calibrated is not None:
+        return float(calibrated)
+    path = str(getattr(scorer, "path", "the planner"))
+    if path not in _told_uncalibrated:
+        _told_uncalibrated.add(path)
+        print(f"[planner] {path} carries no calibrated surprise threshold (exported before "
+              f"sidecar version 4): the reality check uses {UNCALIBRATED_SURPRISE:g} m; set "
+              f"simulate.surprise_threshold to choose", file=sys.stderr, flush=True)
+    return UNCALIBRATED_SURPRISE
 
 
 def check_timing(env, scorer) -> None:
@@ -92,8 +118,8 @@ class PlannerPolicy:
     candidates (K, F) action ids, F = scorer.horizon (those leaving the road are not
     scored: ``evaluation.policies.road_candidates``);
     risk_weight lambda, uncertainty_weight beta, risk_budget: see pipeline.planner.decision;
-    surprise_threshold [m], surprise_patience, min_fallback_steps, guard (a LaneGuard or
-    None): see the module docstring. Per-episode stats (cleared by reset): latencies_ms
+    surprise_threshold [m] (0: calibrated), surprise_patience, min_fallback_steps, guard (a
+    LaneGuard or None): see the module docstring. Per-episode stats (cleared by reset): latencies_ms
     (planner decisions, history + score + guard + choice), surprises (one per checked
     decision), fallback_steps, guard_steps, steps (all decisions).
     """
@@ -102,7 +128,7 @@ class PlannerPolicy:
 
     def __init__(self, scorer, candidates: np.ndarray, risk_weight: float = 1.0,
                  uncertainty_weight: float = 0.0, risk_budget: float = 1.0,
-                 surprise_threshold: float = 5.0, surprise_patience: int = 2, fallback=None,
+                 surprise_threshold: float = 0.0, surprise_patience: int = 2, fallback=None,
                  min_fallback_steps: int = 3, guard=None):
         candidates = np.asarray(candidates, dtype=np.int64)
         if candidates.ndim != 2 or candidates.shape[1] != scorer.horizon or not len(candidates):
@@ -113,7 +139,8 @@ class PlannerPolicy:
                              f"got {surprise_patience}, {min_fallback_steps}")
         self.scorer, self.candidates = scorer, candidates
         self.risk_weight, self.uncertainty_weight = risk_weight, uncertainty_weight
-        self.risk_budget, self.surprise_threshold = risk_budget, surprise_threshold
+        self.risk_budget = risk_budget
+        self.surprise_threshold = resolve_surprise_threshold(surprise_threshold, scorer)
         self.surprise_patience, self.min_fallback_steps = surprise_patience, min_fallback_steps
         self.fallback = fallback if fallback is not None else RuleBasedPolicy()
         self.guard, self.allowed = guard, None

@@ -3,7 +3,9 @@
 `planner.onnx` scores K candidate meta-action sequences (dynamic K); `planner.onnx.json`
 holds everything a scorer needs besides the graph (see pipeline/planner/scorer.py). The stage
 fails when onnxruntime and torch disagree by more than `export.tolerance` on recorded
-scenes. With tracking on, the file is logged with MLflow's ONNX flavor and registered.
+scenes. The reality check's surprise threshold is calibrated on the held-out test windows
+(pipeline/planner/calibrate.py) and written into the sidecar. With tracking on, the file is
+logged with MLflow's ONNX flavor and registered.
 """
 
 from __future__ import annotations
@@ -44,6 +46,28 @@ def check_parity_on_scenes(planner, path: Path, cfg: Config, scenes: dict) -> fl
     return worst
 
 
+def calibrate_surprise(path: Path, fields: dict, cfg: Config,
+                       scenes: dict) -> tuple[dict, dict[str, float]]:
+    """Rewrite the sidecar of the planner at `path` with the reality check's calibrated
+    threshold (export.surprise_quantile of the held-out surprises); returns the new fields
+    and the summary figures."""
+    from pipeline.planner.calibrate import surprise_threshold, window_surprises
+    from pipeline.planner.scorer import OnnxScorer, write_sidecar
+
+    e = cfg.export
+    surprises = window_surprises(OnnxScorer.load(path, seed=cfg.seed), scenes,
+                                 e.surprise_windows)
+    try:
+        threshold = surprise_threshold(surprises, e.surprise_quantile)
+    except ValueError as err:
+        raise StageError(f"export: cannot calibrate the surprise threshold: {err}") from None
+    fields = {**fields, "surprise_quantile": e.surprise_quantile,
+              "surprise_threshold": threshold}
+    write_sidecar(path, **fields)
+    return fields, {"surprise_threshold": threshold, "surprise_median": float(np.median(surprises)),
+                    "surprise_windows": len(surprises)}
+
+
 def register_model(path: Path, fields: dict, cfg: Config) -> int:
     """Log the planner with MLflow's ONNX flavor (sidecar in the metadata) and register it."""
     import mlflow
@@ -71,10 +95,11 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     planner, fields = write_planner(model, load_critic(inputs["critic"]), cfg, spec,
                                     scenes["hist"][:1], scenes["hist_mask"][:1], path)
     worst = check_parity_on_scenes(planner, path, cfg, scenes)
+    fields, calibration = calibrate_surprise(path, fields, cfg, scenes)
     inputs_125 = next(parity_inputs(cfg, scenes, 125, model.stoch_dim))
     summary = {"parity_max_abs_diff": worst, "tolerance": cfg.export.tolerance,
                "onnx_median_ms_k125": time_planner(path, *inputs_125),
-               "onnx_bytes": path.stat().st_size}
+               "onnx_bytes": path.stat().st_size, **calibration}
     if ctx.run_id is not None:
         summary["registered_version"] = register_model(path, fields, cfg)
     return summary

@@ -131,17 +131,26 @@ def planner_factory(cfg: Config, path: Path, policy=None):
     """A factory of fresh planner policies (`policy`: a PlannerPolicy class, default
     PlannerPolicy) over one scorer of the ONNX `path`."""
     from models.candidates import enumerate_candidates
-    from pipeline.planner.policy import PlannerPolicy
+    from pipeline.planner.policy import PlannerPolicy, resolve_surprise_threshold
     from pipeline.planner.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
     candidates = enumerate_candidates(scorer.horizon)
     s, policy = cfg.simulate, policy or PlannerPolicy
     guard = lane_guard(s)
+    threshold = resolve_surprise_threshold(s.surprise_threshold, scorer)  # 0: calibrated
     return lambda: policy(scorer, candidates, risk_weight=s.risk_weight,
                           uncertainty_weight=s.uncertainty_weight, risk_budget=s.risk_budget,
-                          surprise_threshold=s.surprise_threshold,
+                          surprise_threshold=threshold,
                           surprise_patience=s.surprise_patience, guard=guard)
+
+
+def surprise_threshold_used(cfg: Config, path: Path) -> float:
+    """The reality check's threshold [m] the planner at `path` drives with."""
+    from pipeline.planner.policy import resolve_surprise_threshold
+    from pipeline.planner.scorer import OnnxScorer
+
+    return resolve_surprise_threshold(cfg.simulate.surprise_threshold, OnnxScorer.load(path))
 
 
 def lane_guard(simulate: SimulateConfig):
@@ -192,6 +201,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
     write_text_atomic(work / "closed_loop.md", table(results) + pictures_section(pictures))
     summary = dict(results["planner"])
+    summary["surprise_threshold"] = surprise_threshold_used(cfg, path)  # m, as driven
     for name in cfg.simulate.baselines:
         summary |= {f"{name}/{k}": v for k, v in results[name].items()}
     if cfg.simulate.counterfactual_episodes:

@@ -1,5 +1,8 @@
 """PlannerPolicy: receding horizon, road pruning, latency, reality check and fallback."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -7,8 +10,9 @@ from evaluation.policies import FASTER, IDLE, LANE_LEFT, SLOWER
 from models.candidates import enumerate_candidates, lane_trajectory
 from pipeline.bench.planner import export_random_planner
 from pipeline.highway_source import make_env
-from pipeline.planner.policy import PlannerPolicy, forecast_surprise
-from pipeline.planner.scorer import OnnxScorer, Scores
+from pipeline.planner.calibrate import surprise_threshold
+from pipeline.planner.policy import UNCALIBRATED_SURPRISE, PlannerPolicy, forecast_surprise
+from pipeline.planner.scorer import OnnxScorer, Scores, sidecar_path, write_sidecar
 
 DEBUG_MODEL = dict(embed_dim=16, deter_dim=32, stoch_dim=8, hidden_dim=32, heads=2,
                    action_dim=8, ensemble=2, n_vehicles=6, obs_dim=7)
@@ -152,3 +156,61 @@ def test_an_env_with_other_timing_is_refused(scorer):
 def test_candidates_must_match_the_planner_horizon(scorer):
     with pytest.raises(ValueError, match=r"\(K, 2\)"):
         PlannerPolicy(scorer, enumerate_candidates(3))
+
+
+def calibrated_copy(scorer, tmp_path, threshold):
+    """A copy of the scorer's planner whose sidecar carries `threshold` (m) as calibrated."""
+    path = tmp_path / "calibrated.onnx"
+    shutil.copy(scorer.path, path)
+    fields = json.loads(sidecar_path(scorer.path).read_text())
+    write_sidecar(path, **{**fields, "surprise_quantile": 0.99, "surprise_threshold": threshold})
+    return OnnxScorer.load(path)
+
+
+def test_threshold_zero_takes_the_sidecars_calibrated_one(scorer, tmp_path):
+    calibrated = calibrated_copy(scorer, tmp_path, 0.75)
+    assert PlannerPolicy(calibrated, CANDIDATES).surprise_threshold == 0.75  # default 0
+    assert PlannerPolicy(calibrated, CANDIDATES, surprise_threshold=3.0).surprise_threshold == 3.0
+
+
+def test_a_planner_without_calibration_uses_the_old_metres_and_says_so(scorer, capsys):
+    policy = PlannerPolicy(scorer, CANDIDATES, surprise_threshold=0.0)
+    assert scorer.calibrated_surprise is None
+    assert policy.surprise_threshold == UNCALIBRATED_SURPRISE
+    assert "no calibrated surprise threshold" in capsys.readouterr().err
+
+
+def teleport_others(env, metres):
+    """Move every other vehicle `metres` further from the ego along the road: drivers that
+    jump, unlike any the model saw."""
+    ego = env.unwrapped.vehicle
+    for vehicle in env.unwrapped.road.vehicles:
+        if vehicle is not ego:
+            ahead = vehicle.position[0] >= ego.position[0]
+            vehicle.position = vehicle.position + np.array([metres if ahead else -metres, 0.0])
+
+
+def test_the_calibrated_check_fires_on_teleporting_drivers_not_on_ordinary_ones(
+        env, scorer, tmp_path):
+    """Calibrated on ordinary episodes (other seeds), the 0.99 quantile of the surprise
+    hands control to the fallback where the others jump 10 m each decision, and not in an
+    ordinary episode."""
+    seen = []
+    for seed in (1, 2, 3):
+        ordinary = PlannerPolicy(scorer, CANDIDATES, surprise_threshold=1e9)
+        drive(env, ordinary, 8, seed=seed)
+        seen += [x for x in ordinary.surprises if np.isfinite(x)]
+    calibrated = calibrated_copy(scorer, tmp_path, surprise_threshold(np.array(seen), 0.99))
+    assert calibrated.calibrated_surprise < 5.0  # far below the old hand-set metres
+
+    quiet = PlannerPolicy(calibrated, CANDIDATES, surprise_patience=2, fallback=CountingIdle())
+    drive(env, quiet, 8)
+    assert quiet.fallback_steps == 0
+
+    jumpy = PlannerPolicy(calibrated, CANDIDATES, surprise_patience=2, fallback=CountingIdle())
+    actions = drive(env, jumpy, 8, each=lambda k: teleport_others(env, 10.0) if k else None)
+    # the live scene holds the frames the env stepped: the jump before decision k shows
+    # in the frames of step k, checked at decision k + 1
+    assert np.nanmin(jumpy.surprises[1:]) > calibrated.calibrated_surprise
+    assert len(actions) == 8  # surprised at decisions 2 and 3: the fallback drives from 3
+    assert jumpy.fallback_steps == jumpy.fallback.calls == len(actions) - 3
