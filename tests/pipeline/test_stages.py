@@ -250,6 +250,9 @@ def test_export_writes_planner_sidecar_and_registers_it(debug_run):
     summary = json.loads((export / "summary.json").read_text())
     assert summary["parity_max_abs_diff"] <= summary["tolerance"]
     assert summary["registered_version"] == 1
+    # the reality check's threshold, calibrated on the held-out windows, travels in the sidecar
+    assert sidecar["surprise_quantile"] == 0.99 and summary["surprise_windows"] > 0
+    assert sidecar["surprise_threshold"] == summary["surprise_threshold"] > 0
 
 
 def test_simulate_reports_planner_and_every_baseline(debug_run):
@@ -261,6 +264,9 @@ def test_simulate_reports_planner_and_every_baseline(debug_run):
     for baseline in ("idle", "random", "rule", "oracle"):
         assert 0 <= summary[f"{baseline}/collision_rate"] <= 1
         assert summary[f"{baseline}/mean_speed"] > 0
+    (export,) = stage_dirs(debug_run, "export")
+    calibrated = json.loads((export / "summary.json").read_text())["surprise_threshold"]
+    assert summary["surprise_threshold"] == calibrated  # simulate.surprise_threshold 0
     assert (simulate / "simulate.gif").stat().st_size > 1000
     assert "| oracle |" in (simulate / "closed_loop.md").read_text()
     rows = [row.split(",") for row in (simulate / "episodes.csv").read_text().splitlines()[1:]]
