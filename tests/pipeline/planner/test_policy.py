@@ -173,11 +173,15 @@ def test_threshold_zero_takes_the_sidecars_calibrated_one(scorer, tmp_path):
     assert PlannerPolicy(calibrated, CANDIDATES, surprise_threshold=3.0).surprise_threshold == 3.0
 
 
-def test_a_planner_without_calibration_uses_the_old_metres_and_says_so(scorer, capsys):
+def test_a_planner_without_calibration_uses_the_old_metres_and_says_so(scorer, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setattr("pipeline.planner.policy._told_uncalibrated", set())  # once per file
     policy = PlannerPolicy(scorer, CANDIDATES, surprise_threshold=0.0)
     assert scorer.calibrated_surprise is None
     assert policy.surprise_threshold == UNCALIBRATED_SURPRISE
     assert "no calibrated surprise threshold" in capsys.readouterr().err
+    PlannerPolicy(scorer, CANDIDATES)
+    assert capsys.readouterr().err == ""  # said once, not once per episode
 
 
 def teleport_others(env, metres):
