@@ -110,13 +110,14 @@ class Labeller:
 
 def planner_driver(spec: LabelSpec, candidates: np.ndarray):
     """The ONNX planner of `spec.planner` as a policy (one onnxruntime thread)."""
-    from pipeline.planner.policy import PlannerPolicy
+    from pipeline.planner.policy import UNCALIBRATED_SURPRISE, PlannerPolicy
     from pipeline.planner.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(spec.planner, threads=1, seed=0)
+    # the critic's labelling planners are not calibrated: they keep the fixed threshold
     return PlannerPolicy(scorer, candidates, risk_weight=spec.risk_weight,
                          uncertainty_weight=spec.uncertainty_weight,
-                         risk_budget=spec.risk_budget)
+                         risk_budget=spec.risk_budget, surprise_threshold=UNCALIBRATED_SURPRISE)
 
 
 def stack_rows(rows: list[tuple]) -> dict[str, np.ndarray]:

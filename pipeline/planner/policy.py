@@ -70,8 +70,8 @@ def resolve_surprise_threshold(threshold: float, scorer) -> float:
     path = str(getattr(scorer, "path", "the planner"))
     if path not in _told_uncalibrated:
         _told_uncalibrated.add(path)
-        print(f"[planner] {path} carries no calibrated surprise threshold (exported before "
-              f"sidecar version 4): the reality check uses {UNCALIBRATED_SURPRISE:g} m; set "
+        print(f"[planner] {path} carries no calibrated surprise threshold (its sidecar has "
+              f"none): the reality check uses {UNCALIBRATED_SURPRISE:g} m; set "
               f"simulate.surprise_threshold to choose", file=sys.stderr, flush=True)
     return UNCALIBRATED_SURPRISE
 

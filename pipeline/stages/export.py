@@ -64,7 +64,8 @@ def calibrate_surprise(path: Path, fields: dict, cfg: Config,
     fields = {**fields, "surprise_quantile": e.surprise_quantile,
               "surprise_threshold": threshold}
     write_sidecar(path, **fields)
-    return fields, {"surprise_threshold": threshold, "surprise_median": float(np.median(surprises)),
+    return fields, {"surprise_threshold": threshold,
+                    "surprise_median": float(np.median(surprises)),
                     "surprise_windows": len(surprises)}
 
 
