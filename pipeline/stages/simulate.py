@@ -3,11 +3,12 @@
 Imports no torch: the scorer needs numpy, onnxruntime and the simulator only. The same
 seeds are driven by the baselines (`idle`, `random`, the rule-based TTC policy and the
 oracle lookahead that deep-copies the true simulator). Writes closed_loop.md (the table,
-each collision rate with its 95% Wilson interval), episodes.csv (one row per episode of
-each policy: its collision and how it happened, evaluation/closed_loop.py `crash_kind`),
-episodes/<seed>.csv (each planner decision, evaluation/trace.py), simulate.gif,
-planner_view.gif and crash_view.gif (the planner's view redrawn from those traces,
-evaluation/planner_view.py) and, with counterfactual episodes, counterfactual.md.
+each collision rate with its 95% Wilson interval, also printed to stderr), episodes.csv
+(one row per episode of each policy: its collision and how it happened,
+evaluation/closed_loop.py `crash_kind`), episodes/<seed>.csv (each planner decision,
+evaluation/trace.py), simulate.gif, planner_view.gif and crash_view.gif (the planner's
+view redrawn from those traces, evaluation/planner_view.py) and, with counterfactual
+episodes, counterfactual.md.
 
 `simulate.backend` picks the simulator of the table's episodes: highway-env, or EnvPool
 (`simulate.batch` episodes per pool, evaluation/envpool_loop.py; the oracle is refused, it
@@ -200,6 +201,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     results = {name: summarise(runs) for name, runs in episodes.items()}
     write_text_atomic(work / "episodes.csv", episodes_csv(episodes))
     write_text_atomic(work / "closed_loop.md", table(results) + pictures_section(pictures))
+    print(table(results), end="", file=sys.stderr, flush=True)  # `make run` shows the result
     summary = dict(results["planner"])
     summary["surprise_threshold"] = surprise_threshold_used(cfg, path)  # m, as driven
     for name in cfg.simulate.baselines:
