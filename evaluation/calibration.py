@@ -143,3 +143,61 @@ def ood_auroc(in_distribution, shifted) -> float:
 
     return float(roc_auc_score(np.concatenate([np.zeros(a.size), np.ones(b.size)]),
                                np.concatenate([a, b])))
+
+
+# ---------------------------------------------------------------- input density
+
+WINDOW_FEATURES = ("neighbours", "nearest_m", "ego_speed", "mean_speed", "speed_spread",
+                   "lateral_speed", "heading_off", "speed_change", "frame_period", "surprise")
+
+
+def window_features(a: dict[str, np.ndarray]) -> np.ndarray:
+    """(B, len(WINDOW_FEATURES)) what a window's history looks like, from the windows alone:
+    neighbours within 50 m at t0, the nearest one's distance, the ego's speed, the
+    neighbours' mean speed and its spread, their mean |lateral speed|, mean |sin| of their
+    heading off the ego's, mean |speed change| per history frame, the history's frame
+    period as the positions and velocities imply it, and `history_surprise`. nan where a
+    window has no neighbour."""
+    hist, hist_mask = a["hist"], a["hist_mask"]  # (B, H, N, D>=4), (B, H, N)
+    near = metrics.neighbour_mask(hist, hist_mask)  # (B, N)
+    last = hist[:, -1]  # (B, N, D)
+    dist = np.where(near, np.hypot(last[..., 0], last[..., 1]), np.inf).min(axis=1)
+    speed = np.hypot(last[..., 2], last[..., 3])  # (B, N)
+    heading = np.abs(last[..., 5]) if hist.shape[-1] > 5 else np.zeros_like(speed)
+    pairs = hist_mask[:, 1:] & hist_mask[:, :-1] & near[:, None, :]  # (B, H-1, N)
+    dv = np.linalg.norm(hist[:, 1:, :, 2:4] - hist[:, :-1, :, 2:4], axis=-1)
+    moved = np.linalg.norm(hist[:, 1:, :, :2] - hist[:, :-1, :, :2], axis=-1)
+    mean_speed = 0.5 * np.linalg.norm(hist[:, 1:, :, 2:4] + hist[:, :-1, :, 2:4], axis=-1)
+    period = (metrics.masked_mean(moved, pairs, axis=(1, 2))
+              / metrics.masked_mean(mean_speed, pairs, axis=(1, 2)))
+    with np.errstate(invalid="ignore"):
+        spread = np.sqrt(np.maximum(metrics.masked_mean(speed ** 2, near, axis=1)
+                                    - metrics.masked_mean(speed, near, axis=1) ** 2, 0.0))
+    return np.stack([near.sum(1).astype(float), np.where(np.isfinite(dist), dist, np.nan),
+                     speed[:, 0], metrics.masked_mean(speed, near, axis=1), spread,
+                     metrics.masked_mean(np.abs(last[..., 3]), near, axis=1),
+                     metrics.masked_mean(heading, near, axis=1),
+                     metrics.masked_mean(dv, pairs, axis=(1, 2)), period,
+                     history_surprise(hist, hist_mask, near)], axis=1)
+
+
+MIN_FEATURE_STD = 1e-3  # floor of a feature's spread (its units: m, m/s, s, counts)
+
+
+def fit_feature_density(features: np.ndarray, shrink: float = 0.1) -> dict[str, np.ndarray]:
+    """A Gaussian over the standardised window features (B, D) of in-distribution windows
+    (nan entries ignored), its covariance shrunk towards the identity by `shrink`."""
+    mean = np.nanmean(features, axis=0)
+    std = np.nanstd(features, axis=0)
+    # a feature constant in distribution (e.g. the frame period) flags any departure
+    std = np.where(np.isfinite(std), np.maximum(std, MIN_FEATURE_STD), 1.0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    z = np.nan_to_num((features - mean) / std)  # a missing feature sits at the mean
+    cov = (1 - shrink) * np.cov(z, rowvar=False) + shrink * np.eye(z.shape[1])
+    return {"mean": mean, "std": std, "precision": np.linalg.inv(cov)}
+
+
+def feature_distance(density: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """(B,) Mahalanobis distance of each window's features under `fit_feature_density`."""
+    z = np.nan_to_num((features - density["mean"]) / density["std"])
+    return np.sqrt(np.einsum("bi,ij,bj->b", z, density["precision"], z))

@@ -117,11 +117,16 @@ def window_error(pred: dict, a: dict) -> np.ndarray:
     return metrics.masked_mean(per_window_error, has_error, axis=1)  # (B,)
 
 
-def uncertainty_figures(pred: dict, a: dict) -> tuple[dict[str, float], dict, np.ndarray]:
+def uncertainty_figures(pred: dict, a: dict,
+                        density: dict | None = None) -> tuple[dict[str, float], dict, np.ndarray]:
     """Does the model's uncertainty rank its own errors? (Spearman per window, for the
-    ensemble's disagreement and each window score of evaluation/calibration.py)."""
+    ensemble's disagreement and each window score of evaluation/calibration.py; with an
+    input `density` fitted on in-distribution windows also `input_distance`)."""
     errors = window_error(pred, a)
     scores = calibration.window_scores(pred, a)
+    if density is not None:
+        scores["input_distance"] = calibration.feature_distance(
+            density, calibration.window_features(a))
     window_unc = metrics.masked_mean(pred["uncertainty"], a["step_mask"], axis=1)  # (B,)
     valid = np.isfinite(errors) & np.isfinite(window_unc)
     summary = {"uncertainty_error_spearman": metrics.spearman(window_unc, errors, valid),
@@ -158,12 +163,14 @@ def calibration_figures(pred: dict, a: dict, dt: float,
 
 def evaluate_testset(pred: dict[str, np.ndarray], a: dict[str, np.ndarray], dt: float,
                      lane_keeping_tau: float = 1.0,
-                     variance_scale: np.ndarray | None = None) -> TestsetResult:
+                     variance_scale: np.ndarray | None = None,
+                     density: dict | None = None) -> TestsetResult:
     """Every figure of one test set; `variance_scale` (F,) the validation-fitted scale of
-    the position variance per future step (evaluation/calibration.py)."""
+    the position variance per future step, `density` the validation windows' feature
+    density (evaluation/calibration.py)."""
     forecast, curves = forecast_figures(pred, a, dt, lane_keeping_tau)
     risk, bins, (prob, label) = risk_figures(pred, a, dt)
-    uncertainty, scores, errors = uncertainty_figures(pred, a)
+    uncertainty, scores, errors = uncertainty_figures(pred, a, density)
     coverage, coverage_curves = calibration_figures(pred, a, dt, variance_scale)
     summary = forecast | risk | uncertainty | coverage | {"windows": len(a["actions"])}
     return TestsetResult(summary, curves, horizon_seconds(a["actions"].shape[1], dt), bins,

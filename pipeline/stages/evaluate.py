@@ -81,10 +81,12 @@ def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
 
 
 def score(model, windows: WindowSet, cfg: Config, lanes: int | None = None,
-          variance_scale: np.ndarray | None = None) -> tuple[TestsetResult, dict]:
+          variance_scale: np.ndarray | None = None,
+          density: dict | None = None) -> tuple[TestsetResult, dict]:
     """The set's figures and the model's predictions; with `lanes` (a straight highway-env
     road at the replica's rates) the traffic replica is scored as a forecaster too;
-    `variance_scale` (F,) calibrates the position variance per future step."""
+    `variance_scale` (F,) calibrates the position variance per future step; `density`, the
+    validation windows' feature density, adds the `input_distance` window score."""
     from evaluation.forecast_eval import evaluate_testset
     from pipeline.forecast import predict
 
@@ -95,7 +97,7 @@ def score(model, windows: WindowSet, cfg: Config, lanes: int | None = None,
         a = windows.arrays
         pred["replica_states"] = replica_states(a["hist"], a["hist_mask"], a["actions"], lanes)
     return evaluate_testset(pred, windows.arrays, windows.dt, cfg.evaluate.lane_keeping_tau,
-                            variance_scale), pred
+                            variance_scale, density), pred
 
 
 def fit_calibration(model, windows: WindowSet) -> np.ndarray:
@@ -113,6 +115,16 @@ def fit_calibration(model, windows: WindowSet) -> np.ndarray:
     a = windows.arrays
     m2 = calibration.mahalanobis2(pred["states"], pred["states_std"], a["future"])
     return calibration.fit_variance_scale(m2, neighbour_future_mask(a))
+
+
+def input_density(windows: WindowSet) -> dict | None:
+    """The Gaussian density of the validation windows' features (evaluation/calibration.py
+    `window_features`), or None with fewer than two validation windows."""
+    from evaluation import calibration
+
+    if len(windows) < 2:
+        return None
+    return calibration.fit_feature_density(calibration.window_features(windows.arrays))
 
 
 def scale_summary(scale: np.ndarray, windows: WindowSet, validation: int) -> dict[str, float]:
@@ -176,11 +188,13 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model, _ = load_model(inputs["train"])
     held_out = held_out_splits(cfg, inputs, ("test", "val"))
     scale = fit_calibration(model, held_out["val"])
+    density = input_density(held_out["val"])
     sets = {"test": held_out["test"]} | shifted_windows(cfg, ctx)
     configs = set_configs(cfg)
     results, scenes = {}, {}
     for name, windows in sets.items():
-        results[name], pred = score(model, windows, cfg, replica_road(configs[name]), scale)
+        results[name], pred = score(model, windows, cfg, replica_road(configs[name]), scale,
+                                      density)
         scenes[name] = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
     for name, figures in ood_summary(results).items():
         results[name].summary |= figures

@@ -145,3 +145,28 @@ def test_spearman_of_each_score_against_the_window_error():
     assert out["good_error_spearman"] == pytest.approx(1.0)
     assert out["bad_error_spearman"] == pytest.approx(-1.0)
     assert np.isnan(out["broken_error_spearman"])
+
+
+def test_window_features_read_the_history_period_and_the_neighbours():
+    a = windows(30, seed=8)
+    features = dict(zip(c.WINDOW_FEATURES, c.window_features(a).T, strict=True))
+    np.testing.assert_allclose(features["frame_period"], 0.2, rtol=1e-6)  # 5 frames a second
+    np.testing.assert_array_equal(features["neighbours"], 3)
+    np.testing.assert_allclose(features["surprise"], 0.0, atol=1e-9)
+    alone = windows(2, seed=9)
+    alone["hist_mask"][:, :, 1:] = False
+    assert np.isnan(c.window_features(alone)[:, 1]).all()  # no nearest neighbour
+
+
+def test_input_distance_flags_windows_unlike_the_fitted_ones():
+    """Fitted on calm windows, the feature density gives held-out calm windows distances
+    like its own and swerving or 15 Hz windows (frames of 1/15 s) far larger ones."""
+    density = c.fit_feature_density(c.window_features(windows(80, seed=10)))
+    calm = c.feature_distance(density, c.window_features(windows(60, seed=11)))
+    swerving = c.feature_distance(density, c.window_features(windows(60, 12, swerve=1.0)))
+    fast = windows(60, seed=13)
+    fast["hist"][..., 0] = fast["hist"][:, -1:, :, 0] + (fast["hist"][..., 0]
+                                                         - fast["hist"][:, -1:, :, 0]) / 3
+    faster = c.feature_distance(density, c.window_features(fast))
+    assert c.ood_auroc(calm, swerving) > 0.95 and c.ood_auroc(calm, faster) > 0.95
+    assert np.median(calm) < 2 * np.sqrt(len(c.WINDOW_FEATURES))
