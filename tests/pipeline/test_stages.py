@@ -75,6 +75,8 @@ def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
     assert summary["calibration_windows"] > 0 and summary["variance_scale_3s"] > 0
     assert 0 <= summary["raw_coverage50_3s"] <= summary["raw_coverage90_3s"] <= 1
     assert "ood_auroc" not in summary  # the held-out set is the in-distribution reference
+    # merge-v0 simulates at 15 Hz, highway-fast at 5 Hz: its histories are unlike any seen
+    assert summary["merge/ood_auroc_input_distance"] > 0.9
     assert "## Calibration and uncertainty per test set" in report
     for name in ("test", "dense", "merge"):
         assert f"### {name}" in report and f"](uncertainty_{name}.png)" in report, name
