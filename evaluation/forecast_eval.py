@@ -117,16 +117,22 @@ def window_error(pred: dict, a: dict) -> np.ndarray:
     return metrics.masked_mean(per_window_error, has_error, axis=1)  # (B,)
 
 
-def uncertainty_figures(pred: dict, a: dict,
-                        density: dict | None = None) -> tuple[dict[str, float], dict, np.ndarray]:
+def uncertainty_figures(pred: dict, a: dict, densities: dict | None = None
+                        ) -> tuple[dict[str, float], dict, np.ndarray]:
     """Does the model's uncertainty rank its own errors? (Spearman per window, for the
-    ensemble's disagreement and each window score of evaluation/calibration.py; with an
-    input `density` fitted on in-distribution windows also `input_distance`)."""
+    ensemble's disagreement and each window score of evaluation/calibration.py; with
+    `densities` fitted on in-distribution windows also `input_distance` (their history
+    features, key "input") and `latent_distance` (the model's encoding of the history,
+    key "latent", read from pred["history_code"] (B, C)))."""
     errors = window_error(pred, a)
     scores = calibration.window_scores(pred, a)
-    if density is not None:
+    densities = densities or {}
+    if "input" in densities:
         scores["input_distance"] = calibration.feature_distance(
-            density, calibration.window_features(a))
+            densities["input"], calibration.window_features(a))
+    if "latent" in densities and "history_code" in pred:
+        scores["latent_distance"] = calibration.feature_distance(densities["latent"],
+                                                                 pred["history_code"])
     window_unc = metrics.masked_mean(pred["uncertainty"], a["step_mask"], axis=1)  # (B,)
     valid = np.isfinite(errors) & np.isfinite(window_unc)
     summary = {"uncertainty_error_spearman": metrics.spearman(window_unc, errors, valid),
@@ -164,13 +170,13 @@ def calibration_figures(pred: dict, a: dict, dt: float,
 def evaluate_testset(pred: dict[str, np.ndarray], a: dict[str, np.ndarray], dt: float,
                      lane_keeping_tau: float = 1.0,
                      variance_scale: np.ndarray | None = None,
-                     density: dict | None = None) -> TestsetResult:
+                     densities: dict | None = None) -> TestsetResult:
     """Every figure of one test set; `variance_scale` (F,) the validation-fitted scale of
-    the position variance per future step, `density` the validation windows' feature
-    density (evaluation/calibration.py)."""
+    the position variance per future step, `densities` the validation windows' feature
+    densities (evaluation/calibration.py; see `uncertainty_figures`)."""
     forecast, curves = forecast_figures(pred, a, dt, lane_keeping_tau)
     risk, bins, (prob, label) = risk_figures(pred, a, dt)
-    uncertainty, scores, errors = uncertainty_figures(pred, a, density)
+    uncertainty, scores, errors = uncertainty_figures(pred, a, densities)
     coverage, coverage_curves = calibration_figures(pred, a, dt, variance_scale)
     summary = forecast | risk | uncertainty | coverage | {"windows": len(a["actions"])}
     return TestsetResult(summary, curves, horizon_seconds(a["actions"].shape[1], dt), bins,

@@ -82,22 +82,26 @@ def shifted_windows(cfg: Config, ctx: StageContext) -> dict[str, WindowSet]:
 
 def score(model, windows: WindowSet, cfg: Config, lanes: int | None = None,
           variance_scale: np.ndarray | None = None,
-          density: dict | None = None) -> tuple[TestsetResult, dict]:
+          densities: dict | None = None) -> tuple[TestsetResult, dict]:
     """The set's figures and the model's predictions; with `lanes` (a straight highway-env
     road at the replica's rates) the traffic replica is scored as a forecaster too;
-    `variance_scale` (F,) calibrates the position variance per future step; `density`, the
-    validation windows' feature density, adds the `input_distance` window score."""
+    `variance_scale` (F,) calibrates the position variance per future step; `densities`,
+    those of the validation windows (`input_densities`), add the `input_distance` and
+    `latent_distance` window scores."""
     from evaluation.forecast_eval import evaluate_testset
-    from pipeline.forecast import predict
+    from pipeline.forecast import history_codes, predict
 
     pred = predict(model, windows, samples=cfg.evaluate.samples, seed=cfg.seed)
+    code = history_codes(model, windows)
+    if code is not None:
+        pred["history_code"] = code  # (B, C)
     if lanes is not None:
         from evaluation.replica_forecast import replica_states
 
         a = windows.arrays
         pred["replica_states"] = replica_states(a["hist"], a["hist_mask"], a["actions"], lanes)
     return evaluate_testset(pred, windows.arrays, windows.dt, cfg.evaluate.lane_keeping_tau,
-                            variance_scale, density), pred
+                            variance_scale, densities), pred
 
 
 def fit_calibration(model, windows: WindowSet) -> np.ndarray:
@@ -117,14 +121,21 @@ def fit_calibration(model, windows: WindowSet) -> np.ndarray:
     return calibration.fit_variance_scale(m2, neighbour_future_mask(a))
 
 
-def input_density(windows: WindowSet) -> dict | None:
-    """The Gaussian density of the validation windows' features (evaluation/calibration.py
-    `window_features`), or None with fewer than two validation windows."""
+def input_densities(model, windows: WindowSet) -> dict:
+    """Gaussian densities of the validation windows: "input" over their history features
+    (evaluation/calibration.py `window_features`), "latent" over the model's encoding of
+    their histories; none with fewer than two validation windows."""
     from evaluation import calibration
+    from pipeline.forecast import history_codes
 
     if len(windows) < 2:
-        return None
-    return calibration.fit_feature_density(calibration.window_features(windows.arrays))
+        return {}
+    densities = {"input": calibration.fit_feature_density(
+        calibration.window_features(windows.arrays))}
+    code = history_codes(model, windows)
+    if code is not None:
+        densities["latent"] = calibration.fit_feature_density(code)
+    return densities
 
 
 def scale_summary(scale: np.ndarray, windows: WindowSet, validation: int) -> dict[str, float]:
@@ -188,13 +199,13 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     model, _ = load_model(inputs["train"])
     held_out = held_out_splits(cfg, inputs, ("test", "val"))
     scale = fit_calibration(model, held_out["val"])
-    density = input_density(held_out["val"])
+    densities = input_densities(model, held_out["val"])
     sets = {"test": held_out["test"]} | shifted_windows(cfg, ctx)
     configs = set_configs(cfg)
     results, scenes = {}, {}
     for name, windows in sets.items():
         results[name], pred = score(model, windows, cfg, replica_road(configs[name]), scale,
-                                      density)
+                                      densities)
         scenes[name] = pick_scenes(windows.arrays, pred["samples"], cfg.evaluate.scenes)
     for name, figures in ood_summary(results).items():
         results[name].summary |= figures

@@ -70,7 +70,8 @@ def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
                 "epistemic_error_spearman", "surprise_error_spearman", "merge/coverage90_3s",
                 "merge/raw_coverage90_3s", "dense/ood_auroc", "merge/ood_auroc_epistemic",
                 "merge/ood_auroc_surprise", "merge/ood_auroc_input_distance",
-                "input_distance_error_spearman"):
+                "input_distance_error_spearman", "latent_distance_error_spearman",
+                "dense/ood_auroc_latent_distance"):
         assert key in summary, key
     assert summary["calibration_windows"] > 0 and summary["variance_scale_3s"] > 0
     assert 0 <= summary["raw_coverage50_3s"] <= summary["raw_coverage90_3s"] <= 1
