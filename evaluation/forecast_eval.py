@@ -4,6 +4,8 @@ Inputs are the window arrays (the window contract, plus `lane_centers` (B, L)) a
 model's predictions: states (B, F, N, 4) and states_std under the prior mean, collision
 (B, F), uncertainty (B, F), and `samples` (S, B, F, N, 2) sampled futures; optionally
 `replica_states` (B, F, N, 4), the traffic replica's forecast, scored as a reference.
+With a variance scale (F,) fitted on the validation windows (evaluation/calibration.py)
+the prediction regions are scored both raw and calibrated.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evaluation import baselines, metrics
+from evaluation import baselines, calibration, metrics
 
 
 @dataclass
@@ -25,6 +27,9 @@ class TestsetResult:
     reliability: metrics.ReliabilityBins | None = None
     risk_prob: np.ndarray | None = None  # valid per-step probabilities (M,)
     risk_label: np.ndarray | None = None  # (M,)
+    coverage: dict[str, list[float]] = field(default_factory=dict)  # e.g. raw90 -> per second
+    window_scores: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (B,)
+    window_error: np.ndarray | None = None  # (B,) mean ADE of the neighbours within 50 m
 
 
 def horizon_seconds(n_steps: int, dt: float) -> list[int]:
@@ -103,23 +108,76 @@ def risk_figures(pred: dict, a: dict, dt: float) -> tuple[dict, metrics.Reliabil
     return summary, bins, (prob[mask], label[mask])
 
 
-def uncertainty_figures(pred: dict, a: dict) -> dict[str, float]:
-    """Does the model's uncertainty rank its own errors? (Spearman per window)."""
+def window_error(pred: dict, a: dict) -> np.ndarray:
+    """(B,) the window's forecast error: mean ADE of its neighbours within 50 m (nan when
+    none is seen in the future)."""
     mask = neighbour_future_mask(a)
     error = metrics.displacement_error(pred["states"], a["future"])  # (B, F, N)
     per_window_error, has_error = metrics.average_displacement(error, mask)  # (B, N)
-    window_error = metrics.masked_mean(per_window_error, has_error, axis=1)  # (B,)
+    return metrics.masked_mean(per_window_error, has_error, axis=1)  # (B,)
+
+
+def uncertainty_figures(pred: dict, a: dict, densities: dict | None = None
+                        ) -> tuple[dict[str, float], dict, np.ndarray]:
+    """Does the model's uncertainty rank its own errors? (Spearman per window, for the
+    ensemble's disagreement and each window score of evaluation/calibration.py; with
+    `densities` fitted on in-distribution windows also `input_distance` (their history
+    features, key "input") and `latent_distance` (the model's encoding of the history,
+    key "latent", read from pred["history_code"] (B, C)))."""
+    errors = window_error(pred, a)
+    scores = calibration.window_scores(pred, a)
+    densities = densities or {}
+    if "input" in densities:
+        scores["input_distance"] = calibration.feature_distance(
+            densities["input"], calibration.window_features(a))
+    if "latent" in densities and "history_code" in pred:
+        scores["latent_distance"] = calibration.feature_distance(densities["latent"],
+                                                                 pred["history_code"])
     window_unc = metrics.masked_mean(pred["uncertainty"], a["step_mask"], axis=1)  # (B,)
-    valid = np.isfinite(window_error) & np.isfinite(window_unc)
-    return {"uncertainty_error_spearman": metrics.spearman(window_unc, window_error, valid),
-            "mean_uncertainty": metrics.masked_mean(window_unc, valid)}
+    valid = np.isfinite(errors) & np.isfinite(window_unc)
+    summary = {"uncertainty_error_spearman": metrics.spearman(window_unc, errors, valid),
+               "mean_uncertainty": metrics.masked_mean(window_unc, valid)}
+    summary |= calibration.score_spearmans(scores, errors)
+    return summary, scores, errors
+
+
+def calibration_figures(pred: dict, a: dict, dt: float,
+                        scale: np.ndarray | None) -> tuple[dict[str, float], dict]:
+    """Coverage of the 50% and 90% position regions per horizon second on the FDE's
+    neighbour mask, raw (`raw_coverage<p>_<s>s`) and under the variance `scale` (F,)
+    (`coverage<p>_<s>s`; the raw figure when no scale is given), and the calibrated NLL."""
+    seconds = horizon_seconds(a["actions"].shape[1], dt)
+    mask = neighbour_future_mask(a)
+    m2 = calibration.mahalanobis2(pred["states"], pred["states_std"], a["future"])
+    summary, curves = {}, {}
+    for p in calibration.LEVELS:
+        level = round(100 * p)
+        raw = calibration.coverage_by_horizon(m2, mask, seconds, dt, p)
+        calibrated = (raw if scale is None else
+                      calibration.coverage_by_horizon(m2, mask, seconds, dt, p, scale))
+        curves[f"raw{level}"], curves[f"calibrated{level}"] = raw.tolist(), calibrated.tolist()
+        for s, r, c in zip(seconds, raw, calibrated, strict=True):
+            summary[f"raw_coverage{level}_{s}s"] = float(r)
+            summary[f"coverage{level}_{s}s"] = float(c)
+    calibrated_pred = pred if scale is None else calibration.calibrate(pred, scale)
+    nll = metrics.gaussian_nll(calibrated_pred["states"][..., :2],
+                               calibrated_pred["states_std"][..., :2],
+                               a["future"][..., :2]).sum(-1)  # (B, F, N)
+    summary["calibrated_nll_xy"] = metrics.masked_mean(nll, mask)
+    return summary, curves
 
 
 def evaluate_testset(pred: dict[str, np.ndarray], a: dict[str, np.ndarray], dt: float,
-                     lane_keeping_tau: float = 1.0) -> TestsetResult:
-    """Every figure of one test set."""
+                     lane_keeping_tau: float = 1.0,
+                     variance_scale: np.ndarray | None = None,
+                     densities: dict | None = None) -> TestsetResult:
+    """Every figure of one test set; `variance_scale` (F,) the validation-fitted scale of
+    the position variance per future step, `densities` the validation windows' feature
+    densities (evaluation/calibration.py; see `uncertainty_figures`)."""
     forecast, curves = forecast_figures(pred, a, dt, lane_keeping_tau)
     risk, bins, (prob, label) = risk_figures(pred, a, dt)
-    summary = forecast | risk | uncertainty_figures(pred, a) | {"windows": len(a["actions"])}
+    uncertainty, scores, errors = uncertainty_figures(pred, a, densities)
+    coverage, coverage_curves = calibration_figures(pred, a, dt, variance_scale)
+    summary = forecast | risk | uncertainty | coverage | {"windows": len(a["actions"])}
     return TestsetResult(summary, curves, horizon_seconds(a["actions"].shape[1], dt), bins,
-                         prob, label)
+                         prob, label, coverage_curves, scores, errors)

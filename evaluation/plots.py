@@ -225,3 +225,32 @@ def plot_learning_curve(
         axes.set_visible(False)
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_uncertainty_vs_error(
+    scores: Mapping[str, np.ndarray],
+    error: np.ndarray,
+    path,
+    title: str = "Window uncertainty vs forecast error",
+) -> Path:
+    """One scatter panel per window score (B,) against the window's error (B,) in metres,
+    the panel titled with the score's name and its Spearman rank correlation."""
+    from evaluation.metrics import spearman
+
+    figure = _new_figure(width=3.2 * max(len(scores), 1), height=3.2)
+    error = np.asarray(error, dtype=float)
+    for i, (name, values) in enumerate(scores.items()):
+        values = np.asarray(values, dtype=float)
+        if values.shape != error.shape:
+            raise ValueError(f"score '{name}' has shape {values.shape} but the error has "
+                             f"{error.shape}.")
+        valid = np.isfinite(values) & np.isfinite(error)
+        axes = figure.add_subplot(1, max(len(scores), 1), i + 1)
+        axes.scatter(values[valid], error[valid], s=8, alpha=0.6)
+        rho = spearman(np.nan_to_num(values), np.nan_to_num(error), valid)
+        axes.set_title(f"{name} (Spearman {rho:.2f})", fontsize=9)
+        axes.set_xlabel(name)
+        if i == 0:
+            axes.set_ylabel("window ADE (m)")
+    figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

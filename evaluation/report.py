@@ -13,7 +13,7 @@ from evaluation.forecast_eval import TestsetResult
 HEADLINE = ("windows", "ade", "miss_rate", "nll_xy", "risk_auroc", "risk_auroc_head",
             "risk_auroc_overlap", "risk_ap", "risk_brier",
             "risk_ece", "window_risk_auroc", "ttc_window_risk_auroc", "collision_rate",
-            "uncertainty_error_spearman", "mean_uncertainty")
+            "uncertainty_error_spearman", "mean_uncertainty", "calibrated_nll_xy")
 
 
 def fmt(value: float) -> str:
@@ -67,6 +67,44 @@ def draw_figures(results: dict[str, TestsetResult], scenes: list[dict], out: Pat
     return files
 
 
+def coverage_table(result: TestsetResult) -> list[str]:
+    """Coverage of the 50% and 90% position regions per horizon second, raw and calibrated."""
+    lines = ["| region | " + " | ".join(f"{s}s" for s in result.seconds) + " |",
+             "|---|" + "---|" * len(result.seconds)]
+    for name, curve in result.coverage.items():
+        kind, level = name.rstrip("0123456789"), name[len(name.rstrip("0123456789")):]
+        lines.append(f"| {level}% {kind} | " + " | ".join(fmt(float(v)) for v in curve) + " |")
+    return lines
+
+
+def calibration_section(results: dict[str, TestsetResult], calibration: dict[str, float],
+                        out: Path) -> list[str]:
+    """Per test set: the coverage table, the uncertainty-vs-error plot
+    (`uncertainty_<set>.png`), the uncertainty–error Spearmans and, for a shifted set, the
+    OOD AUROC of each window score against the held-out test windows."""
+    scales = ", ".join(f"{k.removeprefix('variance_scale_')}: {fmt(v)}"
+                       for k, v in calibration.items() if k.startswith("variance_scale_"))
+    lines = ["## Calibration and uncertainty per test set\n",
+             f"Position variance scale per horizon second, fitted on "
+             f"{calibration.get('calibration_windows', 'n/a')} validation windows so that the "
+             f"90% region covers 90% there (means unchanged): {scales or 'n/a'}. Coverage: "
+             f"share of the true positions of the neighbours within 50 m inside the model's "
+             f"region of that probability.\n"]
+    for name, result in results.items():
+        lines += [f"### {name}\n", *coverage_table(result), ""]
+        if result.window_error is not None and result.window_scores:
+            figure = f"uncertainty_{name}.png"
+            plots.plot_uncertainty_vs_error(result.window_scores, result.window_error,
+                                            out / figure, title=f"{name}: window uncertainty "
+                                            f"vs forecast error")
+            lines += [f"![{figure}]({figure})", ""]
+        spearmans = [k for k in result.summary if k.endswith("error_spearman")]
+        ood = [k for k in result.summary if k.startswith("ood_auroc")]
+        lines += ["| figure | value |", "|---|---|",
+                  *[f"| {k} | {fmt(result.summary[k])} |" for k in spearmans + ood], ""]
+    return lines
+
+
 def draw_imagination(scene_sets: dict[str, list[dict]], dt: float, out: Path) -> list[str]:
     """imagination_<set>.gif per test set (evaluation/imagination.py), one frame per future
     step at real time; returns their file names."""
@@ -82,10 +120,11 @@ def draw_imagination(scene_sets: dict[str, list[dict]], dt: float, out: Path) ->
 
 
 def write_report(results: dict[str, TestsetResult], scene_sets: dict[str, list[dict]],
-                 out: Path, header: str, dt: float) -> Path:
+                 out: Path, header: str, dt: float,
+                 calibration: dict[str, float] | None = None) -> Path:
     """report.md with the tables and every figure; `scene_sets` the picked windows of each
-    test set (the first set's are also drawn as stills), `dt` seconds per step; returns
-    its path."""
+    test set (the first set's are also drawn as stills), `dt` seconds per step,
+    `calibration` the fitted variance scales (`variance_scale_<s>s`); returns its path."""
     from pipeline.artifacts import write_text_atomic
 
     figures = draw_figures(results, next(iter(scene_sets.values()), []), out)
@@ -97,6 +136,7 @@ def write_report(results: dict[str, TestsetResult], scene_sets: dict[str, list[d
              "the forecast-overlap risk alone; `window_risk_auroc` scores collision within the "
              "horizon per window, `ttc_window_risk_auroc` the time-to-collision baseline on "
              "the same windows. `risk_ece`: 15 equal-width bins, positive-class reliability.\n",
+             *calibration_section(results, calibration or {}, out),
              "## Pictures\n",
              "`imagination_<set>.gif`: per test set, the busiest held-out windows rolled out "
              "by the world model under the actions really taken; left what happened, right "

@@ -76,3 +76,19 @@ def forecast_summary(model: torch.nn.Module, windows: WindowSet, prefix: str) ->
     for name, key in (("", "collision"), ("_head", "collision_head"), ("_overlap", "overlap")):
         summary[f"{prefix}risk_auroc{name}"] = metrics.auroc(pred[key], a["collision"], mask)
     return summary
+
+
+@torch.no_grad()
+def history_codes(model: torch.nn.Module, windows: WindowSet,
+                  batch_size: int = 256) -> np.ndarray | None:
+    """(B, deter_dim) the model's encoding h_0 of each window's history (`encode`), or None
+    for a model whose context has no such vector (the interaction variant)."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    for hist, mask, _, _ in _batches(windows, batch_size, device, sizes=False):
+        deter = getattr(model.encode(hist, mask), "deter", None)
+        if deter is None:
+            return None
+        parts.append(deter.cpu().numpy())
+    return np.concatenate(parts) if parts else None

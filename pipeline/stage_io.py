@@ -149,21 +149,35 @@ def first_line(err: Exception) -> str:
 # ---------------------------------------------------------------- evaluate
 
 def held_out_windows(cfg: Config, inputs: Mapping[str, Artifacts]) -> WindowSet:
+    return held_out_splits(cfg, inputs, ("test",))["test"]
+
+
+def held_out_splits(cfg: Config, inputs: Mapping[str, Artifacts],
+                    splits: tuple[str, ...]) -> dict[str, WindowSet]:
+    """The windows of each of the train stage's `splits` ("test"; "val": the validation
+    episodes post-hoc calibration is fitted on), the dataset cut once."""
     windows = load_windows(dataset_path(inputs["ingest"]), cfg)
-    return windows.subset(np.isin(windows.arrays["episode"], split_test_ids(inputs["train"])))
+    return {split: windows.subset(np.isin(windows.arrays["episode"],
+                                          split_episode_ids(inputs["train"], split)))
+            for split in splits}
 
 
 def split_test_ids(train: Artifacts) -> list[int]:
     """The test split's episode ids that the train stage recorded in splits.json."""
+    return split_episode_ids(train, "test")
+
+
+def split_episode_ids(train: Artifacts, split: str) -> list[int]:
+    """The episode ids of `split` ("train", "val" or "test") recorded in splits.json."""
     path = train.path / SPLITS
     try:
-        test = json.loads(path.read_text())["test"]
-        if not isinstance(test, list) or not all(isinstance(e, int) for e in test):
-            raise ValueError("'test' is not a list of episode ids")
+        ids = json.loads(path.read_text())[split]
+        if not isinstance(ids, list) or not all(isinstance(e, int) for e in ids):
+            raise ValueError(f"'{split}' is not a list of episode ids")
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise StageError(f"{path} is not a usable split ({first_line(err)}); rerun train "
                          f"with --force") from None
-    return test
+    return ids
 
 
 # ---------------------------------------------------------------- export

@@ -87,3 +87,14 @@ def test_plot_learning_curve_with_gaps_and_references(tmp_path):
     with pytest.raises(ValueError, match="curve 'surprise' has 2 values but there are 3"):
         plots.plot_learning_curve([0, 1, 2], {"surprise": [1.0, 0.8]}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_uncertainty_vs_error(tmp_path):
+    rng = np.random.default_rng(0)
+    error = rng.uniform(0, 3, 50)
+    error[3] = np.nan  # a window without a scored neighbour is left out
+    scores = {"epistemic": rng.uniform(size=50), "aleatoric": error + rng.normal(size=50) * 0.1}
+    path = plots.plot_uncertainty_vs_error(scores, error, tmp_path / "u.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="shape"):
+        plots.plot_uncertainty_vs_error({"short": np.ones(3)}, error, tmp_path / "v.png")

@@ -181,10 +181,13 @@ def test_shifted_test_sets_run_on_envpool_where_it_has_the_scenario():
 
     pooled = load_config(None, ["ingest.backend=envpool", "evaluate.testsets=[{name: dense, "
                                 "env_config: {vehicles_density: 1.5}}, {name: merge, env_id: "
-                                "merge-v0}, {name: sim, backend: highway-env}]"])
+                                "merge-v0}, {name: sim, backend: highway-env}, {name: "
+                                "aggressive, env_config: {other_vehicles_type: "
+                                "highway_env.vehicle.behavior.AggressiveVehicle}}]"])
     backends = [testset_config(pooled, i, t).ingest.backend.value
                 for i, t in enumerate(pooled.evaluate.testsets)]
-    assert backends == ["envpool", "highway-env", "highway-env"]
+    # EnvPool cannot change the other drivers' class: that shift is collected by highway-env
+    assert backends == ["envpool", "highway-env", "highway-env", "highway-env"]
     evaluate = stage_named("evaluate")
     inputs = {"ingest": FakeArtifacts("i"), "train": FakeArtifacts("t")}
     chosen = load_config(None, ["evaluate.testsets=[{name: dense, backend: highway-env}]"])

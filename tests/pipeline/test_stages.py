@@ -65,6 +65,25 @@ def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
         assert key in summary, key
     assert "| merge | model |" in report and "| test | replica |" in report
     assert "merge/replica_fde_1s" not in summary  # no straight road the replica knows
+    for key in ("coverage90_3s", "coverage50_3s", "raw_coverage90_3s", "raw_coverage50_1s",
+                "variance_scale_3s", "calibrated_nll_xy", "aleatoric_error_spearman",
+                "epistemic_error_spearman", "surprise_error_spearman", "merge/coverage90_3s",
+                "merge/raw_coverage90_3s", "dense/ood_auroc", "merge/ood_auroc_epistemic",
+                "merge/ood_auroc_surprise", "merge/ood_auroc_input_distance",
+                "input_distance_error_spearman", "latent_distance_error_spearman",
+                "dense/ood_auroc_latent_distance"):
+        assert key in summary, key
+    assert summary["calibration_windows"] > 0 and summary["variance_scale_3s"] > 0
+    assert 0 <= summary["raw_coverage50_3s"] <= summary["raw_coverage90_3s"] <= 1
+    assert "ood_auroc" not in summary  # the held-out set is the in-distribution reference
+    # merge-v0 simulates at 15 Hz, highway-fast at 5 Hz: its histories are unlike any seen
+    assert summary["merge/ood_auroc_input_distance"] > 0.9
+    assert "## Calibration and uncertainty per test set" in report
+    for name in ("test", "dense", "merge"):
+        assert f"### {name}" in report and f"](uncertainty_{name}.png)" in report, name
+        assert (evaluate / f"uncertainty_{name}.png").stat().st_size > 1000
+    assert "| 90% calibrated |" in report and "| 90% raw |" in report
+    assert "| ood_auroc |" in report
     steps = load_config(DEBUG).model.horizon + 1  # t0 and each forecast step
     for name in ("test", "dense", "merge"):
         frames = iio.imread(evaluate / f"imagination_{name}.gif")
