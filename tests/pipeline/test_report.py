@@ -42,7 +42,7 @@ def fake_stages(cfg, summaries: dict[str, dict]) -> None:
 def test_readme_results_block_is_what_report_writes_from_the_kept_records():
     records = load_results(ROOT / RESULTS_DIR)
     names = {r["name"] for r in records}
-    assert {"quickstart", "highway"} <= names
+    assert "quickstart" in names  # the default job is always recorded
     assert readme_block(ROOT / "README.md") == render(records), \
         "README.md's results differ from the records: run `drivecast report --readme README.md`"
 
