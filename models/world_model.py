@@ -348,7 +348,47 @@ class WorldModel(nn.Module):
         feats = roll.feats.reshape(b, -1, f, roll.feats.shape[-1])  # (B, K*S, F, Cf)
         return self._imagination(self._heads(feats, ctx), feats, roll.prior_mean, ctx, b, s)
 
+    def start(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> tuple[Context, torch.Tensor]:
+        """The encoded history and its latent state [h_0, z_0] (B, deter+stoch): where
+        imagination starts, and what an actor reads at a real decision."""
+        ctx = self.encode(hist, hist_mask)
+        return ctx, torch.cat([ctx.deter, ctx.stoch], dim=-1)
+
+    def step(self, feat: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
+             members: torch.Tensor) -> torch.Tensor:
+        """One imagined decision step from latent states feat (M, deter+stoch) under actions
+        (M,) int64: h' = GRU([z, embed(a)], h), z' from prior member `members` (M,) with
+        standard normal `noise` (M, Z) (ignored by the deterministic variant) -> (M, ...)."""
+        deter, stoch = feat.split([self.deter_dim, self.stoch_dim], dim=-1)
+        deter = self.cell(torch.cat([stoch, self.action_embed(action)], dim=-1), deter)
+        mean, std = gaussian_stats(self._select(self.prior(deter), members), self.min_std)
+        stoch = mean + std * noise if self.stochastic else mean
+        return torch.cat([deter, stoch], dim=-1)
+
+    def outcomes(self, feats: torch.Tensor, ctx: Context):
+        """Reward, collision probability (the `risk` source) and continue probability of
+        imagined steps feats (B, T, deter+stoch), step t being t+1 decisions after the
+        history of `ctx` -> three (B, T) tensors."""
+        heads = self._squeeze_rows(self._heads(feats[:, None], ctx))
+        presence = torch.sigmoid(heads.presence_logit)
+        risk = self._risk(heads, presence, ctx)[0]
+        return heads.reward, risk, torch.sigmoid(heads.cont_logit)
+
     # ------------------------------------------------------------------ internals
+
+    def _risk(self, heads: Heads, presence: torch.Tensor, ctx: Context):
+        """(risk source, collision head, overlap) probabilities, each (B, ..., F), of heads
+        whose leading axis is the batch of `ctx`."""
+        rollout_axes = heads.states_mean.dim() - 4  # between B and (F, N, 4)
+        last = ctx.last_state[(slice(None), *([None] * (rollout_axes + 1)))]  # (B, 1.., 1, N, 4)
+        overlap = overlap_risk(last[..., :2], heads.states_mean[..., :2],
+                               heads.states_std[..., :2], presence, self.vehicle_length,
+                               self.vehicle_width, self.risk_substeps)
+        head = torch.sigmoid(heads.collision_logit)
+        risk = {"overlap": overlap, "head": head}.get(self.risk)
+        if risk is None:  # "combined": computed only when it is the source
+            risk = combine_risks(head, overlap)
+        return risk, head, overlap
 
     def _training_noise(self, actions: torch.Tensor) -> torch.Tensor:
         """Standard normal (B, F, Z) for stochastic variants, zeros for deterministic."""
@@ -447,13 +487,7 @@ class WorldModel(nn.Module):
         spread = ensemble_variance(prior_mean).mean(dim=-1)  # (B*K*S, F)
         uncertainty = spread.reshape(b, -1, s, spread.shape[-1]).mean(dim=2)  # (B, K, F)
         presence = torch.sigmoid(heads.presence_logit)  # (B, K*S, F, N)
-        overlap = overlap_risk(ctx.last_state[:, None, None, :, :2],
-                               heads.states_mean[..., :2], heads.states_std[..., :2], presence,
-                               self.vehicle_length, self.vehicle_width, self.risk_substeps)
-        head = torch.sigmoid(heads.collision_logit)  # (B, K*S, F)
-        risk = {"overlap": overlap, "head": head}.get(self.risk)
-        if risk is None:  # "combined": computed only when it is the source
-            risk = combine_risks(head, overlap)
+        risk, head, overlap = self._risk(heads, presence, ctx)  # (B, K*S, F) each
         return Imagination(split(heads.states_mean), split(heads.states_std), split(presence),
                            split(heads.reward), split(risk), split(head),
                            split(overlap), torch.sigmoid(split(heads.cont_logit)), uncertainty,

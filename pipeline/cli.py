@@ -6,7 +6,7 @@
     drivecast replay CONFIG [overrides] [--force]           the decision rule on held-out
                                                             labelled decisions
     drivecast gridworld [CONFIG] [overrides] [--force]      the counting world-model example
-    drivecast bench ingest|planner|backend [CONFIG] [...]   benchmarks
+    drivecast bench ingest|planner|backend|actor [CONFIG] [...]  benchmarks
     drivecast config [CONFIG] [overrides]                   the resolved config, as YAML
     drivecast config --reference                            every config field, as Markdown
     drivecast report [CONFIG ...] [overrides] [--readme F]  the headline results tables

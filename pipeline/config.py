@@ -315,6 +315,33 @@ class CriticConfig:
 
 
 @dataclass(frozen=True)
+class ActorConfig:
+    """The actor and critic trained in imagination (models/actor.py, Dreamer's route).
+
+    From the latent states of the training windows' real histories the frozen world model
+    imagines `horizon` decision steps with actions drawn from the actor; each step earns
+    the reward head minus `collision_penalty` times the imagined collision probability
+    (model.risk, with the world model's own vehicle boxes) and goes on with probability
+    min(continue, 1 - collision). The critic regresses lambda-returns, the actor follows
+    REINFORCE with returns scaled by their running 5-95% range, plus `entropy` times its
+    entropy. `epochs` 0 trains no actor: simulate then drives no actor rows.
+    """
+
+    epochs: int = 0  # training epochs (0: no actor)
+    batches: int = 100  # optimiser steps per epoch
+    batch_size: int = 256  # imagined rollouts per step, each from one training window
+    horizon: int = 5  # T: imagined decision steps per rollout
+    gamma: float = 0.9  # discount per decision step
+    lam: float = 0.95  # lambda of the lambda-returns
+    entropy: float = 1e-3  # weight of the entropy bonus
+    collision_penalty: float = 1.0  # reward lost per expected imagined collision
+    lr: float = 3e-4  # Adam learning rate of actor and critic
+    hidden: int = 64  # MLP width of actor and critic
+    slow_rate: float = 0.02  # per step: how far the slow critic moves to the critic
+    resume: bool = False  # continue from the last checkpoint of the same stage key
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """The ONNX planner: the world model scoring K candidate maneuver sequences.
 
@@ -424,6 +451,7 @@ class SimulateConfig:
     workers: int = 1  # processes for the baselines' episodes
     backend: Backend = Backend.highway_env  # simulator: highway-env | envpool (highway ids only)
     batch: int = 64  # episodes envpool steps together (the results do not depend on it)
+    actor_top_actions: int = 2  # planner+actor: first actions scored, the actor's most probable
 
 
 @dataclass(frozen=True)
@@ -480,6 +508,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # world-model training
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)  # forecast evaluation
     critic: CriticConfig = field(default_factory=CriticConfig)  # the risk critic
+    actor: ActorConfig = field(default_factory=ActorConfig)  # the actor trained in imagination
     export: ExportConfig = field(default_factory=ExportConfig)  # the ONNX planner
     simulate: SimulateConfig = field(default_factory=SimulateConfig)  # closed-loop driving
     replay: ReplayConfig = field(default_factory=ReplayConfig)  # `drivecast replay`
@@ -667,18 +696,19 @@ AT_LEAST_ONE = ("ingest.workers", "ingest.batch", "ingest.episodes_per_shard",
                 "train.batch_size", "train.devices", "train.num_nodes", "evaluate.episodes",
                 "evaluate.samples", "export.horizon", "export.samples", "export.opset",
                 "export.parity_scenes", "simulate.surprise_patience", "simulate.oracle_horizon",
-                "simulate.threads")
-AT_LEAST_ZERO = ("seed", "train.patience", "train.num_workers", "evaluate.scenes",
+                "simulate.threads", "actor.batches", "actor.batch_size", "actor.horizon",
+                "actor.hidden", "simulate.actor_top_actions")
+AT_LEAST_ZERO = ("seed", "actor.epochs", "train.patience", "train.num_workers", "evaluate.scenes",
                  "export.surprise_windows",
                  "simulate.seed", "simulate.gif_episodes")
-POSITIVE = ("train.lr", "evaluate.lane_keeping_tau", "export.envelope_length",
+POSITIVE = ("train.lr", "actor.lr", "evaluate.lane_keeping_tau", "export.envelope_length",
             "export.envelope_width", "export.tolerance")
 NOT_NEGATIVE = ("train.weight_decay", "train.grad_clip", "simulate.risk_weight",
-                "simulate.surprise_threshold",
+                "simulate.surprise_threshold", "actor.entropy", "actor.collision_penalty",
                 "simulate.uncertainty_weight",
                 *(f"train.loss.{f.name}" for f in dataclasses.fields(LossWeights)))
 OPEN_FRACTIONS = ("train.val_fraction", "export.surprise_quantile")
-CLOSED_FRACTIONS = ("simulate.risk_budget",)
+CLOSED_FRACTIONS = ("simulate.risk_budget", "actor.gamma", "actor.lam", "actor.slow_rate")
 
 
 def check_values(cfg: Config) -> None:

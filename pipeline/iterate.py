@@ -47,6 +47,12 @@ FIGURES = {
     "counterfactual_auroc": ("risk AUROC on the planner's candidates", "{:.3f}"),
     "collect_surprise": ("collection surprise (m)", "{:.2f}"),
     "collect_collision_rate": ("collection collision rate", "{:.3f}"),
+    "actor_collision_rate": ("actor collision rate", "{:.3f}"),
+    "actor_mean_return": ("actor mean return", "{:.2f}"),
+    "actor_imagined_reward": ("actor reward per step, imagined", "{:.3f}"),
+    "actor_reward": ("actor reward per step, real", "{:.3f}"),
+    "actor_imagined_collision": ("actor collisions per step, imagined", "{:.4f}"),
+    "actor_collision": ("actor collisions per step, real", "{:.4f}"),
 }
 CURVES = {"collision_rate": "collision rate", "mean_speed": "mean speed (m/s)",
           "fde": "held-out FDE (m)", "risk_ece": "held-out risk ECE",
@@ -64,6 +70,7 @@ class Round:
     export: Artifacts
     simulate: Artifacts
     collect: Artifacts | None = None
+    actor: Artifacts | None = None
 
 
 def round_config(cfg: Config, k: int) -> Config:
@@ -85,19 +92,23 @@ def round_config(cfg: Config, k: int) -> Config:
 
 
 def run_round_zero(cfg: Config, tracker: Tracker, force: bool) -> Round:
-    """ingest, train, critic, export, simulate: the stages (and keys) of `drivecast run`."""
-    from pipeline.stages import critic, export, ingest, simulate, train
+    """ingest, train, critic, export, actor, simulate: the stages (and keys) of `drivecast
+    run`."""
+    from pipeline.stages import actor, critic, export, ingest, simulate, train
 
-    stages = [ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, simulate.STAGE]
+    stages = [ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, actor.STAGE,
+              simulate.STAGE]
     forced = [s.name for s in stages] if force else ()
     done = run_until("simulate", stages, round_config(cfg, 0), tracker, force=forced)
-    return Round(0, (done["ingest"],), done["train"], done["export"], done["simulate"])
+    return Round(0, (done["ingest"],), done["train"], done["export"], done["simulate"],
+                 actor=done["actor"])
 
 
 def run_next_round(cfg: Config, previous: Round, tracker: Tracker, force: bool) -> Round:
     """collect with the previous planner, train warm-started on all data, fit the critic
-    (when `critic.episodes`), export, simulate."""
-    from pipeline.stages import collect, critic, export, simulate, train
+    (when `critic.episodes`), export, train the actor in the new model (when
+    `actor.epochs`), simulate."""
+    from pipeline.stages import actor, collect, critic, export, simulate, train
 
     k = previous.index + 1
     rcfg = round_config(cfg, k)
@@ -108,8 +119,11 @@ def run_next_round(cfg: Config, previous: Round, tracker: Tracker, force: bool) 
     fitted = run_stage(critic.STAGE, rcfg, {"train": trained}, tracker, force)
     exported = run_stage(export.STAGE, rcfg, {"ingest": datasets[0], "train": trained,
                                               "critic": fitted}, tracker, force)
-    simulated = run_stage(simulate.STAGE, rcfg, {"export": exported}, tracker, force)
-    return Round(k, datasets, trained, exported, simulated, collected)
+    acted = run_stage(actor.STAGE, rcfg, {"ingest": datasets[0], "train": trained}, tracker,
+                      force)
+    simulated = run_stage(simulate.STAGE, rcfg, {"export": exported, "actor": acted}, tracker,
+                          force)
+    return Round(k, datasets, trained, exported, simulated, collected, acted)
 
 
 # ---------------------------------------------------------------- figures
@@ -176,7 +190,22 @@ def round_figures(rnd: Round, heldout) -> dict[str, float]:
         "collect_surprise": number(collected, "surprise_mean"),
         "collect_collision_rate": number(collected, "collision_rate"),
     }
-    return figures | heldout_figures(load_model(rnd.train)[0], heldout)
+    return figures | actor_figures(rnd) | heldout_figures(load_model(rnd.train)[0], heldout)
+
+
+def actor_figures(rnd: Round) -> dict[str, float]:
+    """The imagination gap: the actor's reward and collision probability per imagined step
+    (actor stage, from held-out histories) beside the same per decision in the simulator
+    (simulate's `actor` row); NaN without an actor."""
+    sim = rnd.simulate.summary
+    imagined = rnd.actor.summary if rnd.actor is not None else {}
+    length = number(sim, "actor/mean_length")
+    return {"actor_collision_rate": number(sim, "actor/collision_rate"),
+            "actor_mean_return": number(sim, "actor/mean_return"),
+            "actor_imagined_reward": number(imagined, "imagined_reward_per_step"),
+            "actor_reward": number(sim, "actor/mean_return") / length,
+            "actor_imagined_collision": number(imagined, "imagined_collision_per_step"),
+            "actor_collision": number(sim, "actor/collision_rate") / length}
 
 
 def baseline_references(round_zero: Round) -> dict[str, dict[str, float]]:
@@ -232,7 +261,7 @@ def loop_stage(rounds: list[Round], rows: list[dict[str, float]],
     """The `iterate` stage (key: iterate section + every round's stage keys) and its inputs."""
     inputs = {"round_0_ingest": rounds[0].datasets[0]}
     for rnd in rounds:
-        for name in ("collect", "train", "export", "simulate"):
+        for name in ("collect", "train", "export", "actor", "simulate"):
             if getattr(rnd, name) is not None:
                 inputs[f"round_{rnd.index}_{name}"] = getattr(rnd, name)
 
@@ -248,7 +277,7 @@ def loop_stage(rounds: list[Round], rows: list[dict[str, float]],
 
 def check_iterate(cfg: Config) -> None:
     """Every check of the stages the loop runs, before anything is written."""
-    from pipeline.stages import collect, critic, export, ingest, simulate, train
+    from pipeline.stages import actor, collect, critic, export, ingest, simulate, train
 
     if cfg.simulate.planner:
         raise StageError(f"iterate simulates each round's own planner: simulate.planner must "
@@ -257,7 +286,8 @@ def check_iterate(cfg: Config) -> None:
         raise StageError("iterate trains in one process: train.devices and train.num_nodes "
                          "must be 1")
     collect.check(cfg)
-    for stage in (ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, simulate.STAGE):
+    for stage in (ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, actor.STAGE,
+                  simulate.STAGE):
         stage.check(cfg)
 
 

@@ -24,7 +24,8 @@ from pipeline.errors import DrivecastError
 RESULTS_DIR = Path("docs/results")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 KEPT_STAGES = ("evaluate", "export", "simulate")  # whose summaries a record keeps
-POLICIES = ("planner", "rule", "idle", "random", "oracle")  # closed-loop rows, in this order
+POLICIES = ("planner", "actor", "planner+actor", "rule", "idle", "random",
+            "oracle")  # closed-loop rows, in this order (those a run drove)
 PICTURES = (("evaluate", "imagination_*.gif"), ("simulate", "*_view.gif"))  # docs/pictures.md
 
 
@@ -175,8 +176,8 @@ def render(records: Sequence[dict]) -> str:
         f"Forecasts on held-out test episodes (FDE: final displacement error of the other "
         f"vehicles; constant velocity is the baseline; measured {', '.join(dates)}):", "",
         *forecast_table(records), "",
-        "Closed loop on the evaluation seeds, the planner beside the baselines on the same "
-        "episodes:", "", *closed_loop_table(records)]) + "\n"
+        "Closed loop on the evaluation seeds, the learned policies beside the baselines on "
+        "the same episodes:", "", *closed_loop_table(records)]) + "\n"
 
 
 def update_readme(readme: Path, block: str) -> bool:

@@ -80,6 +80,7 @@ def experiment_root(cfg: Config) -> Path:
 
 # Settings that change how a stage runs but not what it produces stay out of the key.
 KEY_EXEMPT = {"ingest": ("workers", "batch"), "train": ("resume", "num_workers"),
+              "actor": ("resume",),
               "simulate": ("workers", "batch")}
 # Settings added after stage keys were in use: at this value (their default, which is how
 # those stages ran) they stay out of the key, so the existing stages are still reused.

@@ -284,3 +284,31 @@ def collection_seeds(seed: int, round_index: int, episodes: int,
         if drawn not in forbidden and drawn not in seeds:
             seeds.append(drawn)
     return seeds
+
+
+# ---------------------------------------------------------------- Lightning fits
+# (train and actor: stages that train with a Lightning Trainer)
+
+
+def mlflow_logger(cfg: Config, ctx):
+    """Lightning logs its per-epoch metrics into the stage's own nested MLflow run."""
+    if ctx.run_id is None:
+        return False
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=cfg.tracking_uri, run_id=ctx.run_id)
+
+
+def completed_epochs(checkpoint: str | None) -> int:
+    """Epochs a (last) checkpoint has finished; 0 without one. A checkpoint that cannot be
+    read (a kill while it was written by an older Lightning, a full disk) is refused."""
+    if checkpoint is None:
+        return 0
+    import torch
+
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception as err:  # torch.load raises many types on a damaged file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise StageError(f"{checkpoint}: checkpoint cannot be read ({reason}); delete it to "
+                         f"train from the start, or run without resume (train.resume, actor.resume)") from None

@@ -45,6 +45,15 @@ def backend(cfg: Config) -> dict[str, float]:
                          seed=cfg.seed, episodes=cfg.ingest.episodes, workers=cfg.ingest.workers)
 
 
+def actor(cfg: Config) -> dict[str, float]:
+    """Imagined latent steps per second (the actor's training and imagination against the
+    planner's open-loop rollout) and one ONNX actor decision against one planner decision."""
+    from pipeline.bench.actor import bench_actor
+
+    return bench_actor(cfg)
+
+
 BENCHMARKS: dict[str, Callable[[Config], dict[str, float]]] = {"ingest": ingest,
                                                                 "planner": planner,
-                                                                "backend": backend}
+                                                                "backend": backend,
+                                                                "actor": actor}

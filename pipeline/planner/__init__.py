@@ -8,8 +8,11 @@
 - `policy`: `PlannerPolicy`, the planner driving the simulator, with its reality check and
   rule-based fallback;
 - `lane_guard`: the optional gap check on the planner's first lane change;
-- `batch_planner`: `BatchPlanner`, one `PlannerPolicy` per episode of an EnvPool batch.
+- `batch_planner`: `BatchPlanner`, one `PlannerPolicy` per episode of an EnvPool batch;
+- `actor_export`: the actor (encoder + actor head, models/actor.py) written as ONNX;
+- `actor_runtime`: `ActorSession` (the ONNX actor and its sidecar), `ActorDriver` (the
+  actor driving) and `ActorGuidedPlanner` (the planner scoring the actor's proposals).
 
-Nothing here imports torch at module level except `onnx_export`: the serving path
+Nothing here imports torch at module level except `onnx_export` and `actor_export`: the serving path
 (`drivecast simulate`) needs numpy, onnxruntime and the simulator only.
 """

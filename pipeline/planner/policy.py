@@ -195,13 +195,19 @@ class PlannerPolicy:
     def act_planner(self, road) -> int:
         start = time.perf_counter()
         hist, hist_mask, slots = self.live.window()
-        candidates = road.on_road(self.candidates)
+        candidates = self.propose(road.on_road(self.candidates), hist, hist_mask)
         scores = self.scorer.score(hist, hist_mask, candidates)
         self.allowed = None if self.guard is None else road.guard_mask(self.guard, candidates)
         best = self.pick(scores, candidates)
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
         self.remember(scores.positions[best, 0], hist_mask[-1], slots)
         return int(candidates[best, 0])
+
+    def propose(self, candidates: np.ndarray, hist: np.ndarray,
+                hist_mask: np.ndarray) -> np.ndarray:
+        """The candidates (K, F) to score in the scene (hist, hist_mask): all of them here;
+        a subclass may prune (pipeline/planner/actor_runtime.py ActorGuidedPlanner)."""
+        return candidates
 
     def pick(self, scores, candidates: np.ndarray) -> int:
         """Index of the candidate to execute: the decision rule (pipeline.planner.decision) on

@@ -218,12 +218,12 @@ def one_line(error: BaseException) -> str:
 # ---------------------------------------------------------------- session
 
 
-def open_session(onnx_path: Path, threads: int):
-    """An onnxruntime CPU session, or a ScorerError naming the file."""
+def open_session(onnx_path: Path, threads: int, what: str = "ONNX planner"):
+    """An onnxruntime CPU session, or a ScorerError naming the file (`what` it is)."""
     import onnxruntime as ort
 
     if not onnx_path.is_file():
-        raise ScorerError(f"ONNX planner {onnx_path} is missing")
+        raise ScorerError(f"{what} {onnx_path} is missing")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -231,7 +231,7 @@ def open_session(onnx_path: Path, threads: int):
     try:
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated types here
-        raise ScorerError(f"ONNX planner {onnx_path} cannot be loaded by onnxruntime, it is "
+        raise ScorerError(f"{what} {onnx_path} cannot be loaded by onnxruntime, it is "
                           f"corrupt or truncated ({one_line(error)})") from None
 
 

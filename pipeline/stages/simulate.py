@@ -146,6 +146,30 @@ def planner_factory(cfg: Config, path: Path, policy=None):
                           surprise_patience=s.surprise_patience, guard=guard)
 
 
+def actor_path(inputs: Mapping[str, Artifacts]) -> Path | None:
+    """This run's exported actor, or None when no actor was trained (actor.epochs 0)."""
+    from pipeline.planner.actor_runtime import ACTOR_FILE
+
+    trained = inputs.get("actor")
+    path = None if trained is None else trained.path / ACTOR_FILE
+    return path if path is not None and path.is_file() else None
+
+
+def actor_factories(cfg: Config, planner: Path, actor: Path) -> dict:
+    """Factories of fresh `actor` (ActorDriver) and `planner+actor` (ActorGuidedPlanner)
+    policies over one session of the ONNX actor."""
+    from pipeline.planner.actor_runtime import ActorDriver, ActorGuidedPlanner, ActorSession
+
+    session = ActorSession.load(actor, threads=cfg.simulate.threads)
+
+    def guided(scorer, candidates, **kwargs):
+        return ActorGuidedPlanner(scorer, candidates, session,
+                                  cfg.simulate.actor_top_actions, **kwargs)
+
+    return {"actor": lambda: ActorDriver(session),
+            "planner+actor": planner_factory(cfg, planner, guided)}
+
+
 def surprise_threshold_used(cfg: Config, path: Path) -> float:
     """The reality check's threshold [m] the planner at `path` drives with."""
     from pipeline.planner.policy import resolve_surprise_threshold
@@ -185,14 +209,21 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     path = planner_path(cfg, inputs, work)
     factory, planners = collecting(planner_factory(cfg, path, TracedPlanner))
     gif = work / "simulate.gif" if cfg.simulate.gif_episodes else None
+    learned = {"planner": planner_factory(cfg, path)}
+    actor = actor_path(inputs)
+    if actor is not None:
+        learned |= actor_factories(cfg, path, actor)
     if cfg.simulate.backend == Backend.envpool:
-        episodes = envpool_episodes(cfg, planner_factory(cfg, path), seeds)
+        episodes = envpool_episodes(cfg, learned, seeds)
         shown = seeds[:cfg.simulate.gif_episodes]  # rendered on highway-env, not in the table
         traced = run_episodes(env_id, env_config, factory, shown, gif_path=gif,
                               gif_episodes=len(shown)) if gif is not None else []
     else:
         episodes = {"planner": run_episodes(env_id, env_config, factory, seeds, gif_path=gif,
                                             gif_episodes=cfg.simulate.gif_episodes)}
+        for name, make in list(learned.items())[1:]:
+            print(f"[simulate] {name} on {len(seeds)} episodes", file=sys.stderr, flush=True)
+            episodes[name] = run_episodes(env_id, env_config, make, seeds)
         for name in cfg.simulate.baselines:
             episodes[name] = baseline_episodes(cfg, name, seeds)
         traced = episodes["planner"]
@@ -204,7 +235,7 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     print(table(results), end="", file=sys.stderr, flush=True)  # `make run` shows the result
     summary = dict(results["planner"])
     summary["surprise_threshold"] = surprise_threshold_used(cfg, path)  # m, as driven
-    for name in cfg.simulate.baselines:
+    for name in [*list(learned)[1:], *cfg.simulate.baselines]:
         summary |= {f"{name}/{k}": v for k, v in results[name].items()}
     if cfg.simulate.counterfactual_episodes:
         figures = counterfactual_check(cfg, path, work)
@@ -212,9 +243,9 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     return summary
 
 
-def envpool_episodes(cfg: Config, factory, seeds: range) -> dict[str, list]:
-    """The planner's (`factory`: fresh PlannerPolicies) and the baselines' episodes on
-    EnvPool, `simulate.batch` per pool."""
+def envpool_episodes(cfg: Config, learned: dict, seeds: range) -> dict[str, list]:
+    """The learned policies' (`learned`: name -> factory of fresh PlannerPolicies or
+    ActorDrivers) and the baselines' episodes on EnvPool, `simulate.batch` per pool."""
     from functools import partial
 
     from evaluation.batch_policies import BatchPolicy
@@ -223,7 +254,8 @@ def envpool_episodes(cfg: Config, factory, seeds: range) -> dict[str, list]:
     from pipeline.planner.batch_planner import BatchPlanner
 
     source, batch = EnvpoolSource(*env_of(cfg)), cfg.simulate.batch
-    makers = {"planner": drivers(partial(BatchPlanner, source), factory)}
+    makers = {name: drivers(partial(BatchPlanner, source), factory)
+              for name, factory in learned.items()}
     makers |= {name: drivers(BatchPolicy, baseline_factory(name, cfg))
                for name in cfg.simulate.baselines}
     episodes = {}
@@ -344,7 +376,8 @@ def check_envpool(cfg: Config) -> None:
         raise StageError(f"simulate: {err}") from None
 
 
-STAGE = register(Stage("simulate", sections=("simulate",), inputs=("export",), produce=produce,
+STAGE = register(Stage("simulate", sections=("simulate",), inputs=("export", "actor"),
+                       produce=produce,
                        check=check))
 # With `simulate.planner` set, simulate needs no upstream stage (commands.py picks this).
 STANDALONE = Stage("simulate", sections=("simulate", "export", "ingest"), inputs=(),

@@ -18,7 +18,16 @@ from pipeline.artifacts import Artifacts, write_json_atomic, write_text_atomic
 from pipeline.config import Config, model_kwargs, to_dict
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
-from pipeline.stage_io import MODEL_FILE, MODEL_SPEC, SPLITS, dataset_path, load_model, load_windows
+from pipeline.stage_io import (
+    MODEL_FILE,
+    MODEL_SPEC,
+    SPLITS,
+    completed_epochs,
+    dataset_path,
+    load_model,
+    load_windows,
+    mlflow_logger,
+)
 from pipeline.windows import (
     WindowSet,
     observation_stats,
@@ -63,15 +72,6 @@ def monitored_metric(cfg: Config) -> str:
     return "val/loss" if cfg.model.variant.value == "value_equivalent" else "val/forecast_ade"
 
 
-def mlflow_logger(cfg: Config, ctx: StageContext):
-    """Lightning logs its per-epoch metrics into the stage's own nested MLflow run."""
-    if ctx.run_id is None:
-        return False
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return MLFlowLogger(tracking_uri=cfg.tracking_uri, run_id=ctx.run_id)
-
-
 def make_module(cfg: Config, train: WindowSet):
     from pipeline.lit_module import WorldModelModule
 
@@ -91,21 +91,6 @@ def target_scale(train: WindowSet) -> np.ndarray:
     if len(error) == 0:
         return np.ones(4, dtype=np.float32)
     return np.maximum(np.sqrt((error ** 2).mean(0)), 0.05).astype(np.float32)
-
-
-def completed_epochs(checkpoint: str | None) -> int:
-    """Epochs a (last) checkpoint has finished; 0 without one. A checkpoint that cannot be
-    read (a kill while it was written by an older Lightning, a full disk) is refused."""
-    if checkpoint is None:
-        return 0
-    import torch
-
-    try:
-        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
-    except Exception as err:  # torch.load raises many types on a damaged file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise StageError(f"{checkpoint}: checkpoint cannot be read ({reason}); delete it to "
-                         f"train from the start, or run without train.resume") from None
 
 
 def fit(cfg: Config, splits: dict[str, WindowSet], work: Path, ctx: StageContext,

@@ -84,6 +84,18 @@ def test_two_rounds_complete_every_artifact(loop):
     assert (loop_dir / "learning_curve.png").stat().st_size > 1000
 
 
+def test_each_round_trains_an_actor_in_its_own_model_and_shows_the_imagination_gap(loop):
+    workdir, _, _, _, _, loop_dir, summary = loop
+    actors = complete_dirs(workdir, "actor")
+    assert len(actors) == 2 and all((p / "actor.onnx").is_file() for p in actors)
+    assert len({p.name for p in actors}) == 2  # one actor per round's world model
+    for k in (0, 1):
+        for name in ("actor_imagined_reward", "actor_reward", "actor_imagined_collision",
+                     "actor_collision", "actor_collision_rate", "actor_mean_return"):
+            assert np.isfinite(summary[f"{name}_round_{k}"]), (name, k)
+    assert "actor reward per step, imagined" in (loop_dir / "rounds.md").read_text()
+
+
 def test_the_dataset_grows_and_round_0_test_episodes_stay_held_out(loop):
     workdir, _, _, _, _, _, summary = loop
     (ingest,), (collected,) = complete_dirs(workdir, "ingest"), complete_dirs(workdir, "collect")
@@ -169,7 +181,7 @@ def test_adding_rounds_keeps_the_keys_of_earlier_rounds():
 
 
 def test_round_0_has_the_keys_of_drivecast_run():
-    from pipeline.stages import critic, export, ingest, simulate
+    from pipeline.stages import actor, critic, export, ingest, simulate
 
     def keys(cfg):
         data = artifacts.Artifacts("ingest", key_of(ingest.STAGE, cfg, {}), Path("."), {})
@@ -179,8 +191,10 @@ def test_round_0_has_the_keys_of_drivecast_run():
                                      Path("."), {})
         planner = artifacts.Artifacts("export", key_of(export.STAGE, cfg, {
             "ingest": data, "train": model, "critic": fitted}), Path("."), {})
-        return (data.key, model.key, fitted.key, planner.key,
-                key_of(simulate.STAGE, cfg, {"export": planner}))
+        acted = artifacts.Artifacts("actor", key_of(actor.STAGE, cfg, {
+            "ingest": data, "train": model}), Path("."), {})
+        return (data.key, model.key, fitted.key, planner.key, acted.key,
+                key_of(simulate.STAGE, cfg, {"export": planner, "actor": acted}))
 
     cfg = load_config(DEBUG)
     assert keys(round_config(cfg, 0)) == keys(cfg)

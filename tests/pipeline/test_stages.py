@@ -42,7 +42,7 @@ def debug_run(tmp_path_factory):
 
 
 def test_debug_run_completes_every_stage(debug_run):
-    for stage in ("ingest", "train", "evaluate", "critic", "export", "simulate"):
+    for stage in ("ingest", "train", "evaluate", "critic", "export", "actor", "simulate"):
         (path,) = stage_dirs(debug_run, stage)[-1:]
         assert artifacts.is_complete(path), stage
     train = json.loads((stage_dirs(debug_run, "train")[0] / "summary.json").read_text())
@@ -50,6 +50,17 @@ def test_debug_run_completes_every_stage(debug_run):
             "epochs"} <= set(train)
     assert train["epochs"] == 2
     assert 0 < train["data_wait_share"] < 1  # the loader takes some of the time, not all
+
+
+def test_simulate_drives_the_actor_and_the_planner_with_actor_beside_the_planner(debug_run):
+    (simulate,) = stage_dirs(debug_run, "simulate")[-1:]
+    summary = json.loads((simulate / "summary.json").read_text())
+    table = (simulate / "closed_loop.md").read_text()
+    for name in ("actor", "planner+actor"):
+        assert f"| {name} | " in table
+        assert summary[f"{name}/episodes"] == summary["episodes"]
+        assert summary[f"{name}/latency_p50_ms"] > 0
+    assert "actor/fallback_rate" not in summary  # the actor has no reality check
 
 
 def test_debug_evaluate_writes_the_report_and_every_figure(debug_run):
@@ -290,8 +301,9 @@ def test_simulate_reports_planner_and_every_baseline(debug_run):
     assert "| oracle |" in (simulate / "closed_loop.md").read_text()
     rows = [row.split(",") for row in (simulate / "episodes.csv").read_text().splitlines()[1:]]
     episodes = int(summary["episodes"])
-    assert [row[0] for row in rows] == [name for name in ("planner", "idle", "random", "rule",
-                                                          "oracle") for _ in range(episodes)]
+    assert [row[0] for row in rows] == [
+        name for name in ("planner", "actor", "planner+actor", "idle", "random", "rule",
+                          "oracle") for _ in range(episodes)]
     for name in ("planner", "idle"):
         crashed = [row for row in rows if row[0] == name and row[3] == "1"]
         prefix = "" if name == "planner" else f"{name}/"
