@@ -311,4 +311,5 @@ def completed_epochs(checkpoint: str | None) -> int:
     except Exception as err:  # torch.load raises many types on a damaged file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise StageError(f"{checkpoint}: checkpoint cannot be read ({reason}); delete it to "
-                         f"train from the start, or run without resume (train.resume, actor.resume)") from None
+                         f"train from the start, or run without resume (train.resume, "
+                         f"actor.resume)") from None
