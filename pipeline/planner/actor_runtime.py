@@ -28,10 +28,10 @@ from pipeline.planner.policy import HighwayRoad, PlannerPolicy, check_period
 from pipeline.planner.scorer import (
     ScorerError,
     as_array,
-    one_line,
     onnx_sha256,
     open_session,
     plain,
+    read_json_object,
     sidecar_path,
 )
 
@@ -71,14 +71,8 @@ def write_actor_sidecar(onnx_path: str | os.PathLike, **fields) -> Path:
 
 
 def read_actor_sidecar(path: Path) -> dict:
-    if not path.is_file():
-        raise ScorerError(f"actor sidecar {path} is missing (it is written by the actor stage)")
-    try:
-        fields = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ScorerError(f"actor sidecar {path} is not valid JSON ({one_line(error)})") from None
-    if not isinstance(fields, dict):
-        raise ScorerError(f"actor sidecar {path} must hold a JSON object")
+    """The checked actor sidecar at ``path`` (see ACTOR_KEYS)."""
+    fields = read_json_object(path, "actor sidecar", "the actor stage")
     check_actor_sidecar(fields, path)
     return fields
 

@@ -133,16 +133,22 @@ def plain(value):
 
 def read_sidecar(path: Path) -> dict:
     """The checked sidecar at ``path`` (see SIDECAR_KEYS)."""
+    fields = read_json_object(path, "planner sidecar", "the export")
+    check_sidecar(fields, path)
+    return fields
+
+
+def read_json_object(path: Path, what: str, writer: str) -> dict:
+    """The JSON object in the file at ``path``, or a one-line ScorerError naming `what` it
+    is and the `writer` that writes it."""
     if not path.is_file():
-        raise ScorerError(f"planner sidecar {path} is missing (it is written by the export)")
+        raise ScorerError(f"{what} {path} is missing (it is written by {writer})")
     try:
         fields = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ScorerError(f"planner sidecar {path} is not valid JSON ({one_line(error)})") \
-            from None
+        raise ScorerError(f"{what} {path} is not valid JSON ({one_line(error)})") from None
     if not isinstance(fields, dict):
-        raise ScorerError(f"planner sidecar {path} must hold a JSON object")
-    check_sidecar(fields, path)
+        raise ScorerError(f"{what} {path} must hold a JSON object")
     return fields
 
 
