@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoder import mlp
+from models.risk_sources import survival
 
 
 class ImaginedRollout(NamedTuple):
@@ -50,12 +51,6 @@ def lambda_returns(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor
                                                        + lam * running)
         returns.append(running)
     return torch.stack(returns[::-1], dim=1)
-
-
-def reach_weights(cont: torch.Tensor) -> torch.Tensor:
-    """Probability of reaching steps 0..T-1 (B, T) from per-step continuation (B, T)."""
-    reached = torch.cumprod(cont[:, :-1], dim=1)
-    return torch.cat([torch.ones_like(cont[:, :1]), reached], dim=1)
 
 
 class Actor(nn.Module):
@@ -125,9 +120,9 @@ class ActorCritic(nn.Module):
             actions.append(action)
         feats = torch.stack(feats, dim=1)  # (B, T+1, Cf)
         reward, collision, cont = model.outcomes(feats[:, 1:], ctx)  # (B, T) each
-        alive = torch.minimum(cont, 1 - collision)
         return ImaginedRollout(feats, torch.stack(actions, dim=1),
-                               reward - self.collision_penalty * collision, collision, alive)
+                               reward - self.collision_penalty * collision, collision,
+                               torch.minimum(cont, 1 - collision))
 
     def losses(self, rollout: ImaginedRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Actor + critic loss of one imagined batch and its figures; updates the running
@@ -136,7 +131,7 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             slow = self.slow_critic(feats)  # (B, T+1)
             returns = lambda_returns(rollout.reward, rollout.cont, slow, self.gamma, self.lam)
-            weights = reach_weights(rollout.cont)  # (B, T)
+            weights = survival(rollout.collision, rollout.cont)  # (B, T) P(reaching step t)
             self.update_range(returns)
             scale = torch.clamp(self.return_range, min=1.0)
         value = self.critic(feats[:, :-1])  # (B, T)
@@ -158,7 +153,7 @@ class ActorCritic(nn.Module):
         """Per imagined step, weighted by the probability of reaching it: the reward
         (collision penalty left out) and the collision probability; and the discounted
         return from the start states (what the real simulator's figures compare with)."""
-        weights = reach_weights(rollout.cont)  # (B, T)
+        weights = survival(rollout.collision, rollout.cont)  # (B, T) P(reaching step t)
         reward = rollout.reward + self.collision_penalty * rollout.collision
         discount = torch.pow(self.gamma, torch.arange(reward.shape[1], dtype=reward.dtype,
                                                       device=reward.device))

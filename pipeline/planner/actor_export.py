@@ -7,39 +7,22 @@ Inputs: hist (B, H, N, D) float32, hist_mask (B, H, N) float32 (1.0/0.0); output
 from __future__ import annotations
 
 import os
-import tempfile
-import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.actor import ActorPolicy
 from pipeline.planner.actor_runtime import ACTOR_INPUTS, ACTOR_OUTPUTS
-from pipeline.planner.onnx_export import ParityError, fold_static_shapes, planner_session
+from pipeline.planner.onnx_export import ParityError, export_module, planner_session
 
 
 def export_actor(policy: ActorPolicy, path: str | os.PathLike, example_hist: np.ndarray,
                  example_mask: np.ndarray, opset: int = 17) -> None:
     """Write `policy` to `path` as ONNX with a dynamic batch axis (temp file, renamed)."""
-    path = Path(path)
     inputs = (torch.as_tensor(example_hist, dtype=torch.float32),
               torch.as_tensor(example_mask, dtype=torch.float32))
     dynamic = {name: {0: "B"} for name in (*ACTOR_INPUTS, *ACTOR_OUTPUTS)}
-    handle, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        policy.eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape checks
-            torch.onnx.export(policy, inputs, tmp, input_names=list(ACTOR_INPUTS),
-                              output_names=list(ACTOR_OUTPUTS), dynamic_axes=dynamic,
-                              opset_version=opset, dynamo=False)
-        fold_static_shapes(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    export_module(policy, inputs, path, ACTOR_INPUTS, ACTOR_OUTPUTS, dynamic, opset)
 
 
 def check_actor_parity(policy: ActorPolicy, path: str | os.PathLike, hist: np.ndarray,

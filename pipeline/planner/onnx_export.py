@@ -43,25 +43,32 @@ def export_planner(planner: Planner, path: str | os.PathLike, example_hist: torc
     example_hist (1, H, N, D), example_mask (1, H, N) (bool or 0/1 float); the exported
     graph has fixed H, N, D, F = horizon and S = samples.
     """
-    path = Path(path)
     model = planner.world_model
     candidates = example_candidates(n_candidates, horizon, model.n_actions)
     noise = torch.zeros(n_candidates, samples, horizon, model.stoch_dim)
     inputs = (example_hist.float(), example_mask.float(), candidates, noise)
     dynamic = {"candidates": {0: "K"}, "noise": {0: "K"}}
     dynamic.update({name: {0: "K"} for name in OUTPUT_NAMES})
+    export_module(planner, inputs, path, INPUT_NAMES, OUTPUT_NAMES, dynamic, opset)
+
+
+def export_module(module: torch.nn.Module, inputs: tuple, path: str | os.PathLike,
+                  input_names, output_names, dynamic: dict, opset: int) -> None:
+    """Trace `module` in eval mode on `inputs` into the ONNX file `path` (written to a
+    temp file, shape arithmetic folded, then renamed), with the `dynamic` axes."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(handle)
     try:
-        was_training = planner.training
-        planner.eval()
+        was_training = module.training
+        module.eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape checks
-            torch.onnx.export(planner, inputs, tmp, input_names=list(INPUT_NAMES),
-                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+            torch.onnx.export(module, inputs, tmp, input_names=list(input_names),
+                              output_names=list(output_names), dynamic_axes=dynamic,
                               opset_version=opset, dynamo=False)
-        planner.train(was_training)
+        module.train(was_training)
         fold_static_shapes(tmp)
         os.replace(tmp, path)
     finally:

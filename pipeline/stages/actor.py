@@ -49,7 +49,8 @@ def fit(cfg: Config, module, windows, work: Path, ctx: StageContext) -> dict[str
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = L.Trainer(
         max_epochs=a.epochs, accelerator=cfg.train.accelerator, devices=1,
-        callbacks=[ModelCheckpoint(dirpath=work / CHECKPOINTS, filename="latest", save_last=True),
+        callbacks=[ModelCheckpoint(dirpath=work / CHECKPOINTS, filename="last",
+                                   enable_version_counter=False),  # one file, each epoch
                    EpochSeed(cfg.seed)],
         logger=mlflow_logger(cfg, ctx), default_root_dir=work, deterministic=True,
         log_every_n_steps=10, enable_model_summary=False, enable_progress_bar=False)

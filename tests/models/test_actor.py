@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.actor import ActorCritic, ActorPolicy, lambda_returns, reach_weights
+from models.actor import ActorCritic, ActorPolicy, lambda_returns
+from models.risk_sources import survival
 from models.world_model import WorldModel
 
 
@@ -33,10 +34,10 @@ def test_lambda_one_is_the_discounted_sum_and_lambda_zero_one_step_bootstrap():
     assert torch.allclose(one_step, reward + 0.8 * cont * value[:, 1:])
 
 
-def test_reach_weights_are_the_probability_of_reaching_each_step():
+def test_the_losses_weigh_each_step_by_the_probability_of_reaching_it():
     cont = torch.tensor([[0.5, 0.5, 1.0], [1.0, 0.0, 1.0]])
-    assert torch.allclose(reach_weights(cont), torch.tensor([[1.0, 0.5, 0.25],
-                                                             [1.0, 1.0, 0.0]]))
+    assert torch.allclose(survival(torch.zeros_like(cont), cont),
+                          torch.tensor([[1.0, 0.5, 0.25], [1.0, 1.0, 0.0]]))
 
 
 def small_world_model(**kwargs) -> WorldModel:
