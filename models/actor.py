@@ -10,6 +10,8 @@ lambda-returns of those rollouts, bootstrapped by a slow (EMA) copy of itself; t
 follows REINFORCE with the advantage (R - V) divided by max(1, S), S a running estimate of
 the returns' 5-95% range (DreamerV3's return normalisation), plus an entropy bonus. Steps
 after an imagined episode end count with the probability of having reached them.
+Optionally the actor also imitates the planner's decisions in the real start states
+(`imitation`): the search in the same model is its policy target, as in MuZero.
 
 Imagination runs without gradients: the world model is only read (its parameters get no
 gradient), and the losses see detached latent states.
@@ -147,6 +149,16 @@ class ActorCritic(nn.Module):
                    "imagined_return": returns[:, 0].mean(), "value": value.mean().detach(),
                    "imagined_collision": 1 - torch.prod(1 - rollout.collision, dim=1).mean()}
         return actor_loss + critic_loss, figures
+
+    def imitation(self, start: torch.Tensor, target: torch.Tensor
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy of pi(. | s_0) against the search's decisions `target` (B,) in the
+        start states (B, Cf) (MuZero's policy target: the planner's choice in its own
+        imagination), and how often the actor's most probable action is that choice."""
+        logits = self.actor(start.detach())
+        loss = F.cross_entropy(logits, target)
+        agreement = (logits.argmax(dim=-1) == target).float().mean()
+        return loss, {"search_loss": loss.detach(), "search_agreement": agreement}
 
     @torch.no_grad()
     def rates(self, rollout: ImaginedRollout) -> dict[str, float]:

@@ -324,7 +324,12 @@ class ActorConfig:
     (model.risk, with the world model's own vehicle boxes) and goes on with probability
     min(continue, 1 - collision). The critic regresses lambda-returns, the actor follows
     REINFORCE with returns scaled by their running 5-95% range, plus `entropy` times its
-    entropy. `epochs` 0 trains no actor: simulate then drives no actor rows.
+    entropy. With `search_weight` > 0 the actor also learns the exported planner's
+    decisions (cross-entropy with that weight; MuZero's policy target) in each training
+    window and, with `planner_episodes` > 0, in every decision of that many EnvPool
+    episodes the planner drives (a random action executed on `planner_epsilon` of them);
+    those states are imagination start states too. `epochs` 0 trains no actor: simulate
+    then drives no actor rows.
     """
 
     epochs: int = 0  # training epochs (0: no actor)
@@ -338,6 +343,9 @@ class ActorConfig:
     lr: float = 3e-4  # Adam learning rate of actor and critic
     hidden: int = 64  # MLP width of actor and critic
     slow_rate: float = 0.02  # per step: how far the slow critic moves to the critic
+    search_weight: float = 0.0  # weight of imitating the planner's decisions (0: none)
+    planner_episodes: int = 0  # EnvPool episodes the planner drives to label more states
+    planner_epsilon: float = 0.1  # share of those decisions executed as a random action
     resume: bool = False  # continue from the last checkpoint of the same stage key
 
 
@@ -698,17 +706,18 @@ AT_LEAST_ONE = ("ingest.workers", "ingest.batch", "ingest.episodes_per_shard",
                 "export.parity_scenes", "simulate.surprise_patience", "simulate.oracle_horizon",
                 "simulate.threads", "actor.batches", "actor.batch_size", "actor.horizon",
                 "actor.hidden", "simulate.actor_top_actions")
-AT_LEAST_ZERO = ("seed", "actor.epochs", "train.patience", "train.num_workers", "evaluate.scenes",
-                 "export.surprise_windows",
+AT_LEAST_ZERO = ("seed", "actor.epochs", "actor.planner_episodes", "train.patience",
+                 "train.num_workers", "evaluate.scenes", "export.surprise_windows",
                  "simulate.seed", "simulate.gif_episodes")
 POSITIVE = ("train.lr", "actor.lr", "evaluate.lane_keeping_tau", "export.envelope_length",
             "export.envelope_width", "export.tolerance")
 NOT_NEGATIVE = ("train.weight_decay", "train.grad_clip", "simulate.risk_weight",
                 "simulate.surprise_threshold", "actor.entropy", "actor.collision_penalty",
-                "simulate.uncertainty_weight",
+                "simulate.uncertainty_weight", "actor.search_weight",
                 *(f"train.loss.{f.name}" for f in dataclasses.fields(LossWeights)))
 OPEN_FRACTIONS = ("train.val_fraction", "export.surprise_quantile")
-CLOSED_FRACTIONS = ("simulate.risk_budget", "actor.gamma", "actor.lam", "actor.slow_rate")
+CLOSED_FRACTIONS = ("simulate.risk_budget", "actor.gamma", "actor.lam", "actor.slow_rate",
+                    "actor.planner_epsilon")
 
 
 def check_values(cfg: Config) -> None:

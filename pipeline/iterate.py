@@ -119,8 +119,8 @@ def run_next_round(cfg: Config, previous: Round, tracker: Tracker, force: bool) 
     fitted = run_stage(critic.STAGE, rcfg, {"train": trained}, tracker, force)
     exported = run_stage(export.STAGE, rcfg, {"ingest": datasets[0], "train": trained,
                                               "critic": fitted}, tracker, force)
-    acted = run_stage(actor.STAGE, rcfg, {"ingest": datasets[0], "train": trained}, tracker,
-                      force)
+    acted = run_stage(actor.STAGE, rcfg, {"ingest": datasets[0], "train": trained,
+                                           "export": exported}, tracker, force)
     simulated = run_stage(simulate.STAGE, rcfg, {"export": exported, "actor": acted}, tracker,
                           force)
     return Round(k, datasets, trained, exported, simulated, collected, acted)

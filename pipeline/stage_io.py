@@ -267,17 +267,57 @@ def evaluation_seeds(simulate: SimulateConfig) -> range:
     return range(simulate.seed, simulate.seed + simulate.episodes)
 
 
+def env_of(cfg: Config) -> tuple[str, dict]:
+    """The closed loop's env id and config: simulate's, over ingest's for the same id."""
+    env_id = cfg.simulate.env_id or cfg.ingest.env_id
+    inherited = dict(cfg.ingest.env_config) if env_id == cfg.ingest.env_id else {}
+    return env_id, inherited | dict(cfg.simulate.env_config)
+
+
+def lane_guard(simulate: SimulateConfig):
+    """The planner's LaneGuard, or None when `simulate.lane_guard` is off."""
+    from pipeline.planner.lane_guard import LaneGuard
+
+    if not simulate.lane_guard:
+        return None
+    try:
+        return LaneGuard(simulate.guard_front_gap, simulate.guard_rear_gap,
+                         simulate.guard_rear_ttc)
+    except ValueError as err:
+        raise StageError(f"simulate.guard_*: {err}") from None
+
+
+def planner_factory(cfg: Config, path: Path, policy=None):
+    """A factory of fresh planner policies (`policy`: a PlannerPolicy class, default
+    PlannerPolicy) over one scorer of the ONNX `path`."""
+    from models.candidates import enumerate_candidates
+    from pipeline.planner.policy import PlannerPolicy, resolve_surprise_threshold
+    from pipeline.planner.scorer import OnnxScorer
+
+    scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
+    candidates = enumerate_candidates(scorer.horizon)
+    s, policy = cfg.simulate, policy or PlannerPolicy
+    guard = lane_guard(s)
+    threshold = resolve_surprise_threshold(s.surprise_threshold, scorer)  # 0: calibrated
+    return lambda: policy(scorer, candidates, risk_weight=s.risk_weight,
+                          uncertainty_weight=s.uncertainty_weight, risk_budget=s.risk_budget,
+                          surprise_threshold=threshold,
+                          surprise_patience=s.surprise_patience, guard=guard)
+
+
 # ---------------------------------------------------------------- collect
 
 SEED_STREAM = 7919  # spawn-key tag of collection env seeds (ingest spawns (episode,) keys)
+ACTOR_SEED_STREAM = 7927  # spawn-key tag of the env seeds the actor stage's planner drives
 
 
 def collection_seeds(seed: int, round_index: int, episodes: int,
-                     forbidden: range | set[int]) -> list[int]:
-    """`episodes` distinct env seeds of a round, from (seed, round) alone; a draw that is
-    in `forbidden` (the evaluation seeds) or already taken is skipped and drawn again."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAM,
-                                                                        round_index)))
+                     forbidden: range | set[int], stream: int = SEED_STREAM) -> list[int]:
+    """`episodes` distinct env seeds of a round, from (seed, round, stream) alone; a draw
+    that is in `forbidden` (the evaluation seeds) or already taken is skipped and drawn
+    again. `stream`: SEED_STREAM for the loop's collection, ACTOR_SEED_STREAM for the
+    episodes the actor stage has the planner drive."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, round_index)))
     seeds: list[int] = []
     while len(seeds) < episodes:
         drawn = int(rng.integers(2**31 - 1))

@@ -9,10 +9,18 @@ the entropy per step to MLflow and keeps `checkpoints/last.ckpt` (resumed with
 checked against torch on held-out scenes) with its sidecar, and `actor.pt` keeps the
 actor-critic's weights.
 
+With `actor.search_weight` > 0 the actor also imitates the exported planner's decision in
+each training window (pipeline/planner/search_targets.py, with simulate's decision rule):
+the search in the same world model is its policy target, as in MuZero. With
+`actor.planner_episodes` > 0 the planner drives that many EnvPool episodes first and each
+of its decisions joins the training windows, as a labelled state and a start state.
+
 Summary: the imagined figures of the actor and of a uniformly random policy from the
 held-out test windows (reward and collision probability per imagined step, discounted
 return over the horizon), the imagined latent steps per second of training, and the
-parity. With `actor.epochs` 0 the stage writes nothing but {"epochs": 0}.
+parity; with imitation, `search_agreement`: how often the actor's most probable action is
+the planner's on the test windows. With `actor.epochs` 0 the stage writes nothing but
+{"epochs": 0}.
 """
 
 from __future__ import annotations
@@ -27,6 +35,11 @@ from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
 
 CHECKPOINTS = "checkpoints"
+# the simulate settings the planner's targets depend on: its decision rule, then how it
+# drives (actor.planner_episodes), and the evaluation seeds its episodes avoid
+DRIVING = ("risk_weight", "uncertainty_weight", "risk_budget", "surprise_threshold",
+           "surprise_patience", "lane_guard", "guard_front_gap", "guard_rear_gap",
+           "guard_rear_ttc", "env_id", "env_config", "seed", "episodes")
 ACTOR_WEIGHTS = "actor.pt"
 
 
@@ -36,8 +49,9 @@ def actor_kwargs(cfg: Config) -> dict:
             "collision_penalty": a.collision_penalty, "slow_rate": a.slow_rate}
 
 
-def fit(cfg: Config, module, windows, work: Path, ctx: StageContext) -> dict[str, float]:
-    """Train `module` (an ActorModule) on start states of `windows`; returns the figures."""
+def fit(cfg: Config, module, starts: dict, work: Path, ctx: StageContext) -> dict[str, float]:
+    """Train `module` (an ActorModule) from the start states `starts` (hist, hist_mask and
+    target: the planner's decisions in them, or None); returns the figures."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -57,8 +71,8 @@ def fit(cfg: Config, module, windows, work: Path, ctx: StageContext) -> dict[str
     last = work / CHECKPOINTS / "last.ckpt"
     resume_from = str(last) if a.resume and last.is_file() else None
     resumed = completed_epochs(resume_from)
-    module.starts = StartDraws(windows.arrays["hist"], windows.arrays["hist_mask"],
-                               a.batch_size, cfg.seed)
+    module.starts = StartDraws(starts["hist"], starts["hist_mask"], a.batch_size, cfg.seed,
+                               starts["target"])
     start = time.perf_counter()
     trainer.fit(module, step_loader(a.batches), ckpt_path=resume_from)
     elapsed = time.perf_counter() - start
@@ -84,6 +98,70 @@ def imagined_figures(cfg: Config, module, windows) -> dict[str, float]:
             prefix = "imagined_" if policy == "actor" else "random/imagined_"
             figures |= {prefix + k: v for k, v in agent.rates(rollout).items()}
     return figures
+
+
+def planner_targets(cfg: Config, inputs: Mapping[str, Artifacts], windows):
+    """The exported planner's first action (W,) in each of the windows."""
+    from pipeline.planner.scorer import OnnxScorer
+    from pipeline.planner.search_targets import planner_choices
+    from pipeline.stage_io import PLANNER_FILE, road_lanes
+
+    scorer = OnnxScorer.load(inputs["export"].path / PLANNER_FILE, threads=1, seed=cfg.seed)
+    s = cfg.simulate
+    return planner_choices(scorer, windows.arrays["hist"], windows.arrays["hist_mask"],
+                           road_lanes(cfg, "actor.search_weight"),
+                           (s.risk_weight, s.uncertainty_weight, s.risk_budget))
+
+
+def driven_states(cfg: Config, inputs: Mapping[str, Artifacts]) -> dict:
+    """Every decision of `actor.planner_episodes` EnvPool episodes driven by the exported
+    planner, with its history and its choice (pipeline/planner/search_targets.py)."""
+    from functools import partial
+
+    from pipeline.envpool_source import EnvpoolSource
+    from pipeline.planner.search_targets import RecordingPlanner, planner_states
+    from pipeline.stage_io import (
+        ACTOR_SEED_STREAM,
+        PLANNER_FILE,
+        collection_seeds,
+        env_of,
+        evaluation_seeds,
+        planner_factory,
+    )
+
+    a = cfg.actor
+    make = planner_factory(cfg, inputs["export"].path / PLANNER_FILE,
+                           partial(RecordingPlanner, epsilon=a.planner_epsilon))
+    seeds = collection_seeds(cfg.seed, 0, a.planner_episodes, evaluation_seeds(cfg.simulate),
+                             ACTOR_SEED_STREAM)
+    return planner_states(EnvpoolSource(*env_of(cfg)), make, seeds, cfg.simulate.batch)
+
+
+def start_states(cfg: Config, inputs: Mapping[str, Artifacts], windows) -> dict:
+    """Where imagination starts: the training windows, with imitation labelled by the
+    planner, and the states the planner drives into (actor.planner_episodes)."""
+    import numpy as np
+
+    starts = {"hist": windows.arrays["hist"], "hist_mask": windows.arrays["hist_mask"],
+              "target": None}
+    if cfg.actor.search_weight > 0:
+        starts["target"] = planner_targets(cfg, inputs, windows)
+    if cfg.actor.planner_episodes:
+        driven = driven_states(cfg, inputs)
+        starts = {k: np.concatenate([v, driven[k]]) for k, v in starts.items()}
+    return starts
+
+
+def search_agreement(module, windows, targets) -> float:
+    """How often the actor's most probable action is the planner's in the windows."""
+    import torch
+
+    hist = torch.from_numpy(windows.arrays["hist"])
+    mask = torch.from_numpy(windows.arrays["hist_mask"]).bool()
+    with torch.no_grad():
+        _, start = module.world_model.start(hist, mask)
+        _, figures = module.agent.imitation(start, torch.from_numpy(targets))
+    return float(figures["search_agreement"])
 
 
 def export(cfg: Config, module, spec: dict, windows, work: Path) -> dict[str, float]:
@@ -122,13 +200,17 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         return {"epochs": 0}
     model, spec = load_model(inputs["train"])
     windows = held_out_splits(cfg, inputs, ("train", "test"))
+    starts = start_states(cfg, inputs, windows["train"])
     reseed(cfg.seed)  # the initial weights do not depend on what ran before in the process
     module = ActorModule(spec["model_kwargs"], actor_kwargs(cfg), cfg.actor.horizon,
-                         cfg.actor.lr, model.state_dict())
-    summary = fit(cfg, module, windows["train"], work, ctx)
+                         cfg.actor.lr, model.state_dict(), cfg.actor.search_weight)
+    summary = fit(cfg, module, starts, work, ctx) | {"start_states": len(starts["hist"])}
     module.eval()
     torch.save(module.agent.state_dict(), work / ACTOR_WEIGHTS)
     summary |= imagined_figures(cfg, module, windows["test"])
+    if starts["target"] is not None:
+        test_targets = planner_targets(cfg, inputs, windows["test"])
+        summary["search_agreement"] = search_agreement(module, windows["test"], test_targets)
     summary |= export(cfg, module, spec, windows["test"], work)
     return summary
 
@@ -137,17 +219,25 @@ def check(cfg: Config) -> None:
     if cfg.actor.epochs and cfg.model.variant is Variant.interaction:
         raise StageError("actor: the actor is trained in an RSSM world model's latent space; "
                          "model.variant=interaction has none (set actor.epochs=0)")
+    if cfg.actor.planner_episodes and cfg.actor.search_weight == 0:
+        raise StageError("actor: actor.planner_episodes labels states for imitation; set "
+                         "actor.search_weight above 0 (or actor.planner_episodes=0)")
 
 
 def export_settings(cfg: Config) -> dict:
-    """The `export` settings the ONNX actor is written and checked with."""
+    """The `export` settings the ONNX actor is written and checked with, and with
+    imitation the decision rule that picks the planner's targets."""
     if cfg.actor.epochs == 0:
         return {}
-    e = cfg.export
-    return {"export": {"opset": e.opset, "tolerance": e.tolerance,
-                       "parity_scenes": e.parity_scenes}}
+    e, s = cfg.export, cfg.simulate
+    settings = {"export": {"opset": e.opset, "tolerance": e.tolerance,
+                           "parity_scenes": e.parity_scenes}}
+    if cfg.actor.search_weight > 0:
+        names = DRIVING if cfg.actor.planner_episodes else DRIVING[:3]
+        settings["simulate"] = {name: getattr(s, name) for name in names}
+    return settings
 
 
-STAGE = register(Stage("actor", sections=("actor",), inputs=("ingest", "train"),
+STAGE = register(Stage("actor", sections=("actor",), inputs=("ingest", "train", "export"),
                        produce=produce, check=check, extra_key=export_settings,
                        resumable=lambda cfg: cfg.actor.resume))

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.artifacts import Artifacts, write_text_atomic
-from pipeline.config import Backend, Config, SimulateConfig
+from pipeline.config import Backend, Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
-from pipeline.stage_io import evaluation_seeds
+from pipeline.stage_io import env_of, evaluation_seeds, lane_guard, planner_factory
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
@@ -36,12 +36,6 @@ CRASH_DECISIONS = 6  # the last decisions of a crash drawn into crash_view.gif
 # collision_low, collision_high: the 95% Wilson interval of collision_rate
 TABLE_KEYS = ("collision_rate", "collision_low", "collision_high", "mean_speed", "mean_return",
               "mean_length", "fallback_rate", "guard_rate", "latency_p50_ms", "latency_p99_ms")
-
-
-def env_of(cfg: Config) -> tuple[str, dict]:
-    env_id = cfg.simulate.env_id or cfg.ingest.env_id
-    inherited = dict(cfg.ingest.env_config) if env_id == cfg.ingest.env_id else {}
-    return env_id, inherited | dict(cfg.simulate.env_config)
 
 
 def planner_path(cfg: Config, inputs: Mapping[str, Artifacts], work: Path) -> Path:
@@ -128,24 +122,6 @@ def baseline_episodes(cfg: Config, name: str, seeds: range) -> list:
     return sorted(results, key=lambda result: result.seed)
 
 
-def planner_factory(cfg: Config, path: Path, policy=None):
-    """A factory of fresh planner policies (`policy`: a PlannerPolicy class, default
-    PlannerPolicy) over one scorer of the ONNX `path`."""
-    from models.candidates import enumerate_candidates
-    from pipeline.planner.policy import PlannerPolicy, resolve_surprise_threshold
-    from pipeline.planner.scorer import OnnxScorer
-
-    scorer = OnnxScorer.load(path, threads=cfg.simulate.threads, seed=cfg.seed)
-    candidates = enumerate_candidates(scorer.horizon)
-    s, policy = cfg.simulate, policy or PlannerPolicy
-    guard = lane_guard(s)
-    threshold = resolve_surprise_threshold(s.surprise_threshold, scorer)  # 0: calibrated
-    return lambda: policy(scorer, candidates, risk_weight=s.risk_weight,
-                          uncertainty_weight=s.uncertainty_weight, risk_budget=s.risk_budget,
-                          surprise_threshold=threshold,
-                          surprise_patience=s.surprise_patience, guard=guard)
-
-
 def actor_path(inputs: Mapping[str, Artifacts]) -> Path | None:
     """This run's exported actor, or None when no actor was trained (actor.epochs 0)."""
     from pipeline.planner.actor_runtime import ACTOR_FILE
@@ -176,19 +152,6 @@ def surprise_threshold_used(cfg: Config, path: Path) -> float:
     from pipeline.planner.scorer import OnnxScorer
 
     return resolve_surprise_threshold(cfg.simulate.surprise_threshold, OnnxScorer.load(path))
-
-
-def lane_guard(simulate: SimulateConfig):
-    """The planner's LaneGuard, or None when `simulate.lane_guard` is off."""
-    from pipeline.planner.lane_guard import LaneGuard
-
-    if not simulate.lane_guard:
-        return None
-    try:
-        return LaneGuard(simulate.guard_front_gap, simulate.guard_rear_gap,
-                         simulate.guard_rear_ttc)
-    except ValueError as err:
-        raise StageError(f"simulate.guard_*: {err}") from None
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

@@ -177,3 +177,25 @@ def test_the_actor_learns_a_one_lane_scene_better_than_random():
     assert learned["collision_per_step"] < random["collision_per_step"]
     driven = real_return(agent, world, gaps, speeds, 20, "actor", 0)
     assert driven > real_return(agent, world, gaps, speeds, 20, "random", 0) + 1.0
+
+
+def test_imitation_teaches_the_actor_the_searchs_decisions_and_nothing_else():
+    """The planner's stand-in brakes when the gap is under 20 m and speeds up otherwise."""
+    torch.manual_seed(0)
+    world = OneLaneScene()
+    agent = ActorCritic(2, hidden_dim=32)
+    optimiser = torch.optim.Adam(agent.actor.parameters(), lr=3e-3)
+
+    def decisions(gaps):
+        return torch.where(gaps < 20, 4, 3)
+
+    for _ in range(200):
+        gaps, speeds = torch.rand(128) * 40 + 5, torch.rand(128) * 10 + 20
+        loss, figures = agent.imitation(world.start(gaps, speeds)[1], decisions(gaps))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert all(p.grad is None for p in agent.critic.parameters())
+    gaps, speeds = torch.rand(256) * 40 + 5, torch.rand(256) * 10 + 20
+    _, figures = agent.imitation(world.start(gaps, speeds)[1], decisions(gaps))
+    assert figures["search_agreement"] > 0.9

@@ -16,7 +16,9 @@ from pipeline import lit_module
 
 REPO = Path(__file__).resolve().parents[2]
 DEBUG = str(REPO / "configs" / "debug.yaml")
-COMMON = [DEBUG, "tracking.enabled=false", "actor.epochs=3"]
+# the planner the actor imitates scores with the world model's own risk (no critic to fit)
+COMMON = [DEBUG, "tracking.enabled=false", "actor.epochs=3", "actor.search_weight=0.5",
+          "actor.planner_episodes=2", "critic.episodes=0", "export.risk=model"]
 TIMING = ("fit_seconds", "imagined_steps_per_s", "resumed_from_epoch")
 
 
@@ -36,16 +38,16 @@ def actor_dir(workdir: Path) -> Path:
 
 
 def run_actor(workdir: Path, *overrides: str) -> None:
-    """ingest, train and the actor stage on the debug config (evaluate, critic and export,
-    which `drivecast actor` runs first, are not the actor's inputs)."""
+    """ingest, train, critic (nothing to fit), export and the actor stage on the debug
+    config (evaluate, which `drivecast actor` runs first, is not an input of the actor)."""
     from pipeline.config import load_config
     from pipeline.runner import run_until
     from pipeline.tracking import Tracker
 
     cfg = load_config(DEBUG, [*COMMON[1:], f"workdir={workdir}", *overrides])
-    from pipeline.stages import actor, ingest, train
+    from pipeline.stages import actor, critic, export, ingest, train
 
-    stages = [ingest.STAGE, train.STAGE, actor.STAGE]
+    stages = [ingest.STAGE, train.STAGE, critic.STAGE, export.STAGE, actor.STAGE]
     run_until("actor", stages, cfg, Tracker(cfg))
 
 
@@ -64,8 +66,35 @@ def test_the_actor_stage_writes_its_figures_weights_and_onnx_actor(trained):
         assert 0 <= summary[prefix + "collision_per_step"] <= 1
         assert np.isfinite(summary[prefix + "discounted_return"])
     assert summary["parity_max_abs_diff"] <= 1e-4
+    assert 0 <= summary["search_agreement"] <= 1
+    assert summary["start_states"] > 2  # the training windows and the planner's decisions
     assert {"actor.onnx", "actor.onnx.json", "actor.pt"} <= {p.name for p in path.iterdir()}
     assert (path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_planner_targets_are_its_decisions_among_the_road_actions(trained):
+    from models.candidates import enumerate_candidates
+    from pipeline.planner.decision import choose
+    from pipeline.planner.scorer import OnnxScorer
+    from pipeline.planner.search_targets import LANE, planner_choices
+
+    (export,) = [p for p in (trained / "debug" / "export").iterdir()
+                 if not p.name.startswith(".")]
+    scorer = OnnxScorer.load(export / "planner.onnx")
+    rng = np.random.default_rng(0)
+    hist = rng.normal(size=(12, scorer.history, scorer.vehicles, scorer.obs_dim)) * 5
+    hist = hist.astype(np.float32)
+    hist[:, :, 0, LANE] = np.repeat([0.0, 2.0], 6)[:, None]  # left lane, then right lane
+    mask = np.ones(hist.shape[:3], dtype=bool)
+    rule = (1.0, 0.0, 0.2)
+    choices = planner_choices(scorer, hist, mask, 3, rule)
+    assert choices.shape == (12,) and choices.dtype == np.int64
+    assert (choices[:6] != 0).all() and (choices[6:] != 2).all()  # never off the road
+    every = enumerate_candidates(scorer.horizon)
+    lanes = np.cumsum(np.where(every == 0, -1, np.where(every == 2, 1, 0)), axis=1)
+    kept = every[((lanes >= 0) & (lanes <= 2)).all(axis=1)]  # from lane 0 of 3, on the road
+    assert choices[0] == kept[choose(scorer.score(hist[0], mask[0], kept), *rule), 0]
+    assert np.array_equal(choices, planner_choices(scorer, hist, mask, 3, rule))
 
 
 def test_the_onnx_actor_matches_torch_and_refuses_a_foreign_sidecar(trained, tmp_path):
@@ -102,7 +131,7 @@ def test_the_onnx_actor_matches_torch_and_refuses_a_foreign_sidecar(trained, tmp
 def test_a_killed_and_resumed_actor_ends_as_one_that_ran_through(trained, tmp_path,
                                                                 monkeypatch):
     killed = tmp_path / "killed"
-    for stage in ("ingest", "train"):
+    for stage in ("ingest", "train", "critic", "export"):
         shutil.copytree(trained / "debug" / stage, killed / "debug" / stage)
     with monkeypatch.context() as patch:
         patch.setattr(lit_module, "EpochSeed", KilledAtEpoch)
@@ -157,6 +186,36 @@ def test_the_actor_learns_in_a_value_equivalent_model_too(tmp_path):
     assert summary["epochs"] == 1 and summary["parity_max_abs_diff"] <= 1e-4
 
 
+def test_the_recording_planner_labels_each_decision_with_its_greedy_choice(trained):
+    from functools import partial
+
+    from evaluation.envpool_loop import drivers, run_envpool_episodes
+    from pipeline.config import load_config
+    from pipeline.envpool_source import EnvpoolSource
+    from pipeline.planner.batch_planner import BatchPlanner
+    from pipeline.planner.search_targets import RecordingPlanner, planner_states
+    from pipeline.stage_io import planner_factory
+
+    (export,) = [p for p in (trained / "debug" / "export").iterdir()
+                 if not p.name.startswith(".")]
+    planner = export / "planner.onnx"
+    cfg = load_config(DEBUG, [*COMMON[1:], "simulate.surprise_threshold=1000"])  # no fallback
+    source, seeds = EnvpoolSource("highway-fast-v0", {"duration": 4}), [3, 4]
+    driven = run_envpool_episodes(source, drivers(partial(BatchPlanner, source),
+                                                  planner_factory(cfg, planner)), seeds, 2)
+    executed = np.concatenate([r.actions for r in driven])
+    states = {epsilon: planner_states(source, planner_factory(
+        cfg, planner, partial(RecordingPlanner, epsilon=epsilon)), seeds, 2)
+        for epsilon in (0.0, 1.0)}
+    greedy, explored = states[0.0], states[1.0]
+    assert np.array_equal(greedy["target"], executed)  # every decision, its own choice
+    assert greedy["hist"].shape == (len(executed), cfg.model.history, cfg.model.vehicles, 7)
+    assert greedy["hist_mask"].shape == greedy["hist"].shape[:3]
+    # exploring changes what is driven, not the label of the first scene
+    assert explored["target"][0] == greedy["target"][0]
+    assert not np.array_equal(explored["hist"][:3], greedy["hist"][:3])
+
+
 def test_an_actor_for_the_interaction_variant_is_refused_before_anything_runs(tmp_path,
                                                                              capsys):
     from pipeline.cli import main
@@ -165,3 +224,10 @@ def test_an_actor_for_the_interaction_variant_is_refused_before_anything_runs(tm
     err = capsys.readouterr().err
     assert "actor: the actor is trained in an RSSM" in err
     assert not (tmp_path / "debug").exists()
+
+
+def test_planner_episodes_without_imitation_are_refused(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["actor", *COMMON, f"workdir={tmp_path}", "actor.search_weight=0"]) == 2
+    assert "actor.planner_episodes labels states for imitation" in capsys.readouterr().err

@@ -192,7 +192,7 @@ def test_round_0_has_the_keys_of_drivecast_run():
         planner = artifacts.Artifacts("export", key_of(export.STAGE, cfg, {
             "ingest": data, "train": model, "critic": fitted}), Path("."), {})
         acted = artifacts.Artifacts("actor", key_of(actor.STAGE, cfg, {
-            "ingest": data, "train": model}), Path("."), {})
+            "ingest": data, "train": model, "export": planner}), Path("."), {})
         return (data.key, model.key, fitted.key, planner.key, acted.key,
                 key_of(simulate.STAGE, cfg, {"export": planner, "actor": acted}))
 
