@@ -105,16 +105,19 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def imagine(self, model: nn.Module, ctx, start: torch.Tensor, horizon: int,
-                policy: str = "actor") -> ImaginedRollout:
+                policy: str | int = "actor") -> ImaginedRollout:
         """Roll `model` (a WorldModel) `horizon` steps from start states (B, Cf) of the
-        encoded histories `ctx`, actions drawn from the actor (`policy` "actor") or
-        uniformly ("random"). Draws from torch's global generator."""
+        encoded histories `ctx`, actions drawn from the actor (`policy` "actor"), uniformly
+        ("random"), or always the one action id `policy`. Draws from torch's global
+        generator."""
         b = start.shape[0]
         members = torch.randint(model.ensemble, (b,), device=start.device)
         feats, actions = [start], []
         for _ in range(horizon):
             if policy == "random":
                 action = torch.randint(self.n_actions, (b,), device=start.device)
+            elif isinstance(policy, int):
+                action = torch.full((b,), policy, dtype=torch.int64, device=start.device)
             else:
                 action = torch.distributions.Categorical(logits=self.actor(feats[-1])).sample()
             noise = torch.randn(b, model.stoch_dim, device=start.device, dtype=start.dtype)

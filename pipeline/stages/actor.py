@@ -15,12 +15,12 @@ the search in the same world model is its policy target, as in MuZero. With
 `actor.planner_episodes` > 0 the planner drives that many EnvPool episodes first and each
 of its decisions joins the training windows, as a labelled state and a start state.
 
-Summary: the imagined figures of the actor and of a uniformly random policy from the
-held-out test windows (reward and collision probability per imagined step, discounted
-return over the horizon), the imagined latent steps per second of training, and the
-parity; with imitation, `search_agreement`: how often the actor's most probable action is
-the planner's on the test windows. With `actor.epochs` 0 the stage writes nothing but
-{"epochs": 0}.
+Summary: the imagined figures of the actor, of a uniformly random policy and of each
+always-the-same-action policy from the held-out test windows (reward and collision
+probability per imagined step, discounted return over the horizon), the imagined latent
+steps per second of training, and the parity; with imitation, `search_agreement`: how
+often the actor's most probable action is the planner's on the test windows. With
+`actor.epochs` 0 the stage writes nothing but {"epochs": 0}.
 """
 
 from __future__ import annotations
@@ -82,20 +82,23 @@ def fit(cfg: Config, module, starts: dict, work: Path, ctx: StageContext) -> dic
 
 
 def imagined_figures(cfg: Config, module, windows) -> dict[str, float]:
-    """The actor's and a random policy's imagined figures from the windows' histories."""
+    """The imagined figures of the actor, of a random policy and of each always-the-same
+    action policy (`always/<ACTION>/`), from the windows' histories on the same draws."""
     import torch
 
+    from models.candidates import ACTION_NAMES
     from pipeline.lit_module import reseed
 
     hist = torch.from_numpy(windows.arrays["hist"])
     mask = torch.from_numpy(windows.arrays["hist_mask"]).bool()
     figures, model, agent = {}, module.world_model, module.agent
+    prefixes = {"actor": "imagined_", "random": "random/imagined_"}
+    prefixes |= {i: f"always/{name}/imagined_" for i, name in enumerate(ACTION_NAMES)}
     with torch.no_grad():
         ctx, start = model.start(hist, mask)
-        for policy in ("actor", "random"):
+        for policy, prefix in prefixes.items():
             reseed(cfg.seed)
             rollout = agent.imagine(model, ctx, start, cfg.actor.horizon, policy)
-            prefix = "imagined_" if policy == "actor" else "random/imagined_"
             figures |= {prefix + k: v for k, v in agent.rates(rollout).items()}
     return figures
 

@@ -67,6 +67,8 @@ def test_an_imagined_rollout_has_the_documented_shapes_and_is_seeded(b, horizon)
     assert torch.equal(first.feats[:, 0], start)
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
     assert ((first.cont >= 0) & (first.cont <= 1 - first.collision + 1e-6)).all()
+    braking = agent.imagine(model, ctx, start, horizon, policy=4)
+    assert (braking.actions == 4).all()
 
 
 def test_the_losses_train_actor_and_critic_and_leave_the_world_model_alone():

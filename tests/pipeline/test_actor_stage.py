@@ -62,7 +62,8 @@ def test_the_actor_stage_writes_its_figures_weights_and_onnx_actor(trained):
     path = actor_dir(trained)
     summary = json.loads((path / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["imagined_steps_per_s"] > 0
-    for prefix in ("imagined_", "random/imagined_"):
+    for prefix in ("imagined_", "random/imagined_", "always/IDLE/imagined_",
+                   "always/SLOWER/imagined_"):
         assert 0 <= summary[prefix + "collision_per_step"] <= 1
         assert np.isfinite(summary[prefix + "discounted_return"])
     assert summary["parity_max_abs_diff"] <= 1e-4
