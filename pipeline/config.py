@@ -66,6 +66,14 @@ class PlannerRisk(str, enum.Enum):
     critic = "critic"
 
 
+class Collector(str, enum.Enum):
+    """Who drives the model-based loop's collection rounds: the previous round's planner,
+    or the previous round's actor (pipeline/stages/collect.py)."""
+
+    planner = "planner"
+    actor = "actor"
+
+
 class Backend(str, enum.Enum):
     """The simulator that ingest or simulate runs: highway-env itself, or EnvPool's native
     C++ port of its highway scenarios (pipeline/envpool_source.py), many episodes per
@@ -476,9 +484,11 @@ class ReplayConfig:
 class IterateConfig:
     """The model-based loop (`drivecast iterate`, pipeline/iterate.py). Round 0 is the
     ordinary pipeline (ingest, train, export, simulate); each round k >= 1 collects episodes
-    driven by round k-1's planner (in `ingest.workers` processes, in `ingest.env_id`),
-    retrains warm-started from round k-1's model on all data so far, exports and simulates
-    on the evaluation seeds of `simulate` (never used for collection).
+    driven by round k-1's planner, or with `collector: actor` by round k-1's actor (in
+    `ingest.workers` processes, in `ingest.env_id`), retrains warm-started from round
+    k-1's model on all data so far, exports and simulates on the evaluation seeds of
+    `simulate` (never used for collection). `epsilon` applies to either collector, `top_k`
+    and `branches` to the planner only.
 
     With `branches` > 0, per planner decision that many other scored candidates are also
     driven open loop for model.horizon steps on simulator copies and kept as short
@@ -487,7 +497,8 @@ class IterateConfig:
     """
 
     rounds: int = 3  # rounds in total, round 0 included (1: just the ordinary pipeline)
-    episodes: int = 40  # M: episodes collected with the planner in each round >= 1
+    episodes: int = 40  # M: episodes collected in each round >= 1
+    collector: Collector = Collector.planner  # who collects them: planner | actor
     epsilon: float = 0.1  # per decision: probability of a uniformly random first action
     top_k: int = 1  # otherwise the first action is drawn among the k best (1: greedy)
     branches: int = 0  # other candidates per decision also driven on simulator copies

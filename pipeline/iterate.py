@@ -112,7 +112,8 @@ def run_next_round(cfg: Config, previous: Round, tracker: Tracker, force: bool) 
 
     k = previous.index + 1
     rcfg = round_config(cfg, k)
-    collected = run_stage(collect.STAGE, rcfg, {"export": previous.export}, tracker, force)
+    collected = run_stage(collect.STAGE, rcfg, {"export": previous.export,
+                                                "actor": previous.actor}, tracker, force)
     datasets = (*previous.datasets, collected)
     inputs = {f"data_{i}": d for i, d in enumerate(datasets)} | {"init": previous.train}
     trained = run_stage(train.warm_stage(len(datasets)), rcfg, inputs, tracker, force)

@@ -176,6 +176,33 @@ class ActorDriver:
         return action
 
 
+class ExploringActor(ActorDriver):
+    """The actor collecting data in the model-based loop (`iterate.collector: actor`): on
+    `epsilon` of its decisions a uniformly drawn road action instead of its own (from the
+    generator `reset` gets). Has the per-episode stats the collect stage reads (no reality
+    check: no surprises, no fallback) and no branches."""
+
+    def __init__(self, actor: ActorSession, epsilon: float):
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.epsilon = float(epsilon)
+        self.name = f"actor+eps{self.epsilon:g}"
+        super().__init__(actor)
+
+    def reset(self, rng=None) -> None:
+        super().reset(rng)
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.surprises, self.branch_runs = [], []
+        self.fallback_steps = self.steps = 0
+
+    def decide(self, road) -> int:
+        action = super().decide(road)
+        self.steps += 1
+        if self.rng.random() < self.epsilon:
+            return int(self.rng.choice(road.on_road(self.actions)[:, 0]))
+        return action
+
+
 class ActorGuidedPlanner(PlannerPolicy):
     """The planner on the candidates whose first action is among the actor's `top_actions`
     most probable road actions (all candidates' first actions if fewer are on the road)."""

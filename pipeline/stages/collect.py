@@ -1,13 +1,16 @@
-"""Collect stage (`drivecast iterate`, round k >= 1): episodes driven by round k-1's planner.
+"""Collect stage (`drivecast iterate`, round k >= 1): episodes driven by round k-1's planner,
+or with `iterate.collector: actor` by round k-1's actor.
 
-Input: round k-1's export (`planner.onnx` + sidecar). The stage runs with its round's
-config (pipeline/iterate.py `round_config`: `iterate.rounds = k + 1`, the shortest loop that
-ends with round k), so its key covers the round, the exploration settings (`iterate`), the
-environment (`ingest`) and the planner's decision and evaluation settings (`simulate`).
+Inputs: round k-1's export (`planner.onnx` + sidecar) and actor (`actor.onnx` + sidecar).
+The stage runs with its round's config (pipeline/iterate.py `round_config`:
+`iterate.rounds = k + 1`, the shortest loop that ends with round k), so its key covers the
+round, the exploration settings (`iterate`), the environment (`ingest`) and the planner's
+decision and evaluation settings (`simulate`).
 
 The planner explores (evaluation/exploration.py: `iterate.epsilon`, `iterate.top_k`) and keeps
-its reality check and rule-based fallback. Workers are spawned processes (`ingest.workers`)
-that load the ONNX planner themselves: no torch on this path.
+its reality check and rule-based fallback; the actor explores with `iterate.epsilon`
+(pipeline/planner/actor_runtime.py `ExploringActor`). Workers are spawned processes
+(`ingest.workers`) that load the ONNX files themselves: no torch on this path.
 
 Writes, resumably like ingest (complete shards of a killed run are kept):
 - `dataset/`: the dataset schema; episode ids `k * EPISODE_OFFSET + i`, so they never clash
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Artifacts, write_json_atomic
-from pipeline.config import Config
+from pipeline.config import Collector, Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
 from pipeline.stage_io import DATASET_DIR, PLANNER_FILE, collection_seeds, evaluation_seeds
@@ -56,6 +59,7 @@ class PlannerSpec:
     top_k: int
     branches: int
     branch_steps: int
+    actor_path: str = ""  # the ONNX actor that drives instead of the planner ("": planner)
 
 
 @dataclass(frozen=True)
@@ -68,19 +72,24 @@ class PlannedEpisode:
     env_seed: int
 
 
-def planner_spec(cfg: Config, onnx_path: Path) -> PlannerSpec:
+def planner_spec(cfg: Config, onnx_path: Path, actor_path: Path | None = None) -> PlannerSpec:
     s = cfg.simulate
     return PlannerSpec(str(onnx_path), cfg.seed, s.threads, s.risk_weight, s.uncertainty_weight,
                        s.risk_budget, s.surprise_threshold, s.surprise_patience,
                        cfg.iterate.epsilon, cfg.iterate.top_k, cfg.iterate.branches,
-                       cfg.model.horizon)
+                       cfg.model.horizon, str(actor_path or ""))
 
 
 def build_planner(spec: PlannerSpec):
-    """The exploring planner policy over the ONNX file (numpy + onnxruntime only)."""
+    """The exploring planner policy over the ONNX file, or the exploring actor when the
+    spec names one (numpy + onnxruntime only)."""
     from evaluation.exploration import ExploringPlanner
     from models.candidates import enumerate_candidates
+    from pipeline.planner.actor_runtime import ActorSession, ExploringActor
     from pipeline.planner.scorer import OnnxScorer
+
+    if spec.actor_path:
+        return ExploringActor(ActorSession.load(spec.actor_path, spec.threads), spec.epsilon)
 
     scorer = OnnxScorer.load(spec.onnx_path, threads=spec.threads, seed=spec.seed)
     return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon),
@@ -194,20 +203,22 @@ def planner_figures(work: Path, shards: range) -> dict[str, float]:
 # ---------------------------------------------------------------- the stage
 
 
-def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_key: str) -> dict:
+def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_key: str,
+                        policy_name: str, actor_key: str) -> dict:
     """Everything that determines the collected data (compared on resume, kept in the
-    manifest): the collect.py settings plus round, episode offset, env seeds, planner."""
-    from evaluation.exploration import exploring_name
+    manifest): the collect.py settings plus round, episode offset, env seeds, planner and
+    actor (the stage keys of their rounds)."""
     from pipeline.rollouts import PolicySpec, collection_settings
 
     it = cfg.iterate
-    policy = PolicySpec(exploring_name(it.epsilon, it.top_k), it.epsilon, 1.0)
+    policy = PolicySpec(policy_name, it.epsilon, 1.0)
     settings = collection_settings(cfg.ingest.env_id, dict(cfg.ingest.env_config), env, cfg.seed,
                                    it.episodes, it.episodes_per_shard, [policy])
     return settings | {"round": round_of(cfg), "episode_offset": round_of(cfg) * EPISODE_OFFSET,
                        "env_seeds": [p.env_seed for p in plans], "top_k": it.top_k,
                        "branches": it.branches, "branch_steps": cfg.model.horizon,
-                       "planner": planner_key}
+                       "planner": planner_key, "collector": it.collector.value,
+                       "actor": actor_key}
 
 
 def check_planner_timing(worker: tuple) -> None:
@@ -227,11 +238,12 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
 
     start, it, onnx_path = time.perf_counter(), cfg.iterate, inputs["export"].path / PLANNER_FILE
     env_id, env_config = cfg.ingest.env_id, dict(cfg.ingest.env_config)
-    spec = planner_spec(cfg, onnx_path)
+    spec = planner_spec(cfg, onnx_path, collecting_actor(cfg, inputs["actor"]))
     worker = make_worker(env_id, env_config, spec)
     check_planner_timing(worker)
     plans = plan_round(cfg)
-    settings = collection_manifest(cfg, worker[0], plans, inputs["export"].key)
+    settings = collection_manifest(cfg, worker[0], plans, inputs["export"].key,
+                                   worker[1].name, inputs["actor"].key)
     pool = partial(run_pool, workers=cfg.ingest.workers, run=run_planned, make=make_worker,
                    make_args=(env_id, env_config, spec), local=worker)
     stats = collect_shards(work / DATASET_DIR, settings, plans, it.episodes_per_shard, pool,
@@ -239,6 +251,19 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     worker[0].close()
     shards = range(num_shards(it.episodes, it.episodes_per_shard))
     return {"round": round_of(cfg), **stats.summary(), **planner_figures(work, shards)}
+
+
+def collecting_actor(cfg: Config, actor: Artifacts) -> Path | None:
+    """The previous round's ONNX actor when the actor collects, else None."""
+    from pipeline.planner.actor_runtime import ACTOR_FILE
+
+    if cfg.iterate.collector is not Collector.actor:
+        return None
+    path = actor.path / ACTOR_FILE
+    if not path.is_file():
+        raise StageError(f"collect: iterate.collector=actor, but {actor.path} holds no "
+                         f"{ACTOR_FILE}; rerun its actor stage with --force")
+    return path
 
 
 def check(cfg: Config) -> None:
@@ -255,6 +280,10 @@ def check(cfg: Config) -> None:
                          f"{it.top_k}")
     if it.branches < 0:
         raise StageError(f"iterate.branches must be >= 0, got {it.branches}")
+    if it.collector is Collector.actor and (cfg.actor.epochs == 0 or it.branches):
+        raise StageError("iterate.collector=actor needs an actor (actor.epochs > 0) and no "
+                         f"branches (iterate.branches=0), got {cfg.actor.epochs} epochs and "
+                         f"{it.branches} branches")
     if not 0.0 <= it.epsilon <= 1.0 or it.lr < 0:
         raise StageError(f"iterate.epsilon must be in [0, 1] and iterate.lr >= 0, got "
                          f"{it.epsilon}, {it.lr}")
@@ -266,5 +295,6 @@ def check(cfg: Config) -> None:
                          f"val and test episodes; raise it") from None
 
 
-STAGE = register(Stage("collect", sections=("iterate", "ingest", "simulate"), inputs=("export",),
+STAGE = register(Stage("collect", sections=("iterate", "ingest", "simulate"),
+                       inputs=("export", "actor"),
                        produce=produce, resumable=lambda cfg: True, check=check))

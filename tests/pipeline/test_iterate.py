@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from pipeline import artifacts
 from pipeline.cli import EXIT_INTERRUPTED, main
 from pipeline.config import load_config
-from pipeline.dataset import BRANCH_POLICY, parent_episode, read_dataset
+from pipeline.dataset import BRANCH_POLICY, parent_episode, read_dataset, read_manifest
 from pipeline.iterate import horizon_key, reported_seconds, round_config
 from pipeline.runner import key_of
 from pipeline.stage_io import collection_seeds, load_windows
@@ -173,7 +174,8 @@ def test_collection_seeds_skip_forbidden_seeds_and_draw_again():
 
 def test_adding_rounds_keeps_the_keys_of_earlier_rounds():
     two, three = (load_config(DEBUG, [f"iterate.rounds={n}"]) for n in (2, 3))
-    inputs = {"export": artifacts.Artifacts("export", "abc", Path("."), {})}
+    inputs = {"export": artifacts.Artifacts("export", "abc", Path("."), {}),
+              "actor": artifacts.Artifacts("actor", "def", Path("."), {})}
     assert key_of(collect.STAGE, round_config(two, 1), inputs) == \
         key_of(collect.STAGE, round_config(three, 1), inputs)
     assert key_of(collect.STAGE, round_config(three, 1), inputs) != \
@@ -237,3 +239,30 @@ def test_the_reported_forecast_horizon_is_3_s_else_the_longest():
     assert horizon_key(summary, "val_fde_") == "val_fde_5s"
     assert horizon_key(summary | {"val_fde_3s": 0.5}, "val_fde_") == "val_fde_3s"
     assert horizon_key({"val_loss": 1.0}, "val_fde_") is None
+
+
+def test_a_round_collected_by_the_actor_records_its_driving(loop, tmp_path):
+    workdir = tmp_path / "actor"
+    for stage in (*ROUND_ZERO, "actor"):  # round 0 (and round 1) as the loop left them
+        shutil.copytree(loop[0] / "debug" / stage, workdir / "debug" / stage)
+    args = ["iterate", DEBUG, f"workdir={workdir}", "iterate.collector=actor",
+            "iterate.branches=0", "tracking.enabled=false"]
+    assert main(args) == 0
+    (collected,) = complete_dirs(workdir, "collect")
+    manifest = read_manifest(collected / "dataset")
+    assert manifest["collector"] == "actor" and manifest["actor"]
+    data = read_dataset(collected / "dataset")
+    assert set(data.steps["policy"]) == {"actor+eps0.1"}
+    assert len(np.unique(data.steps["episode"])) == 4
+    summary = json.loads((collected / "summary.json").read_text())
+    assert summary["fallback_rate"] == 0.0  # the actor has no fallback
+    round_zero = {p.name for p in complete_dirs(loop[0], "train")}
+    assert len({p.name for p in complete_dirs(workdir, "train")} - round_zero) == 1
+
+
+def test_an_actor_collector_needs_an_actor_and_no_branches(tmp_path, capsys):
+    base = ["iterate", DEBUG, f"workdir={tmp_path}", "iterate.collector=actor"]
+    assert main(base) == 2
+    assert "iterate.collector=actor needs an actor" in capsys.readouterr().err
+    assert main([*base, "iterate.branches=0", "actor.epochs=0"]) == 2
+    assert not (tmp_path / "debug").exists()
