@@ -158,7 +158,7 @@ class IngestConfig:
 
     source: str = "highway"  # where data comes from: highway (simulator) | recorded (files)
     env_id: str = "highway-fast-v0"  # highway-env id: highway-fast-v0, highway-v0, merge-v0, ...
-    backend: Backend = Backend.highway_env  # simulator: highway-env | envpool (highway ids only)
+    backend: Backend = Backend.highway_env  # ingest and iterate: highway-env | envpool (highway id)
     env_config: dict = field(default_factory=dict)  # highway-env config overrides
     episodes: int = 40  # episodes to record
     policies: list[PolicyMix] = field(default_factory=default_policies)  # behaviour mixture

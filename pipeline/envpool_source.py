@@ -262,13 +262,16 @@ class BatchRecorder:
 
 def run_batch(source: EnvpoolSource, seeds: Sequence[int], policy: BatchPolicy,
               max_steps: int | None = None) -> BatchRecorder:
-    """Run one episode per seed to its end (crash or time limit) or `max_steps` decisions."""
+    """Run one episode per seed to its end (crash or time limit) or `max_steps` decisions.
+    A `policy` with ``observe(snapshot, frame)`` (a BatchPlanner) sees every frame."""
     pool, count = source.make(seeds), len(seeds)
     pool.reset()
     lanes, per_step = source.lanes_count(pool), source.frames_per_step
     recorder = BatchRecorder(count)
+    observe = getattr(policy, "observe", lambda snapshot, frame: None)
     snapshot = read_snapshot(pool, np.arange(count))
     recorder.add_frame(snapshot, 0)
+    observe(snapshot, 0)
     frame = 0
     while len(snapshot.env_ids):
         actions = np.full(count, IDLE, dtype=np.int32)
@@ -281,6 +284,7 @@ def run_batch(source: EnvpoolSource, seeds: Sequence[int], policy: BatchPolicy,
         frame += 1
         snapshot = read_snapshot(pool, snapshot.env_ids)
         recorder.add_frame(snapshot, frame)
+        observe(snapshot, frame)
         running = finish_frame(recorder, snapshot, reward, terminated, truncated,
                                frame % per_step == 0, max_steps)
         snapshot = snapshot.keep(running)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Artifacts, write_json_atomic
-from pipeline.config import Collector, Config
+from pipeline.config import Backend, Collector, Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
 from pipeline.stage_io import DATASET_DIR, PLANNER_FILE, collection_seeds, evaluation_seeds
@@ -80,26 +80,31 @@ def planner_spec(cfg: Config, onnx_path: Path, actor_path: Path | None = None) -
                        cfg.model.horizon, str(actor_path or ""))
 
 
-def build_planner(spec: PlannerSpec):
-    """The exploring planner policy over the ONNX file, or the exploring actor when the
-    spec names one (numpy + onnxruntime only)."""
+def policy_factory(spec: PlannerSpec):
+    """A factory of fresh exploring planners over one load of the ONNX planner, or of
+    exploring actors when the spec names an actor (numpy + onnxruntime only)."""
     from evaluation.exploration import ExploringPlanner
     from models.candidates import enumerate_candidates
     from pipeline.planner.actor_runtime import ActorSession, ExploringActor
     from pipeline.planner.scorer import OnnxScorer
 
     if spec.actor_path:
-        return ExploringActor(ActorSession.load(spec.actor_path, spec.threads), spec.epsilon)
-
+        session = ActorSession.load(spec.actor_path, spec.threads)
+        return lambda: ExploringActor(session, spec.epsilon)
     scorer = OnnxScorer.load(spec.onnx_path, threads=spec.threads, seed=spec.seed)
-    return ExploringPlanner(scorer, enumerate_candidates(scorer.horizon),
-                            epsilon=spec.epsilon, top_k=spec.top_k,
-                            branches=spec.branches, branch_steps=spec.branch_steps,
-                            risk_weight=spec.risk_weight,
-                            uncertainty_weight=spec.uncertainty_weight,
-                            risk_budget=spec.risk_budget,
-                            surprise_threshold=spec.surprise_threshold,
-                            surprise_patience=spec.surprise_patience)
+    candidates = enumerate_candidates(scorer.horizon)
+    return lambda: ExploringPlanner(scorer, candidates, epsilon=spec.epsilon, top_k=spec.top_k,
+                                    branches=spec.branches, branch_steps=spec.branch_steps,
+                                    risk_weight=spec.risk_weight,
+                                    uncertainty_weight=spec.uncertainty_weight,
+                                    risk_budget=spec.risk_budget,
+                                    surprise_threshold=spec.surprise_threshold,
+                                    surprise_patience=spec.surprise_patience)
+
+
+def build_planner(spec: PlannerSpec):
+    """One exploring planner (or actor) of `policy_factory`."""
+    return policy_factory(spec)()
 
 
 # ---------------------------------------------------------------- which episodes
@@ -133,10 +138,55 @@ def run_planned(worker: tuple, plan: PlannedEpisode) -> tuple[int, dict, dict, d
     env, policy = worker
     frames, steps = record_episode(env, policy, seed=plan.env_seed, episode=plan.episode)
     frames, steps = with_branches(frames, steps, policy.branch_runs, plan.episode)
+    return plan.index, frames, steps, episode_stats(plan, policy)
+
+
+def episode_stats(plan: PlannedEpisode, policy) -> dict:
+    """The driver's surprises, fallback steps and decisions in one episode."""
     surprises = [float(x) for x in policy.surprises if np.isfinite(x)]
-    stats = {"episode": plan.episode, "surprises": surprises,
-             "fallback_steps": int(policy.fallback_steps), "decisions": int(policy.steps)}
-    return plan.index, frames, steps, stats
+    return {"episode": plan.episode, "surprises": surprises,
+            "fallback_steps": int(policy.fallback_steps), "decisions": int(policy.steps)}
+
+
+def make_envpool_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> tuple:
+    """(EnvPool source, factory of exploring drivers) of one process."""
+    from pipeline.envpool_source import EnvpoolSource
+
+    return EnvpoolSource(env_id, env_config), policy_factory(spec)
+
+
+def run_planned_group(worker: tuple, plans: list[PlannedEpisode]) -> list[tuple]:
+    """(index, frames, steps, stats) of each plan, stepped together in one EnvPool batch;
+    each episode has its own environment, env seed and driver, so grouping changes nothing."""
+    from pipeline.envpool_source import episode_tables, run_batch
+    from pipeline.highway_source import policy_name, policy_rng
+    from pipeline.planner.batch_planner import BatchPlanner
+
+    source, make = worker
+    drivers = [make() for _ in plans]
+    for plan, driver in zip(plans, drivers, strict=True):
+        driver.reset(policy_rng(plan.env_seed))
+    recorder = run_batch(source, [p.env_seed for p in plans], BatchPlanner(source, drivers))
+    rows = recorder.frames_by_env()
+    return [(plan.index, *episode_tables(recorder, rows[slot], slot, plan.episode,
+                                         policy_name(driver), source.simulation_frequency),
+             episode_stats(plan, driver))
+            for slot, (plan, driver) in enumerate(zip(plans, drivers, strict=True))]
+
+
+def envpool_pool(cfg: Config, spec: PlannerSpec, local: tuple):
+    """`pool(todo)` for collect_shards: the plans in EnvPool batches of `ingest.batch`,
+    over `ingest.workers` processes."""
+    from pipeline.envpool_source import batches
+    from pipeline.rollouts import run_pool
+
+    def pool(todo: list[PlannedEpisode]):
+        groups = [[todo[i] for i in chunk] for chunk in batches(len(todo), cfg.ingest.batch)]
+        args = (cfg.ingest.env_id, dict(cfg.ingest.env_config), spec)
+        for results in run_pool(groups, cfg.ingest.workers, run=run_planned_group,
+                                make=make_envpool_worker, make_args=args, local=local):
+            yield from results
+    return pool
 
 
 def with_branches(frames: dict, steps: dict, branch_runs: list[tuple[dict, dict]],
@@ -213,7 +263,8 @@ def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_k
     it = cfg.iterate
     policy = PolicySpec(policy_name, it.epsilon, 1.0)
     settings = collection_settings(cfg.ingest.env_id, dict(cfg.ingest.env_config), env, cfg.seed,
-                                   it.episodes, it.episodes_per_shard, [policy])
+                                   it.episodes, it.episodes_per_shard, [policy],
+                                   cfg.ingest.backend.value)
     return settings | {"round": round_of(cfg), "episode_offset": round_of(cfg) * EPISODE_OFFSET,
                        "env_seeds": [p.env_seed for p in plans], "top_k": it.top_k,
                        "branches": it.branches, "branch_steps": cfg.model.horizon,
@@ -221,12 +272,13 @@ def collection_manifest(cfg: Config, env, plans: list[PlannedEpisode], planner_k
                        "actor": actor_key}
 
 
-def check_planner_timing(worker: tuple) -> None:
-    from pipeline.planner.policy import check_timing
+def check_timing_of(env, driver) -> None:
+    """The env (highway-env's or an EnvpoolSource) must step the driver's decision period."""
+    from pipeline.planner.policy import check_period
 
-    env, policy = worker
+    frequencies = (env.simulation_frequency, env.policy_frequency)
     try:
-        check_timing(env, policy.scorer)
+        check_period(*frequencies, driver.scorer)
     except ValueError as err:
         raise StageError(f"collect: {err}") from None
 
@@ -239,16 +291,20 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     start, it, onnx_path = time.perf_counter(), cfg.iterate, inputs["export"].path / PLANNER_FILE
     env_id, env_config = cfg.ingest.env_id, dict(cfg.ingest.env_config)
     spec = planner_spec(cfg, onnx_path, collecting_actor(cfg, inputs["actor"]))
-    worker = make_worker(env_id, env_config, spec)
-    check_planner_timing(worker)
+    envpool = cfg.ingest.backend is Backend.envpool
+    worker = (make_envpool_worker if envpool else make_worker)(env_id, env_config, spec)
+    driver = worker[1]() if envpool else worker[1]
+    check_timing_of(worker[0], driver)
     plans = plan_round(cfg)
     settings = collection_manifest(cfg, worker[0], plans, inputs["export"].key,
-                                   worker[1].name, inputs["actor"].key)
-    pool = partial(run_pool, workers=cfg.ingest.workers, run=run_planned, make=make_worker,
-                   make_args=(env_id, env_config, spec), local=worker)
+                                   driver.name, inputs["actor"].key)
+    pool = envpool_pool(cfg, spec, worker) if envpool else partial(
+        run_pool, workers=cfg.ingest.workers, run=run_planned, make=make_worker,
+        make_args=(env_id, env_config, spec), local=worker)
     stats = collect_shards(work / DATASET_DIR, settings, plans, it.episodes_per_shard, pool,
                            partial(write_round_shard, work), progress=True, start=start)
-    worker[0].close()
+    if not envpool:
+        worker[0].close()
     shards = range(num_shards(it.episodes, it.episodes_per_shard))
     return {"round": round_of(cfg), **stats.summary(), **planner_figures(work, shards)}
 
@@ -280,6 +336,9 @@ def check(cfg: Config) -> None:
                          f"{it.top_k}")
     if it.branches < 0:
         raise StageError(f"iterate.branches must be >= 0, got {it.branches}")
+    if it.branches and cfg.ingest.backend is Backend.envpool:
+        raise StageError("iterate.branches drive candidates on highway-env copies; with "
+                         "ingest.backend=envpool set iterate.branches=0")
     if it.collector is Collector.actor and (cfg.actor.epochs == 0 or it.branches):
         raise StageError("iterate.collector=actor needs an actor (actor.epochs > 0) and no "
                          f"branches (iterate.branches=0), got {cfg.actor.epochs} epochs and "

@@ -266,3 +266,29 @@ def test_an_actor_collector_needs_an_actor_and_no_branches(tmp_path, capsys):
     assert "iterate.collector=actor needs an actor" in capsys.readouterr().err
     assert main([*base, "iterate.branches=0", "actor.epochs=0"]) == 2
     assert not (tmp_path / "debug").exists()
+
+
+@pytest.mark.parametrize("collector", ["planner", "actor"])
+def test_an_envpool_collection_is_the_same_in_any_batch(loop, tmp_path, collector):
+    from pipeline.runner import StageContext
+    from pipeline.tracking import Tracker
+
+    workdir = loop[0]
+    inputs = {stage: artifacts.Artifacts(stage, p.name, p, {}) for stage in ("export", "actor")
+              for p in complete_dirs(workdir, stage)[:1]}
+    datasets = []
+    for batch, workers in ((1, 1), (4, 2)):
+        cfg = round_config(load_config(DEBUG, [
+            "ingest.backend=envpool", f"ingest.batch={batch}", f"ingest.workers={workers}",
+            "iterate.branches=0", f"iterate.collector={collector}", "tracking.enabled=false"]), 1)
+        work = tmp_path / f"batch{batch}"
+        summary = collect.produce(cfg, inputs, work, StageContext(Tracker(cfg), None))
+        assert summary["episodes"] == 4
+        datasets.append(read_dataset(work / "dataset"))
+        assert read_manifest(work / "dataset")["backend"] == "envpool"
+    one, four = datasets
+    assert set(one.steps["policy"]) == {"planner+eps0.1+top2" if collector == "planner"
+                                        else "actor+eps0.1"}
+    for table in ("frames", "steps"):
+        a, b = getattr(one, table), getattr(four, table)
+        assert all(np.array_equal(a[k], b[k]) for k in a), table
