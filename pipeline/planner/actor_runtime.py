@@ -28,6 +28,7 @@ from pipeline.planner.policy import HighwayRoad, PlannerPolicy, check_period
 from pipeline.planner.scorer import (
     ScorerError,
     as_array,
+    check_keys_and_counts,
     onnx_sha256,
     open_session,
     plain,
@@ -83,16 +84,7 @@ def check_actor_sidecar(fields: dict, path: Path) -> None:
         raise ScorerError(f"actor sidecar {path} has format_version "
                           f"{fields.get('format_version')!r} and kind {fields.get('kind')!r}; "
                           f"this runtime reads version {ACTOR_VERSION} of kind 'actor'")
-    missing = [key for key in ACTOR_KEYS if key not in fields]
-    unknown = sorted(set(fields) - set(ACTOR_KEYS))
-    if missing or unknown:
-        raise ScorerError(f"actor sidecar {path} is missing keys {missing} / has unknown keys "
-                          f"{unknown}")
-    for key in POSITIVE_INTS:
-        value = fields[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ScorerError(f"actor sidecar {path}: '{key}' must be a positive integer, got "
-                              f"{value!r}")
+    check_keys_and_counts(fields, ACTOR_KEYS, POSITIVE_INTS, f"actor sidecar {path}")
     for key in ("dt", "tolerance"):
         value = fields[key]
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -159,15 +159,7 @@ def check_sidecar(fields: dict, path: Path) -> None:
         raise ScorerError(f"planner sidecar {path} has format_version {version!r}; this "
                           f"scorer reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     keys = [key for key in SIDECAR_KEYS if SINCE_VERSION.get(key, 2) <= version]
-    missing = [key for key in keys if key not in fields]
-    unknown = sorted(set(fields) - set(keys))
-    if missing or unknown:
-        raise ScorerError(f"planner sidecar {path} is missing keys {missing} / has unknown "
-                          f"keys {unknown}")
-    for key in INT_KEYS:
-        if not isinstance(fields[key], int) or isinstance(fields[key], bool) or fields[key] < 1:
-            raise ScorerError(f"planner sidecar {path}: '{key}' must be a positive integer, "
-                              f"got {fields[key]!r}")
+    check_keys_and_counts(fields, keys, INT_KEYS, f"planner sidecar {path}")
     for key in FLOAT_KEYS:
         value = fields[key]
         if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -180,6 +172,19 @@ def check_sidecar(fields: dict, path: Path) -> None:
             and all(c in "0123456789abcdef" for c in digest)):
         raise ScorerError(f"planner sidecar {path}: 'onnx_sha256' must be 64 hex digits, got "
                           f"{digest!r}"[:300])
+
+
+def check_keys_and_counts(fields: dict, keys, counts, what: str) -> None:
+    """Refuse missing or unknown keys (all of `keys` are expected) and `counts` that are not
+    positive integers; `what` names the file in the message."""
+    missing = [key for key in keys if key not in fields]
+    unknown = sorted(set(fields) - set(keys))
+    if missing or unknown:
+        raise ScorerError(f"{what} is missing keys {missing} / has unknown keys {unknown}")
+    for key in counts:
+        value = fields[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ScorerError(f"{what}: '{key}' must be a positive integer, got {value!r}")
 
 
 def check_sidecar_lists(fields: dict, path: Path) -> None:
