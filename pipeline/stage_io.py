@@ -305,6 +305,18 @@ def planner_factory(cfg: Config, path: Path, policy=None):
                           surprise_patience=s.surprise_patience, guard=guard)
 
 
+def collecting(make):
+    """A factory that keeps every policy it makes (in order) and that list."""
+    made = []
+
+    def factory():
+        made.append(make())
+        return made[-1]
+
+    return factory, made
+
+
+
 # ---------------------------------------------------------------- collect
 
 SEED_STREAM = 7919  # spawn-key tag of collection env seeds (ingest spawns (episode,) keys)

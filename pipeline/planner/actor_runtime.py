@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.policies import as_generator
 from pipeline.artifacts import write_text_atomic
 from pipeline.planner.live_scene import LiveScene
 from pipeline.planner.policy import HighwayRoad, PlannerPolicy, check_period
@@ -183,7 +184,7 @@ class ExploringActor(ActorDriver):
 
     def reset(self, rng=None) -> None:
         super().reset(rng)
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.rng = as_generator(rng)
         self.surprises, self.branch_runs = [], []
         self.fallback_steps = self.steps = 0
 

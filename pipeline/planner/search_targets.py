@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from evaluation.policies import road_mask_at
+from evaluation.policies import as_generator, road_mask_at
 from models.candidates import enumerate_candidates
 from pipeline.errors import StageError
 from pipeline.features import FEATURE_NAMES
@@ -59,20 +59,19 @@ class RecordingPlanner(PlannerPolicy):
         super().__init__(scorer, candidates, **planner_kwargs)  # calls reset
 
     def reset(self, rng=None) -> None:
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.rng = as_generator(rng)
         self.records: list[tuple[np.ndarray, np.ndarray, int]] = []
-        self.label = -1
+        self.window = None  # (hist, hist_mask) of the decision being made
         super().reset(self.rng.spawn(1)[0])
 
-    def act_planner(self, road) -> int:
-        hist, hist_mask, _ = self.live.window()
-        action = super().act_planner(road)  # pick() sets self.label
-        self.records.append((hist, hist_mask, self.label))
-        return action
+    def propose(self, candidates: np.ndarray, hist: np.ndarray,
+                hist_mask: np.ndarray) -> np.ndarray:
+        self.window = (hist, hist_mask)  # the planner's own cut of this decision's history
+        return candidates
 
     def pick(self, scores, candidates: np.ndarray) -> int:
         best = super().pick(scores, candidates)
-        self.label = int(candidates[best, 0])
+        self.records.append((*self.window, int(candidates[best, 0])))
         if self.rng.random() < self.epsilon:
             return int(self.rng.integers(len(candidates)))
         return best
@@ -86,13 +85,9 @@ def planner_states(source, make_planner, seeds: list[int], batch: int) -> dict[s
 
     from evaluation.envpool_loop import drivers, run_envpool_episodes
     from pipeline.planner.batch_planner import BatchPlanner
+    from pipeline.stage_io import collecting
 
-    made: list[RecordingPlanner] = []
-
-    def factory():
-        made.append(make_planner())
-        return made[-1]
-
+    factory, made = collecting(make_planner)
     start = time.perf_counter()
     results = run_envpool_episodes(source, drivers(partial(BatchPlanner, source), factory),
                                    seeds, batch)

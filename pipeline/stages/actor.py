@@ -103,17 +103,18 @@ def imagined_figures(cfg: Config, module, windows) -> dict[str, float]:
     return figures
 
 
-def planner_targets(cfg: Config, inputs: Mapping[str, Artifacts], windows):
-    """The exported planner's first action (W,) in each of the windows."""
+def planner_labeller(cfg: Config, inputs: Mapping[str, Artifacts]):
+    """windows -> the exported planner's first action (W,) in each of them (the planner
+    loaded once)."""
     from pipeline.planner.scorer import OnnxScorer
     from pipeline.planner.search_targets import planner_choices
     from pipeline.stage_io import PLANNER_FILE, road_lanes
 
     scorer = OnnxScorer.load(inputs["export"].path / PLANNER_FILE, threads=1, seed=cfg.seed)
-    s = cfg.simulate
-    return planner_choices(scorer, windows.arrays["hist"], windows.arrays["hist_mask"],
-                           road_lanes(cfg, "actor.search_weight"),
-                           (s.risk_weight, s.uncertainty_weight, s.risk_budget))
+    s, lanes = cfg.simulate, road_lanes(cfg, "actor.search_weight")
+    rule = (s.risk_weight, s.uncertainty_weight, s.risk_budget)
+    return lambda windows: planner_choices(scorer, windows.arrays["hist"],
+                                           windows.arrays["hist_mask"], lanes, rule)
 
 
 def driven_states(cfg: Config, inputs: Mapping[str, Artifacts]) -> dict:
@@ -140,15 +141,14 @@ def driven_states(cfg: Config, inputs: Mapping[str, Artifacts]) -> dict:
     return planner_states(EnvpoolSource(*env_of(cfg)), make, seeds, cfg.simulate.batch)
 
 
-def start_states(cfg: Config, inputs: Mapping[str, Artifacts], windows) -> dict:
-    """Where imagination starts: the training windows, with imitation labelled by the
-    planner, and the states the planner drives into (actor.planner_episodes)."""
+def start_states(cfg: Config, inputs: Mapping[str, Artifacts], windows, label) -> dict:
+    """Where imagination starts: the training windows, labelled by `label` (a
+    planner_labeller, or None: no imitation), and the states the planner drives into
+    (actor.planner_episodes)."""
     import numpy as np
 
     starts = {"hist": windows.arrays["hist"], "hist_mask": windows.arrays["hist_mask"],
-              "target": None}
-    if cfg.actor.search_weight > 0:
-        starts["target"] = planner_targets(cfg, inputs, windows)
+              "target": None if label is None else label(windows)}
     if cfg.actor.planner_episodes:
         driven = driven_states(cfg, inputs)
         starts = {k: np.concatenate([v, driven[k]]) for k, v in starts.items()}
@@ -203,7 +203,8 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
         return {"epochs": 0}
     model, spec = load_model(inputs["train"])
     windows = held_out_splits(cfg, inputs, ("train", "test"))
-    starts = start_states(cfg, inputs, windows["train"])
+    label = planner_labeller(cfg, inputs) if cfg.actor.search_weight > 0 else None
+    starts = start_states(cfg, inputs, windows["train"], label)
     reseed(cfg.seed)  # the initial weights do not depend on what ran before in the process
     module = ActorModule(spec["model_kwargs"], actor_kwargs(cfg), cfg.actor.horizon,
                          cfg.actor.lr, model.state_dict(), cfg.actor.search_weight)
@@ -211,9 +212,9 @@ def produce(cfg: Config, inputs: Mapping[str, Artifacts], work: Path,
     module.eval()
     torch.save(module.agent.state_dict(), work / ACTOR_WEIGHTS)
     summary |= imagined_figures(cfg, module, windows["test"])
-    if starts["target"] is not None:
-        test_targets = planner_targets(cfg, inputs, windows["test"])
-        summary["search_agreement"] = search_agreement(module, windows["test"], test_targets)
+    if label is not None:
+        test = windows["test"]
+        summary["search_agreement"] = search_agreement(module, test, label(test))
     summary |= export(cfg, module, spec, windows["test"], work)
     return summary
 

@@ -102,11 +102,6 @@ def policy_factory(spec: PlannerSpec):
                                     surprise_patience=spec.surprise_patience)
 
 
-def build_planner(spec: PlannerSpec):
-    """One exploring planner (or actor) of `policy_factory`."""
-    return policy_factory(spec)()
-
-
 # ---------------------------------------------------------------- which episodes
 
 
@@ -127,7 +122,7 @@ def make_worker(env_id: str, env_config: dict, spec: PlannerSpec) -> tuple:
     """(env, exploring planner) of one process."""
     from pipeline.highway_source import make_env
 
-    return make_env(env_id, env_config), build_planner(spec)
+    return make_env(env_id, env_config), policy_factory(spec)()
 
 
 def run_planned(worker: tuple, plan: PlannedEpisode) -> tuple[int, dict, dict, dict]:

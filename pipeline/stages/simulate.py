@@ -27,7 +27,13 @@ from pipeline.artifacts import Artifacts, write_text_atomic
 from pipeline.config import Backend, Config
 from pipeline.errors import StageError
 from pipeline.runner import Stage, StageContext, register
-from pipeline.stage_io import env_of, evaluation_seeds, lane_guard, planner_factory
+from pipeline.stage_io import (
+    collecting,
+    env_of,
+    evaluation_seeds,
+    lane_guard,
+    planner_factory,
+)
 
 BASELINES = ("idle", "random", "rule", "oracle")
 MODEL_URI_PREFIX = "models:/"
@@ -226,17 +232,6 @@ def envpool_episodes(cfg: Config, learned: dict, seeds: range) -> dict[str, list
         print(f"[simulate] {name} on {len(seeds)} EnvPool episodes", file=sys.stderr, flush=True)
         episodes[name] = run_envpool_episodes(source, make, seeds, batch)
     return episodes
-
-
-def collecting(make):
-    """A factory that keeps every policy it makes (in order) and that list."""
-    made = []
-
-    def factory():
-        made.append(make())
-        return made[-1]
-
-    return factory, made
 
 
 def write_traces(work: Path, results: list, planners: list) -> dict[int, Path]:
